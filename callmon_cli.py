@@ -1,0 +1,47 @@
+"""``callmon``: one command, with a subcommand per job. Each package registers its own
+subcommands; heavy imports (torch, onnxruntime) happen only inside the chosen handler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainer.cli import add_commands as add_trainer_commands
+
+    parser = argparse.ArgumentParser(
+        prog="callmon", description="Real-time speech-emotion monitor for call centres."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench", metavar="WHAT", required=True
+    )
+    add_trainer_commands(sub, bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    for name in ("models", "trainer", "streamer", "dashboard"):
+        logging.getLogger(name).setLevel(level)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        print(f"callmon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

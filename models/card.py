@@ -1,0 +1,82 @@
+"""The model card: what travels with the weights and is checked when they are loaded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CARD_FILE = "model_card.json"
+CARD_SCHEMA_VERSION = 1
+
+
+class ModelCardError(ValueError):
+    """The card is missing, malformed, or disagrees with the weights."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """Facts about one trained model.
+
+    Attributes:
+        labels: class names in the order of the model's output.
+        sample_rate_hz: the rate the model's input waveform must have.
+        window_s: the window length the model was trained on (the longest it accepts).
+        files: ONNX variant name (``fp32``, ``int8``, ``fp16``) → file name beside the card.
+        sha256: file name → SHA-256, checked at load.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    sample_rate_hz: int
+    window_s: float
+    backbone: str
+    files: dict[str, str]
+    sha256: dict[str, str] = field(default_factory=dict)
+    input_name: str = "waveform"
+    output_name: str = "probabilities"
+    training: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+    schema_version: int = CARD_SCHEMA_VERSION
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate_hz))
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return json.dumps(data, indent=2) + "\n"
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / CARD_FILE
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelCard:
+        path = Path(directory) / CARD_FILE
+        if not path.is_file():
+            raise ModelCardError(f"no {CARD_FILE} beside the model in {directory}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelCardError(f"{path} is not valid JSON: {exc}") from exc
+        if data.get("schema_version") != CARD_SCHEMA_VERSION:
+            raise ModelCardError(
+                f"{path}: schema_version {data.get('schema_version')!r}, "
+                f"this callmon reads {CARD_SCHEMA_VERSION}"
+            )
+        required = {"name", "labels", "sample_rate_hz", "window_s", "backbone", "files"}
+        missing = required - data.keys()
+        if missing:
+            raise ModelCardError(f"{path} lacks {sorted(missing)}")
+        known = set(cls.__dataclass_fields__)
+        fields = {k: v for k, v in data.items() if k in known}
+        fields["labels"] = tuple(fields["labels"])
+        card = cls(**fields)
+        if not card.labels or len(set(card.labels)) != len(card.labels):
+            raise ModelCardError(f"{path}: labels must be unique and non-empty")
+        if card.sample_rate_hz <= 0 or card.window_s <= 0:
+            raise ModelCardError(f"{path}: sample_rate_hz and window_s must be positive")
+        return card

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from models.backbones import LogMel, WhisperEncoderBackbone, build_backbone, whisper_tiny_weights_path
+from models.ct2 import WeightFileError, read_ct2_variables
+from models.mel import mel_filterbank
+
+
+def test_mel_filterbank_matches_transformers() -> None:
+    from transformers.audio_utils import mel_filter_bank
+
+    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=80, min_frequency=0,
+                          max_frequency=8000, sampling_rate=16000, norm="slaney",
+                          mel_scale="slaney").T
+    assert np.abs(mel_filterbank() - ref).max() < 1e-6
+
+
+def test_log_mel_matches_whisper_feature_extractor(ravdess_dir: Path) -> None:
+    from transformers import WhisperFeatureExtractor
+
+    audio, rate = sf.read(ravdess_dir / "Actor_03/03-01-05-02-01-01-03.flac", dtype="float32")
+    assert rate == 16_000
+    window = audio[:48_000]
+    ref = WhisperFeatureExtractor(feature_size=80)(
+        window, sampling_rate=16_000, return_tensors="np", padding=False
+    ).input_features[0]
+    ours = LogMel()(torch.from_numpy(window)[None])[0].numpy()
+    assert ours.shape == ref.shape == (80, 300)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_ct2_reader_reads_the_encoder() -> None:
+    v = read_ct2_variables(whisper_tiny_weights_path(), prefix="encoder/")
+    assert v["encoder/conv1/weight"].shape == (384, 80, 3)
+    assert v["encoder/layer_3/self_attention/linear_0/weight"].shape == (1152, 384)
+    assert v["encoder/position_encodings/encodings"].shape == (1500, 384)
+    assert int(v["encoder/num_heads"]) == 6
+
+
+def test_corrupted_weights_fail_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "model.bin"
+    shutil.copy(whisper_tiny_weights_path(), bad)
+    with open(bad, "r+b") as fh:
+        fh.seek(5_000_000)
+        byte = fh.read(1)
+        fh.seek(5_000_000)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(WeightFileError, match="SHA-256 .* expected 1a5afae0"):
+        WhisperEncoderBackbone(weights=bad)
+    truncated = tmp_path / "short.bin"
+    truncated.write_bytes(whisper_tiny_weights_path().read_bytes()[:1_000_000])
+    with pytest.raises(WeightFileError, match="truncated|unexpected end"):
+        read_ct2_variables(truncated, prefix="encoder/")
+    with pytest.raises(WeightFileError, match="not found"):
+        read_ct2_variables(tmp_path / "missing.bin")
+
+
+def test_rebuilt_encoder_matches_ctranslate2() -> None:
+    """The weight mapping (fused QKV split, k without bias, gamma/beta) reproduces
+    CTranslate2's own Whisper encoder on a 30 s input."""
+    ct2 = pytest.importorskip("ctranslate2")
+    import models.backbones as mb
+
+    path = whisper_tiny_weights_path()
+    rng = np.random.default_rng(0)
+    x = (0.05 * rng.standard_normal(16_000 * 30)).astype(np.float32)
+    mel = LogMel()(torch.from_numpy(x)[None])
+    reference = np.array(
+        ct2.models.Whisper(str(path.parent), device="cpu", compute_type="float32").encode(
+            ct2.StorageView.from_array(np.ascontiguousarray(mel.numpy())), to_cpu=True
+        )
+    )
+    saved = mb.MAX_POSITIONS
+    mb.MAX_POSITIONS = 1500
+    try:
+        full = WhisperEncoderBackbone(weights=path).eval()
+    finally:
+        mb.MAX_POSITIONS = saved
+    enc = full.encoder
+    with torch.inference_mode():
+        h = torch.nn.functional.gelu(enc.conv1(mel))
+        h = torch.nn.functional.gelu(enc.conv2(h)).transpose(1, 2) + enc.embed_positions.weight
+        for layer in enc.layers:
+            h = layer(h, None)
+        h = enc.layer_norm(h)
+    assert reference.shape == (1, 1500, 384)
+    assert np.abs(h.numpy() - reference).max() < 5e-3
+
+
+def test_backbone_output_shape_and_freezing() -> None:
+    b = build_backbone("whisper-tiny")
+    with torch.inference_mode():
+        states = b(torch.zeros(2, 48_000) + 0.01)
+    assert states.shape == (5, 2, 150, 384)
+    b.freeze(2)
+    frozen = {n for n, p in b.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("encoder.layers.1.") for n in frozen)
+    assert not any(n.startswith("encoder.layers.2.") for n in frozen)
+    assert "encoder.conv1.weight" in frozen
+
+
+def test_unknown_backbone_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown backbone 'hubert'"):
+        build_backbone("hubert")

@@ -1,0 +1,103 @@
+"""The Lightning module, checkpoint, export and loading path on tiny models, on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import ModelCardError, load_model
+from models.card import ModelCard
+from trainer.bench import save_random_wav2vec2
+from trainer.config import TrainConfig
+from trainer.export import export_checkpoint
+from trainer.module import warmup_cosine
+from trainer.train import load_checkpoint, train
+
+
+def test_warmup_then_cosine() -> None:
+    lrs = [warmup_cosine(s, warmup_steps=10, total_steps=100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # decays
+    assert lrs[-1] == pytest.approx(0.02, abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, ravdess_dir: Path) -> dict:
+    """A fast_dev_run of the real training function on a tiny wav2vec2 loaded through
+    ``from_pretrained`` from a local directory, on real RAVDESS clips."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    w2v = save_random_wav2vec2(tmp / "w2v", base=False)
+    cfg = TrainConfig(data=str(ravdess_dir), out=str(tmp / "run"), backbone=f"wav2vec2:{w2v}",
+                      fast_dev_run=True, limit_items=120, batch_size=4, progress=False,
+                      precision="32")
+    return train(cfg)
+
+
+def test_fast_dev_run_trains_and_reports(tiny_run: dict) -> None:
+    report = tiny_run["test"]
+    assert report["n"] > 0 and 0.0 <= report["uar"] <= 1.0
+    assert set(report["labels"]) == {"neutral", "happy", "sad", "angry", "fearful"}
+    assert sum(map(sum, report["confusion"])) == report["n"]
+    assert not set(tiny_run["split"]["test"]) & set(tiny_run["split"]["train"])
+    assert Path(tiny_run["checkpoint"]).is_file()
+
+
+def test_whisper_fast_dev_run_in_bf16(tmp_path: Path, ravdess_dir: Path) -> None:
+    cfg = TrainConfig(data=str(ravdess_dir), out=str(tmp_path), backbone="whisper-tiny",
+                      fast_dev_run=True, limit_items=60, batch_size=2, progress=False,
+                      precision="bf16-mixed", freeze_layers=2)
+    metrics = train(cfg)
+    assert metrics["test"]["n"] > 0
+    net, loaded_cfg, _ = load_checkpoint(metrics["checkpoint"])
+    assert loaded_cfg.freeze_layers == 2 and net.head.layer_logits.shape == (5,)
+
+
+def test_export_parity_and_loading(tiny_run: dict, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    windows = (0.05 * rng.standard_normal((12, 48_000))).astype(np.float32)
+    card = export_checkpoint(tiny_run["checkpoint"], tmp_path, parity_windows=windows)
+    fp32 = card.evaluation["onnx_parity"]["fp32"]
+    assert fp32["windows"] == 12
+    assert fp32["argmax_agreement"] == 1.0 and fp32["max_abs_prob_diff"] < 1e-3
+    assert card.evaluation["onnx_parity"]["int8"]["argmax_agreement"] >= 0.9
+    assert sorted(card.files) == ["fp16", "fp32", "int8"]
+    for variant in ("fp32", "int8", "fp16"):
+        model = load_model(tmp_path, variant=variant)
+        probs = model(windows[:3])
+        assert probs.shape == (3, 5)
+        assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    one = load_model(tmp_path / "emotion-fp32.onnx")
+    assert one.variant == "fp32" and one(windows[0]).shape == (5,)
+    # Longer than a window: the mean over 1 s-hop windows.
+    long = np.concatenate([windows[0], windows[1][:20_000]])
+    starts, per_window = one.predict_windows(long)
+    assert starts.tolist() == [0.0, 1.0, 1.25]
+    assert np.allclose(one(long), per_window.mean(axis=0), atol=1e-6)
+
+
+def test_load_model_rejects_mismatches(tiny_run: dict, tmp_path: Path) -> None:
+    export_checkpoint(tiny_run["checkpoint"], tmp_path, variants=("fp32",))
+    card_path = tmp_path / "model_card.json"
+    good = json.loads(card_path.read_text())
+
+    bad = dict(good, labels=["a", "b", "c"])
+    card_path.write_text(json.dumps(bad))
+    with pytest.raises(ModelCardError, match="outputs 5 classes but the card lists 3"):
+        load_model(tmp_path)
+
+    card_path.write_text(json.dumps(dict(good, sha256={"emotion-fp32.onnx": "0" * 64})))
+    with pytest.raises(ModelCardError, match="does not match the SHA-256"):
+        load_model(tmp_path)
+
+    card_path.write_text(json.dumps(good))
+    with pytest.raises(ModelCardError, match="variant 'int8' not in the card"):
+        load_model(tmp_path, variant="int8")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_model(tmp_path)(np.full(48_000, np.nan, dtype=np.float32))
+
+    card_path.write_text("{not json")
+    with pytest.raises(ModelCardError, match="not valid JSON"):
+        ModelCard.load(tmp_path)

@@ -1,0 +1,190 @@
+"""Speech-emotion corpora as lists of utterances, and speaker-independent folds.
+
+Layouts understood:
+
+* RAVDESS as shared here: ``manifest.csv`` with ``path,actor,...,emotion`` and 16 kHz FLAC.
+* RAVDESS as distributed: ``Actor_XX/03-01-EE-II-SS-RR-AA.wav`` at 48 kHz (song files,
+  vocal channel 02, are skipped).
+* CREMA-D: ``AudioWAV/1001_DFA_ANG_XX.wav``.
+* Any folder with a ``manifest.csv`` of ``path,speaker,emotion`` (paths relative to it).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from models.labels import normalise_emotion
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE_HZ = 16_000
+
+RAVDESS_EMOTIONS = {
+    "01": "neutral",
+    "02": "calm",
+    "03": "happy",
+    "04": "sad",
+    "05": "angry",
+    "06": "fearful",
+    "07": "disgust",
+    "08": "surprised",
+}
+CREMA_EMOTIONS = {
+    "ANG": "angry",
+    "DIS": "disgust",
+    "FEA": "fearful",
+    "HAP": "happy",
+    "NEU": "neutral",
+    "SAD": "sad",
+}
+_RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+_CREMA_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """One labelled recording."""
+
+    path: Path
+    speaker: str
+    emotion: str  # canonical name, see models.labels
+
+
+class DatasetLayoutError(ValueError):
+    """The folder is not a corpus layout callmon understands."""
+
+
+def parse_ravdess_name(stem: str) -> tuple[str, str, bool] | None:
+    """``03-01-05-02-01-01-12`` → ``("12", "angry", is_speech)``; ``None`` if not RAVDESS."""
+    m = _RAVDESS_NAME.match(stem)
+    if not m or m.group(3) not in RAVDESS_EMOTIONS:
+        return None
+    return m.group(7), RAVDESS_EMOTIONS[m.group(3)], m.group(2) == "01"
+
+
+def parse_crema_name(stem: str) -> tuple[str, str] | None:
+    """``1001_DFA_ANG_XX`` → ``("1001", "angry")``; ``None`` if not CREMA-D."""
+    m = _CREMA_NAME.match(stem)
+    if not m or m.group(3) not in CREMA_EMOTIONS:
+        return None
+    return m.group(1), CREMA_EMOTIONS[m.group(3)]
+
+
+def _read_manifest(root: Path) -> list[Utterance]:
+    with open(root / "manifest.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = set(reader.fieldnames or [])
+        speaker_field = "speaker" if "speaker" in fields else "actor" if "actor" in fields else None
+        if not {"path", "emotion"} <= fields or speaker_field is None:
+            raise DatasetLayoutError(
+                f"{root / 'manifest.csv'} needs columns path,speaker,emotion; has {sorted(fields)}"
+            )
+        items = []
+        for row in reader:
+            speaker = row[speaker_field].strip()
+            if speaker_field == "actor" and speaker.isdigit():
+                speaker = f"{int(speaker):02d}"
+            items.append(
+                Utterance(root / row["path"], speaker, normalise_emotion(row["emotion"]))
+            )
+    return items
+
+
+def _read_ravdess_tree(root: Path) -> list[Utterance]:
+    items = []
+    for path in sorted(root.glob("Actor_*/*")):
+        if path.suffix.lower() not in {".wav", ".flac"}:
+            continue
+        parsed = parse_ravdess_name(path.stem)
+        if parsed is None:
+            log.warning("skipping %s: not a RAVDESS file name", path)
+            continue
+        speaker, emotion, is_speech = parsed
+        if is_speech:
+            items.append(Utterance(path, speaker, emotion))
+    return items
+
+
+def _read_crema_tree(root: Path) -> list[Utterance]:
+    folder = root / "AudioWAV" if (root / "AudioWAV").is_dir() else root
+    items = []
+    for path in sorted(folder.glob("*.wav")):
+        parsed = parse_crema_name(path.stem)
+        if parsed is None:
+            log.warning("skipping %s: not a CREMA-D file name", path)
+            continue
+        items.append(Utterance(path, *parsed))
+    return items
+
+
+def discover(root: Path | str) -> list[Utterance]:
+    """Read whichever supported layout ``root`` holds.
+
+    Raises:
+        DatasetLayoutError: nothing recognisable is there.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root} is not a directory")
+    if (root / "manifest.csv").is_file():
+        items = _read_manifest(root)
+    elif any(root.glob("Actor_*")):
+        items = _read_ravdess_tree(root)
+    else:
+        items = _read_crema_tree(root)
+    if not items:
+        raise DatasetLayoutError(
+            f"{root}: no manifest.csv, RAVDESS Actor_XX/ folders or CREMA-D AudioWAV/ files found"
+        )
+    return items
+
+
+def load_audio(path: Path | str, *, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
+    """Decode any file soundfile reads to mono float32 at ``sample_rate_hz``."""
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    if rate != sample_rate_hz:
+        mono = soxr.resample(mono, rate, sample_rate_hz, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def speakers_of(items: Iterable[Utterance]) -> list[str]:
+    return sorted({u.speaker for u in items})
+
+
+def speaker_folds(speakers: Sequence[str], k: int) -> list[list[str]]:
+    """Split sorted speakers into ``k`` contiguous folds of near-equal size.
+
+    Contiguous blocks keep RAVDESS's alternating male/female actor numbering balanced
+    (each fold of four actors holds two of each) and make the folds easy to state.
+    """
+    ordered = sorted(set(speakers))
+    if not 2 <= k <= len(ordered):
+        raise ValueError(f"need 2 <= k <= {len(ordered)} speakers, got k={k}")
+    return [list(block) for block in np.array_split(np.array(ordered, dtype=object), k)]
+
+
+def filter_labels(
+    items: Iterable[Utterance], labels: Sequence[str]
+) -> tuple[list[tuple[Utterance, int]], dict[str, int]]:
+    """Keep utterances whose emotion maps onto ``labels``; count the skipped ones by emotion."""
+    from models.labels import map_to_label_set
+
+    kept: list[tuple[Utterance, int]] = []
+    skipped: dict[str, int] = {}
+    for u in items:
+        mapped = map_to_label_set(u.emotion, tuple(labels))
+        if mapped is None:
+            skipped[u.emotion] = skipped.get(u.emotion, 0) + 1
+        else:
+            kept.append((u, labels.index(mapped)))
+    return kept, skipped

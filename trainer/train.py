@@ -1,0 +1,206 @@
+"""``train(cfg) -> metrics``: one speaker-independent training run; ``cross_validate``: all folds."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.backbones import build_backbone
+from models.network import EmotionNet
+from trainer.config import SAMPLE_RATE_HZ, TrainConfig
+from trainer.datasets import Utterance, discover, filter_labels, speaker_folds, speakers_of
+from trainer.evaluate import evaluate_items
+from trainer.metrics import summarise_folds
+
+log = logging.getLogger(__name__)
+
+
+def split_speakers(speakers: list[str], cfg: TrainConfig) -> dict[str, list[str]]:
+    """Test speakers are fold ``cfg.fold``; validation speakers are the first
+    ``cfg.val_speakers`` of the next fold; the rest train. No speaker is in two sets."""
+    folds = speaker_folds(speakers, cfg.folds)
+    if not 0 <= cfg.fold < len(folds):
+        raise ValueError(f"fold must be in 0..{len(folds) - 1}")
+    test = folds[cfg.fold]
+    nxt = folds[(cfg.fold + 1) % len(folds)]
+    val = nxt[: cfg.val_speakers]
+    train = [s for s in sorted(speakers) if s not in test and s not in val]
+    return {"train": train, "val": val, "test": test}
+
+
+def build_net(cfg: TrainConfig, *, pretrained: bool = True) -> EmotionNet:
+    backbone = build_backbone(cfg.backbone if pretrained else _random_twin(cfg.backbone))
+    if cfg.freeze_layers >= 0:
+        backbone.freeze(cfg.freeze_layers)
+    return EmotionNet(backbone, num_classes=len(cfg.label_names))
+
+
+def _random_twin(name: str) -> str:
+    return "whisper-random" if name.startswith("whisper") else name
+
+
+def _precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "bf16-mixed"
+
+
+def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
+          audio_cache: dict[Path, np.ndarray] | None = None) -> dict:
+    """Train on the training speakers of ``cfg.fold``, early-stop on the validation
+    speakers, and evaluate the best checkpoint on the unseen test speakers.
+
+    Returns:
+        metrics with ``test`` (clean), ``test_telephone``, ``best_val_uar``, the speaker
+        split, and the path of the saved checkpoint ``model.pt``.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from trainer.data import CropDataset, class_weights, decode_all
+    from trainer.module import EmotionModule
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = cfg.label_names
+    items = items if items is not None else discover(cfg.data)
+    if cfg.limit_items:
+        rng = np.random.default_rng(cfg.seed)
+        items = [items[i] for i in sorted(rng.permutation(len(items))[: cfg.limit_items])]
+    split = split_speakers(speakers_of(items), cfg)
+    by_role = {
+        role: [u for u in items if u.speaker in set(speakers)] for role, speakers in split.items()
+    }
+    cache = audio_cache if audio_cache is not None else {}
+
+    def decoded(us: list[Utterance]) -> list[np.ndarray]:
+        missing = [u for u in us if u.path not in cache]
+        for u, a in zip(missing, decode_all(missing), strict=True):
+            cache[u.path] = a
+        return [cache[u.path] for u in us]
+
+    train_kept, skipped = filter_labels(by_role["train"], labels)
+    val_kept, _ = filter_labels(by_role["val"], labels)
+    train_targets = [t for _, t in train_kept]
+    log.info("fold %d: %d train, %d val utterances; skipped %s", cfg.fold, len(train_kept),
+             len(val_kept), skipped)
+    aug = {"p_telephone": cfg.p_telephone, "p_noise": cfg.p_noise}
+    train_ds = CropDataset(decoded([u for u, _ in train_kept]), train_targets,
+                           window_samples=cfg.window_samples, train=True, seed=cfg.seed,
+                           augment_kwargs=aug)
+    val_ds = CropDataset(decoded([u for u, _ in val_kept]), [t for _, t in val_kept],
+                         window_samples=cfg.window_samples, train=False)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                          generator=generator)
+    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size)
+
+    net = build_net(cfg)
+    module = EmotionModule(
+        net, labels=labels, lr_head=cfg.lr_head, lr_backbone=cfg.lr_backbone,
+        weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac,
+        class_weights=class_weights(train_targets, len(labels)),
+        label_smoothing=cfg.label_smoothing,
+    )
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor="val_uar", mode="max",
+                                 save_top_k=1, filename="best-{epoch:02d}-{val_uar:.3f}")
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=1,
+        precision=_precision(cfg),
+        accumulate_grad_batches=cfg.accumulate,
+        callbacks=[checkpoint, EarlyStopping(monitor="val_uar", mode="max", patience=cfg.patience)],
+        default_root_dir=str(out),
+        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
+        enable_progress_bar=cfg.progress,
+        fast_dev_run=cfg.fast_dev_run,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, train_dl, val_dl)
+    train_seconds = time.perf_counter() - started
+    if checkpoint.best_model_path and not cfg.fast_dev_run:
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+    best_val = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    net = module.net.float().eval().cpu()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(net(torch.from_numpy(batch)), -1).numpy()
+
+    test_items = by_role["test"]
+    test_audio = decoded(test_items)
+    hop = int(round(cfg.eval_hop_s * SAMPLE_RATE_HZ))
+    common = {"window_samples": cfg.window_samples, "hop_samples": hop, "audio": test_audio}
+    metrics = {
+        "config": asdict(cfg),
+        "split": split,
+        "labels": list(labels),
+        "train_utterances": len(train_kept),
+        "skipped": skipped,
+        "epochs_run": trainer.current_epoch,
+        "train_seconds": round(train_seconds, 1),
+        "best_val_uar": best_val,
+        "test": evaluate_items(predict, test_items, labels, **common),
+        "test_telephone": evaluate_items(predict, test_items, labels, telephone=True, **common),
+    }
+    save_checkpoint(net, cfg, metrics, out / "model.pt")
+    metrics["checkpoint"] = str(out / "model.pt")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def save_checkpoint(net: EmotionNet, cfg: TrainConfig, metrics: dict, path: Path) -> None:
+    """What ``callmon export`` needs: the recipe, the weights and the figures."""
+    torch.save({"config": asdict(cfg), "state_dict": net.state_dict(), "metrics": metrics}, path)
+
+
+def load_checkpoint(path: Path | str) -> tuple[EmotionNet, TrainConfig, dict]:
+    """Rebuild the network of a ``model.pt`` (no pretrained weights are read)."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = TrainConfig(**blob["config"])
+    net = build_net(cfg, pretrained=cfg.backbone.startswith("wav2vec2"))
+    net.load_state_dict(blob["state_dict"])
+    return net.eval(), cfg, blob["metrics"]
+
+
+def cross_validate(cfg: TrainConfig) -> dict:
+    """Train and test every fold; the summary gives mean ± std over folds."""
+    items = discover(cfg.data)
+    cache: dict[Path, np.ndarray] = {}
+    per_fold = []
+    for fold in range(cfg.folds):
+        fold_cfg = replace(cfg, fold=fold, out=str(Path(cfg.out) / f"fold{fold}"))
+        metrics = train(fold_cfg, items=items, audio_cache=cache)
+        per_fold.append(metrics)
+        log.info("fold %d test UAR %.3f (telephone %.3f)", fold, metrics["test"]["uar"],
+                 metrics["test_telephone"]["uar"])
+    summary = {
+        "config": asdict(cfg),
+        "folds": [
+            {"fold": i, "test_speakers": m["split"]["test"], "val_speakers": m["split"]["val"],
+             "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
+             "clean": {k: m["test"][k] for k in ("n", "accuracy", "uar", "macro_f1",
+                                                 "per_class_recall")},
+             "telephone": {k: m["test_telephone"][k] for k in ("accuracy", "uar", "macro_f1")}}
+            for i, m in enumerate(per_fold)
+        ],
+        "clean": summarise_folds([m["test"] for m in per_fold]),
+        "telephone": summarise_folds([m["test_telephone"] for m in per_fold]),
+    }
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "cv_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
