@@ -9,6 +9,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from streamer.cli import add_commands as add_streamer_commands
     from trainer.cli import add_commands as add_trainer_commands
 
     parser = argparse.ArgumentParser(
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench", metavar="WHAT", required=True
     )
+    add_streamer_commands(sub, bench)
     add_trainer_commands(sub, bench)
     return parser
 

@@ -8,7 +8,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from models.backbones import LogMel, WhisperEncoderBackbone, build_backbone, whisper_tiny_weights_path
+from models.backbones import (
+    LogMel,
+    WhisperEncoderBackbone,
+    build_backbone,
+    whisper_tiny_weights_path,
+)
 from models.ct2 import WeightFileError, read_ct2_variables
 from models.mel import mel_filterbank
 

@@ -175,8 +175,8 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
 def _bench_model(args: argparse.Namespace) -> int:
     import onnxruntime
 
-    from models.inference import DEFAULT_MODEL_DIR
     from models.card import ModelCard
+    from models.inference import DEFAULT_MODEL_DIR
     from trainer.bench import format_table, run_model_bench
 
     shipped = None

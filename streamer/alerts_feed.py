@@ -1,0 +1,64 @@
+"""Following alerts: replay the capped stream ``callmon:alerts:log`` from a point, then
+follow live — without gaps or repeats between the replay and the live part."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+
+from streamer import schema
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def stream_id_for(since: str | None) -> str:
+    """``None`` → only new entries; ``0`` → everything; ``10m`` → from ten minutes ago;
+    anything else is taken as a stream id."""
+    if since is None:
+        return "$"
+    m = _DURATION.match(since)
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return f"{int((time.time() - seconds) * 1000)}-0"
+    return since
+
+
+async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[dict], None],
+                        stop: asyncio.Event | None = None, block_ms: int = 1000) -> None:
+    """Read ``callmon:alerts:log`` with XREAD from ``since`` onwards and call ``on_message``
+    with each entry's decoded payload, de-duplicated by ``id``. Reading the stream (rather
+    than pub/sub) is what lets a consumer that was away catch up; reconnects resume after
+    the last id seen."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    last = stream_id_for(since)
+    seen: dict[str, None] = {}  # insertion-ordered, trimmed to the most recent ids
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+    try:
+        if last == "$":  # pin "now" to a concrete id so a reconnect does not skip entries
+            info = await client.xinfo_stream(schema.ALERTS_STREAM) if await client.exists(
+                schema.ALERTS_STREAM) else None
+            last = info["last-generated-id"].decode() if info else "0"
+        while stop is None or not stop.is_set():
+            try:
+                reply = await client.xread({schema.ALERTS_STREAM: last}, block=block_ms, count=500)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await asyncio.sleep(0.5)  # Redis away: retry from the same id
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode()
+                    event_id = fields.get(b"id", b"").decode()
+                    if event_id in seen:
+                        continue
+                    seen[event_id] = None
+                    if len(seen) > 100_000:
+                        del seen[next(iter(seen))]
+                    on_message(json.loads(fields[b"data"]))
+    finally:
+        await client.aclose()

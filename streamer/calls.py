@@ -1,0 +1,141 @@
+"""Per-call state: one object per live call, holding its channels' windowers, its alert
+state, its counters and the bounded queue of messages for its socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.alerts import AlertConfig, RoleAlerts
+from streamer.protocol import StreamStart
+from streamer.windowing import ChannelWindower, VadConfig, Window
+
+
+@dataclass(frozen=True, slots=True)
+class WindowingConfig:
+    window_s: float = 3.0
+    hop_s: float = 1.0
+    vad: VadConfig = VadConfig()
+
+
+class Outbox:
+    """Bounded queue of messages for one socket: a slow reader loses its oldest results
+    (counted) and never holds up ingest or other calls."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.items: deque[str] = deque()
+        self.maxlen = maxlen
+        self.dropped = 0
+        self.closed = False
+        self._ready = asyncio.Event()
+
+    def put(self, message: str) -> None:
+        if self.closed:
+            return
+        if len(self.items) >= self.maxlen:
+            self.items.popleft()
+            self.dropped += 1
+        self.items.append(message)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    async def get(self) -> str | None:
+        """Next message, or None once closed and empty."""
+        while not self.items:
+            if self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self.items.popleft()
+
+
+class CallSession:
+    """A live call.
+
+    Args:
+        start: the validated start request.
+        protocol: ``native`` or ``twilio``.
+        send_results: whether results go back on the caller's socket.
+    """
+
+    def __init__(self, start: StreamStart, *, protocol: str, windowing: WindowingConfig,
+                 alerts: AlertConfig, send_results: bool = True, outbox_max: int = 256) -> None:
+        self.start = start
+        self.call_id = start.call_id
+        self.protocol = protocol
+        self.windowing = windowing
+        self.alert_config = alerts
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.send_results = send_results
+        self.outbox = Outbox(outbox_max)
+        self.windowers = [
+            ChannelWindower(call_id=start.call_id, role=role, channel=i,
+                            input_rate_hz=start.sample_rate, window_s=windowing.window_s,
+                            hop_s=windowing.hop_s, vad=windowing.vad)
+            for i, role in enumerate(start.roles)
+        ]
+        self.alerts = {role: RoleAlerts(start.call_id, role, alerts) for role in start.roles}
+        self.windows = 0
+        self.silent = 0
+        self.scored = 0
+        self.dropped = 0
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.ended = False
+
+    def reset(self) -> None:
+        for w in self.windowers:
+            w.reset()
+        for a in self.alerts.values():
+            a.reset()
+
+    def feed(self, frames: np.ndarray) -> list[Window]:
+        """Interleaved ``(samples, channels)`` audio → completed windows."""
+        out: list[Window] = []
+        for channel, windower in enumerate(self.windowers):
+            out.extend(windower.feed(np.ascontiguousarray(frames[:, channel])))
+        return out
+
+    def feed_channel(self, channel: int, samples: np.ndarray) -> list[Window]:
+        return self.windowers[channel].feed(samples)
+
+    def finish(self) -> list[Window]:
+        """Flush the resamplers at the end of the call."""
+        out: list[Window] = []
+        for windower in self.windowers:
+            out.extend(windower.feed(np.zeros(0, dtype=np.float32), last=True))
+        return out
+
+    def window_submitted(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def window_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self.in_flight = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    @property
+    def duration_s(self) -> float:
+        return max((w.duration_s for w in self.windowers), default=0.0)
+
+    @property
+    def alerts_raised(self) -> int:
+        return sum(a.raised for a in self.alerts.values())

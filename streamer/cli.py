@@ -1,0 +1,115 @@
+"""``callmon serve``, ``stream``, ``alerts`` and ``bench load``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+
+def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the monitor: ingest, model, alerts, Redis")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="websocket ingest port (default 8080)")
+    p.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL, else an embedded Redis)")
+    p.add_argument("--model", dest="model_path", help="model directory or .onnx")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--hop", dest="hop_s", type=float, help="seconds between windows (default 1)")
+    p.add_argument("--max-calls", type=int)
+    p.add_argument("--ingest-token", help="require this bearer token on ingest")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("stream", help="stream a file or the microphone to a callmon server")
+    p.add_argument("file", nargs="?", help="audio file (anything soundfile reads; stereo → 2 roles)")
+    p.add_argument("--mic", action="store_true", help="stream the default microphone")
+    p.add_argument("--url", default="ws://127.0.0.1:8080", help="server base URL")
+    p.add_argument("--protocol", choices=["native", "twilio"], default="native")
+    p.add_argument("--call-id")
+    p.add_argument("--rate", type=int, default=16000, help="sample rate to send (native)")
+    p.add_argument("--encoding", default="pcm_s16le",
+                   choices=["pcm_s16le", "f32le", "mulaw", "alaw"])
+    p.add_argument("--fast", action="store_true",
+                   help="send as fast as possible (the server drops windows it cannot keep up with)")
+    p.add_argument("--speed", type=float, default=1.0, help="pace at this multiple of real time")
+    p.add_argument("--token", help="ingest bearer token")
+    p.set_defaults(handler=_stream)
+
+    p = sub.add_parser("alerts", help="print alerts and call events as they happen")
+    p.add_argument("--redis-url", default=None, help="default: $REDIS_URL or redis://127.0.0.1")
+    p.add_argument("--since", default=None,
+                   help="replay from the alert log first: a stream id, 0 for everything, "
+                        "or a duration like 10m")
+    p.add_argument("--json", action="store_true", help="print raw JSON lines")
+    p.set_defaults(handler=_alerts)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from streamer.service import run
+    from streamer.settings import Settings
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in Settings.model_fields and v is not None}
+    settings = Settings(**overrides)
+    asyncio.run(run(settings))
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from streamer.client import format_result, load_for_streaming, stream_native, stream_twilio
+
+    def show(data: dict) -> None:
+        line = format_result(data)
+        if line:
+            print(line, flush=True)
+
+    base = args.url.rstrip("/")
+    if args.mic:
+        from streamer.mic import stream_microphone
+
+        return asyncio.run(stream_microphone(base + "/v1/stream", rate=args.rate,
+                                             call_id=args.call_id, token=args.token,
+                                             on_message=show))
+    if not args.file:
+        raise ValueError("give an audio FILE or --mic")
+    if args.protocol == "twilio":
+        audio = load_for_streaming(args.file, rate=8000)
+        outcome = asyncio.run(stream_twilio(base + "/v1/twilio", audio, call_id=args.call_id,
+                                            speed=None if args.fast else args.speed, token=args.token,
+                                            on_message=show))
+    else:
+        rate = 8000 if args.encoding in ("mulaw", "alaw") else args.rate
+        audio = load_for_streaming(args.file, rate=rate)
+        outcome = asyncio.run(stream_native(base + "/v1/stream", audio, rate=rate,
+                                            call_id=args.call_id, encoding=args.encoding,
+                                            speed=None if args.fast else args.speed, token=args.token,
+                                            on_message=show))
+    if outcome.errors:
+        print(f"server refused: {outcome.errors[-1]['message']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    import os
+
+    from streamer.alerts_feed import follow_alerts
+
+    url = args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+    def show(data: dict) -> None:
+        if args.json:
+            print(json.dumps(data), flush=True)
+        elif data.get("type") == "alert":
+            print(f"{data['state']:>7} {data['kind']:<11} call={data['call_id']} "
+                  f"role={data['role']} score={data['score']:.2f} at={data['call_time_s']:.1f}s "
+                  f"id={data['id']}", flush=True)
+        else:
+            print(f"{data['type']:>12} call={data['call_id']} "
+                  + (f"reason={data.get('reason')}" if data.get("reason") else ""), flush=True)
+
+    try:
+        asyncio.run(follow_alerts(url, since=args.since, on_message=show))
+    except KeyboardInterrupt:
+        pass
+    return 0

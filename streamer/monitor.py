@@ -1,0 +1,188 @@
+"""The monitor: one model and one scheduler for all calls, a registry of live calls, and the
+path ingest → window → infer → decide → publish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamer.alerts import AlertConfig
+from streamer.calls import CallSession, WindowingConfig
+from streamer.metrics import Histogram
+from streamer.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError, StreamStart
+from streamer.publisher import RedisPublisher
+from streamer.scheduler import InferenceScheduler
+from streamer.schema import Alert, CallEvent, WindowResult, dumps, new_id
+from streamer.windowing import Window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class MonitorStats:
+    calls_started: int = 0
+    calls_ended: int = 0
+    windows: int = 0
+    silent_windows: int = 0
+    alerts_raised: int = 0
+    alerts_cleared: int = 0
+    socket_messages_dropped: int = 0
+    latency_ms: Histogram = field(
+        default_factory=lambda: Histogram((10, 25, 50, 100, 200, 300, 500, 1000, 2000, 5000)))
+
+
+class Monitor:
+    """Owns the live calls.
+
+    Args:
+        labels: the model's class names, in output order.
+        scheduler: batches windows into the model.
+        publisher: writes results, alerts and lifecycle events to Redis.
+        max_calls: live calls allowed at once (more are refused with close code 1013).
+    """
+
+    def __init__(self, *, labels: tuple[str, ...], scheduler: InferenceScheduler,
+                 publisher: RedisPublisher, windowing: WindowingConfig | None = None,
+                 alerts: AlertConfig | None = None, max_calls: int = 500, node: str = "",
+                 drain_timeout_s: float = 5.0) -> None:
+        self.labels = labels
+        self.scheduler = scheduler
+        self.publisher = publisher
+        self.windowing = windowing or WindowingConfig()
+        self.alert_config = alerts or AlertConfig()
+        self.max_calls = max_calls
+        self.node = node
+        self.drain_timeout_s = drain_timeout_s
+        self.calls: dict[str, CallSession] = {}
+        self.stats = MonitorStats()
+        self.accepting = True
+
+    # -- call lifecycle --------------------------------------------------------------------
+
+    def open_call(self, start: StreamStart, *, protocol: str, send_results: bool = True
+                  ) -> CallSession:
+        """Register a call, or refuse it with the right close code."""
+        if not self.accepting:
+            raise ProtocolError("shutting_down", "the server is shutting down",
+                                close_code=CLOSE_TRY_LATER)
+        if start.call_id in self.calls:
+            raise ProtocolError("duplicate_call_id", f"call {start.call_id!r} is already live",
+                                close_code=CLOSE_POLICY)
+        if len(self.calls) >= self.max_calls:
+            raise ProtocolError("at_capacity",
+                                f"the server is at its maximum of {self.max_calls} live calls",
+                                close_code=CLOSE_TRY_LATER)
+        session = CallSession(start, protocol=protocol, windowing=self.windowing,
+                              alerts=self.alert_config, send_results=send_results)
+        self.calls[start.call_id] = session
+        self.stats.calls_started += 1
+        event = CallEvent(id=new_id(), type="call_started", call_id=start.call_id,
+                          roles=start.roles, sample_rate=start.sample_rate,
+                          encoding=start.encoding, protocol=protocol, metadata=start.metadata,
+                          ts=session.started_at, node=self.node)
+        self.publisher.publish_event(event)
+        log.info("call %s started (%s, %d Hz %s, roles %s)", start.call_id, protocol,
+                 start.sample_rate, start.encoding, ",".join(start.roles))
+        return session
+
+    async def close_call(self, session: CallSession, reason: str) -> CallEvent:
+        """Flush the call's last audio, wait for its windows, publish ``call_ended``."""
+        if session.ended:
+            raise RuntimeError(f"call {session.call_id} already ended")
+        session.ended = True
+        self.ingest(session, session.finish())
+        if not await session.wait_idle(self.drain_timeout_s):
+            log.warning("call %s ended with %d windows still in inference", session.call_id,
+                        session.in_flight)
+        event = CallEvent(id=new_id(), type="call_ended", call_id=session.call_id,
+                          roles=session.start.roles, sample_rate=session.start.sample_rate,
+                          encoding=session.start.encoding, protocol=session.protocol,
+                          metadata=session.start.metadata, reason=reason,
+                          duration_s=round(session.duration_s, 3),
+                          alerts_raised=session.alerts_raised, node=self.node)
+        self.publisher.publish_event(event)
+        self.scheduler.forget(session.call_id, len(session.windowers))
+        self.calls.pop(session.call_id, None)
+        self.stats.calls_ended += 1
+        self.stats.socket_messages_dropped += session.outbox.dropped
+        log.info("call %s ended (%s): %.1f s, %d windows, %d dropped, %d alerts",
+                 session.call_id, reason, session.duration_s, session.windows, session.dropped,
+                 session.alerts_raised)
+        return event
+
+    # -- audio → results -------------------------------------------------------------------
+
+    def feed(self, session: CallSession, frames: np.ndarray) -> None:
+        self.ingest(session, session.feed(frames))
+
+    def feed_channel(self, session: CallSession, channel: int, samples: np.ndarray) -> None:
+        self.ingest(session, session.feed_channel(channel, samples))
+
+    def ingest(self, session: CallSession, windows: list[Window]) -> None:
+        for window in windows:
+            session.windows += 1
+            self.stats.windows += 1
+            if window.speech:
+                session.window_submitted()
+                self.scheduler.submit(window, lambda w, p, s=session: self._on_scored(s, w, p))
+            else:
+                session.silent += 1
+                self.stats.silent_windows += 1
+                self._emit(session, window, None)
+
+    def _on_scored(self, session: CallSession, window: Window, probs: np.ndarray | None) -> None:
+        session.window_done()
+        if probs is None:
+            session.dropped += 1
+            return
+        session.scored += 1
+        scores = {label: round(float(p), 5) for label, p in zip(self.labels, probs, strict=True)}
+        self._emit(session, window, scores)
+
+    def _emit(self, session: CallSession, window: Window, scores: dict[str, float] | None) -> None:
+        role_alerts = session.alerts[window.role]
+        alerts = role_alerts.update(scores=scores, window_index=window.index, end_s=window.end_s)
+        latency_ms = 1000 * (time.monotonic() - window.ready_at)
+        if scores is not None:
+            self.stats.latency_ms.observe(latency_ms)
+        frustration = role_alerts.smoothed("frustration")
+        distress = role_alerts.smoothed("distress")
+        result = WindowResult(
+            call_id=session.call_id, role=window.role, channel=window.channel,
+            window_index=window.index, start_s=window.start_s, end_s=window.end_s,
+            speech=window.speech, speech_ratio=round(window.speech_ratio, 3), scores=scores,
+            frustration=None if frustration is None else round(frustration, 4),
+            distress=None if distress is None else round(distress, 4),
+            latency_ms=round(latency_ms, 1), node=self.node,
+        )
+        self.publisher.publish_result(result)
+        if session.send_results:
+            session.outbox.put(dumps(result))
+        for alert in alerts:
+            self._alert(session, alert)
+
+    def _alert(self, session: CallSession, alert: Alert) -> None:
+        if alert.state == "raised":
+            self.stats.alerts_raised += 1
+            log.info("alert %s raised: %s %s score %.2f at %.1f s", alert.id, alert.call_id,
+                     alert.kind, alert.score, alert.call_time_s)
+        else:
+            self.stats.alerts_cleared += 1
+        self.publisher.publish_event(alert)
+        if session.send_results:
+            session.outbox.put(dumps(alert))
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Refuse new calls and end the live ones (reason ``shutdown``)."""
+        self.accepting = False
+        for session in list(self.calls.values()):
+            if not session.ended:
+                await self.close_call(session, "shutdown")
+                session.outbox.put(json.dumps({"v": 1, "type": "ended", "reason": "shutdown"}))
+                session.outbox.close()

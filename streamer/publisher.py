@@ -1,0 +1,220 @@
+"""Publishing to Redis without losing alerts.
+
+Window results are published on ``callmon:call:{id}``, appended to the call's timeline
+and kept as its latest state. Alerts and call lifecycle events go to pub/sub
+``callmon:alerts`` *and* the capped stream ``callmon:alerts:log``.
+
+Nothing here ever blocks ingest: callers enqueue and return. A flusher task writes in
+pipelines. If Redis is unreachable, alerts and lifecycle events wait in a bounded outbox,
+in order, and are written when it returns (a write whose reply was lost may be repeated:
+consumers de-duplicate by ``id``). Window results wait in a smaller bounded buffer that
+drops its oldest entries, counted, while Redis is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from streamer import schema
+from streamer.schema import Alert, CallEvent, WindowResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherConfig:
+    """Bounds and retention.
+
+    Attributes:
+        outbox_max: alerts and lifecycle events held while Redis is away (oldest dropped
+            beyond it, counted in ``events_dropped``).
+        results_max: window results held while Redis is away.
+        timeline_max: window results kept per call (about 2 h of one channel at 1 s hop).
+        stream_maxlen: approximate cap of ``callmon:alerts:log``.
+        ended_ttl_s: how long an ended call's state and timeline stay in Redis.
+    """
+
+    outbox_max: int = 100_000
+    results_max: int = 20_000
+    timeline_max: int = 7_200
+    stream_maxlen: int = 100_000
+    ended_ttl_s: int = 24 * 3600
+    batch_max: int = 500
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 2.0
+
+
+class RedisPublisher:
+    """Owns the Redis connection used for publishing.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (or cluster) client.
+    """
+
+    def __init__(self, client, *, config: PublisherConfig | None = None, node: str = "") -> None:
+        self.client = client
+        self.config = config or PublisherConfig()
+        self.node = node
+        self._outbox: deque[CallEvent | Alert | tuple[str, str, dict]] = deque()
+        self._results: deque[WindowResult] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+        self.connected = False
+        self.last_error: str | None = None
+        self.degraded_since: float | None = None
+        self.events_published = 0
+        self.events_dropped = 0
+        self.results_published = 0
+        self.results_dropped = 0
+
+    # -- enqueueing (never blocks) -------------------------------------------------------
+
+    def publish_result(self, result: WindowResult) -> None:
+        if len(self._results) >= self.config.results_max:
+            self._results.popleft()
+            self.results_dropped += 1
+        self._results.append(result)
+        self._kick()
+
+    def publish_event(self, event: Alert | CallEvent) -> None:
+        if len(self._outbox) >= self.config.outbox_max:
+            self._outbox.popleft()
+            self.events_dropped += 1
+            log.error("alert outbox full (%d): oldest event dropped", self.config.outbox_max)
+        self._outbox.append(event)
+        self._kick()
+
+    def set_call_fields(self, call_id: str, fields: dict[str, str]) -> None:
+        """Ordered with events: used for the call's start record and active alerts."""
+        self._outbox.append(("hset", call_id, fields))
+        self._kick()
+
+    def _kick(self) -> None:
+        self._flushed.clear()
+        self._wakeup.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return len(self._outbox) + len(self._results)
+
+    @property
+    def healthy(self) -> bool:
+        return self.connected and len(self._outbox) < self.config.batch_max
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="redis-publisher")
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        try:
+            await asyncio.wait_for(self._flushed.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self, *, flush_timeout_s: float = 5.0) -> None:
+        if not await self.flush(flush_timeout_s):
+            log.warning("stopping with %d alerts/events not delivered to Redis", len(self._outbox))
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self.config.retry_initial_s
+        while True:
+            if not self._outbox and not self._results:
+                self._flushed.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            events = list(_take(self._outbox, self.config.batch_max))
+            results = list(_take(self._results, self.config.batch_max))
+            try:
+                await self._write(events, results)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # ConnectionError, TimeoutError, BusyLoadingError …
+                # Put back what was not confirmed, in order, and retry with backoff.
+                self._outbox.extendleft(reversed(events))
+                self._results.extendleft(reversed(results))
+                while len(self._results) > self.config.results_max:
+                    self._results.popleft()
+                    self.results_dropped += 1
+                if self.connected or self.degraded_since is None:
+                    log.warning("Redis unavailable (%s); holding %d alerts/events", exc,
+                                len(self._outbox))
+                    self.degraded_since = time.time()
+                self.connected = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            if not self.connected:
+                if self.degraded_since is not None:
+                    log.info("Redis back; delivered %d held alerts/events", len(events))
+                self.connected = True
+                self.degraded_since = None
+                self.last_error = None
+            delay = self.config.retry_initial_s
+            self.events_published += sum(1 for e in events if not isinstance(e, tuple))
+            self.results_published += len(results)
+
+    async def _write(self, events: list, results: list[WindowResult]) -> None:
+        if not events and not results:
+            await self.client.ping()
+            return
+        cfg = self.config
+        pipe = self.client.pipeline(transaction=False)
+        for item in events:
+            if isinstance(item, tuple):
+                _, call_id, fields = item
+                pipe.hset(schema.call_state_key(call_id), mapping=fields)
+                continue
+            payload = schema.dumps(item)
+            pipe.publish(schema.ALERTS_CHANNEL, payload)
+            pipe.xadd(schema.ALERTS_STREAM, {"id": item.id, "type": item.type, "data": payload},
+                      maxlen=cfg.stream_maxlen, approximate=True)
+            state_key = schema.call_state_key(item.call_id)
+            if isinstance(item, CallEvent) and item.type == "call_started":
+                pipe.zadd(schema.LIVE_CALLS_KEY, {item.call_id: item.ts})
+                pipe.hset(state_key, mapping={"start": payload})
+                pipe.persist(state_key)
+            elif isinstance(item, CallEvent):
+                pipe.zrem(schema.LIVE_CALLS_KEY, item.call_id)
+                pipe.hset(state_key, mapping={"end": payload})
+                pipe.expire(state_key, cfg.ended_ttl_s)
+                pipe.expire(schema.call_timeline_key(item.call_id), cfg.ended_ttl_s)
+            else:
+                pipe.hset(state_key, mapping={f"alert:{item.role}:{item.kind}": payload})
+        for result in results:
+            payload = schema.dumps(result)
+            timeline = schema.call_timeline_key(result.call_id)
+            pipe.publish(schema.call_channel(result.call_id), payload)
+            pipe.rpush(timeline, payload)
+            pipe.ltrim(timeline, -cfg.timeline_max, -1)
+            pipe.hset(schema.call_state_key(result.call_id), mapping={f"last:{result.role}": payload})
+        replies = await pipe.execute(raise_on_error=False)
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if any(isinstance(e, (ConnectionError, TimeoutError, OSError)) for e in errors):
+            raise next(e for e in errors if isinstance(e, (ConnectionError, TimeoutError, OSError)))
+        for error in errors:  # a command Redis refused (e.g. a key of the wrong type)
+            log.error("Redis refused a write: %s", error)
+
+
+def _take(queue: deque, n: int):
+    for _ in range(min(n, len(queue))):
+        yield queue.popleft()

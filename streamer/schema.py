@@ -1,0 +1,142 @@
+"""The wire schema: every message the streamer sends over Redis or a websocket.
+
+This module is the single definition; ``docs/schema.md`` describes it and the dashboard
+imports it. Every message is a JSON object with ``"v": 1`` and a ``"type"``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+# Redis names. ``{call_id}`` parts are filled by the helpers below.
+ALERTS_CHANNEL = "callmon:alerts"
+ALERTS_STREAM = "callmon:alerts:log"
+LIVE_CALLS_KEY = "callmon:calls:live"  # sorted set: call_id → start time (unix s)
+
+
+def call_channel(call_id: str) -> str:
+    """Pub/sub channel with every window result of one call."""
+    return f"callmon:call:{call_id}"
+
+
+def call_state_key(call_id: str) -> str:
+    """JSON of the call's latest state (start message, last result per role, alerts)."""
+    return f"callmon:call:{call_id}:state"
+
+
+def call_timeline_key(call_id: str) -> str:
+    """List of the call's window results, oldest first, capped."""
+    return f"callmon:call:{call_id}:timeline"
+
+
+Role = Literal["customer", "agent"]
+AlertKind = Literal["frustration", "distress"]
+AlertState = Literal["raised", "cleared"]
+EndReason = Literal["stop", "disconnect", "error", "shutdown", "lost"]
+
+
+def new_id() -> str:
+    """Time-ordered unique id (UUIDv7 layout) for alerts and lifecycle events."""
+    ms = int(time.time() * 1000)
+    rand = uuid.uuid4().int & ((1 << 74) - 1)
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """One scored (or silent) window of one channel of one call."""
+
+    call_id: str
+    role: str
+    channel: int
+    window_index: int
+    start_s: float
+    end_s: float
+    speech: bool
+    speech_ratio: float
+    scores: dict[str, float] | None  # None when the window was silent and not scored
+    frustration: float | None  # smoothed, see streamer.alerts
+    distress: float | None
+    latency_ms: float | None = None  # end of the window's audio → result ready
+    ts: float = field(default_factory=time.time)
+    node: str = ""
+    v: int = SCHEMA_VERSION
+    type: str = "window"
+
+    @property
+    def emotion(self) -> str | None:
+        if not self.scores:
+            return None
+        return max(self.scores, key=self.scores.__getitem__)
+
+    def to_wire(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["emotion"] = self.emotion
+        data["confidence"] = self.scores[self.emotion] if self.scores and self.emotion else None
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A frustration or distress alert being raised or cleared for one call and role."""
+
+    id: str
+    call_id: str
+    role: str
+    kind: str  # AlertKind
+    state: str  # AlertState
+    score: float
+    threshold: float
+    window_index: int
+    call_time_s: float  # position in the call (end of the deciding window)
+    raised_id: str | None = None  # on "cleared": the id of the alert it clears
+    ts: float = field(default_factory=time.time)
+    node: str = ""
+    v: int = SCHEMA_VERSION
+    type: str = "alert"
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """``call_started`` or ``call_ended``."""
+
+    id: str
+    type: str  # "call_started" | "call_ended"
+    call_id: str
+    roles: tuple[str, ...]
+    sample_rate: int
+    encoding: str
+    protocol: str  # "native" | "twilio"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # on call_ended, see EndReason
+    duration_s: float | None = None
+    alerts_raised: int | None = None
+    ts: float = field(default_factory=time.time)
+    node: str = ""
+    v: int = SCHEMA_VERSION
+
+    def to_wire(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["roles"] = list(self.roles)
+        return data
+
+
+def dumps(message: WindowResult | Alert | CallEvent | dict[str, Any]) -> str:
+    data = message if isinstance(message, dict) else message.to_wire()
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+def error_message(code: str, message: str, **extra: Any) -> str:
+    """What the server sends before closing a socket it refuses."""
+    return json.dumps({"v": SCHEMA_VERSION, "type": "error", "code": code, "message": message,
+                       **extra})

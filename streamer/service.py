@@ -1,0 +1,140 @@
+"""Composition: build the model, Redis, scheduler, monitor and ingest server from Settings,
+run them, and shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+from streamer.alerts import AlertConfig, AlertRule
+from streamer.calls import WindowingConfig
+from streamer.monitor import Monitor
+from streamer.publisher import RedisPublisher
+from streamer.redis_server import EmbeddedRedis
+from streamer.scheduler import InferenceScheduler
+from streamer.server import IngestConfig, IngestServer
+from streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def alert_config(settings: Settings) -> AlertConfig:
+    return AlertConfig(
+        smoothing=settings.alert_smoothing,
+        alert_roles=tuple(r.strip() for r in settings.alert_roles.split(",") if r.strip()),
+        frustration=AlertRule(on=settings.frustration_on, off=settings.frustration_off,
+                              consecutive=settings.alert_consecutive,
+                              cooldown_s=settings.alert_cooldown_s),
+        distress=AlertRule(on=settings.distress_on, off=settings.distress_off,
+                           consecutive=settings.alert_consecutive,
+                           cooldown_s=settings.alert_cooldown_s),
+    )
+
+
+class Service:
+    """Everything ``callmon serve`` runs, started and stopped in order.
+
+    Args:
+        settings: configuration.
+        model: an already loaded :class:`models.EmotionModel` (tests inject one); loaded
+            from ``settings`` when omitted.
+    """
+
+    def __init__(self, settings: Settings, *, model=None) -> None:
+        self.settings = settings
+        self.model = model
+        self.embedded_redis: EmbeddedRedis | None = None
+        self.redis = None
+        self.publisher: RedisPublisher | None = None
+        self.scheduler: InferenceScheduler | None = None
+        self.monitor: Monitor | None = None
+        self.ingest: IngestServer | None = None
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        import redis.asyncio as aioredis
+
+        from models import load_model
+
+        s = self.settings
+        if self.model is None:
+            self.model = await asyncio.to_thread(
+                load_model, s.model_path, s.device, variant=s.model_variant, threads=s.threads)
+        url = s.redis_url
+        if not url:
+            self.embedded_redis = EmbeddedRedis(
+                data_dir=Path(s.redis_dir) if s.redis_dir else None).start()
+            url = self.embedded_redis.url
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                             retry_on_timeout=False, health_check_interval=10)
+        self.publisher = RedisPublisher(self.redis, node=s.node)
+        self.publisher.start()
+        self.scheduler = InferenceScheduler(self.model.run_windows, max_batch=s.max_batch,
+                                            max_wait_ms=s.max_wait_ms,
+                                            max_pending_per_stream=s.max_pending_per_stream)
+        self.scheduler.start()
+        card = self.model.card
+        self.monitor = Monitor(labels=self.model.labels, scheduler=self.scheduler,
+                               publisher=self.publisher,
+                               windowing=WindowingConfig(window_s=card.window_s, hop_s=s.hop_s),
+                               alerts=alert_config(s), max_calls=s.max_calls, node=s.node)
+        self.ingest = IngestServer(self.monitor, IngestConfig(
+            host=s.host, port=s.port, token=s.ingest_token, max_frame_bytes=s.max_frame_bytes,
+            start_timeout_s=s.start_timeout_s), health=self.health)
+        await self.ingest.start()
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.redis_url or self.embedded_redis.url  # type: ignore[union-attr]
+
+    def health(self) -> dict:
+        pub = self.publisher
+        redis_ok = bool(pub and pub.connected)
+        return {
+            "status": "ok" if redis_ok else "degraded",
+            "redis": {"connected": redis_ok, "last_error": pub.last_error if pub else None,
+                      "degraded_since": pub.degraded_since if pub else None,
+                      "undelivered_events": len(pub._outbox) if pub else 0},
+            "model": {"name": self.model.card.name, "variant": self.model.variant,
+                      "labels": list(self.model.labels)} if self.model else None,
+            "live_calls": len(self.monitor.calls) if self.monitor else 0,
+            "node": self.settings.node,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    async def stop(self, *, timeout_s: float = 8.0) -> None:
+        """Graceful: stop accepting, end live calls (``call_ended`` with reason
+        ``shutdown``), score in-flight windows, flush alerts to Redis."""
+        if self.ingest:
+            await self.ingest.stop_accepting()
+        if self.monitor:
+            await self.monitor.shutdown()
+        if self.ingest:
+            await self.ingest.wait_connections(timeout_s / 2)
+            await self.ingest.close()
+        if self.scheduler:
+            await self.scheduler.stop(drain=True, timeout_s=timeout_s / 4)
+        if self.publisher:
+            await self.publisher.stop(flush_timeout_s=timeout_s / 4)
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.embedded_redis:
+            self.embedded_redis.close()
+
+
+async def run(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    service = Service(settings)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}/v1/stream  "  # type: ignore[union-attr]
+          f"(Twilio: /v1/twilio)  Redis: {service.redis_url}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await service.stop()

@@ -1,0 +1,50 @@
+"""The service's one settings object, read from the environment (``CALLMON_*``, plus
+``REDIS_URL``) and overridable from the command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_node_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Configuration of ``callmon serve``; every field can be set as ``CALLMON_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CALLMON_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to bind; loopback unless told otherwise")
+    port: int = Field(8080, description="websocket ingest port")
+    dashboard_port: int = Field(8000, description="dashboard and REST API port")
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "CALLMON_REDIS_URL"),
+        description="Redis to use; unset starts an embedded Redis server",
+    )
+    ingest_token: str | None = Field(None, description="bearer token for ingest (optional)")
+    max_calls: int = Field(500, ge=1)
+    model_path: str | None = Field(None, description="model directory or .onnx; unset: shipped")
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    model_variant: str | None = Field(None, description="fp32, int8 or fp16 (default by device)")
+    threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads")
+    hop_s: float = Field(1.0, gt=0, le=3.0)
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(10.0, ge=0)
+    max_pending_per_stream: int = Field(3, ge=1)
+    max_frame_bytes: int = Field(64 * 1024, ge=1024)
+    start_timeout_s: float = Field(10.0, gt=0)
+    frustration_on: float = 0.55
+    frustration_off: float = 0.3
+    distress_on: float = 0.6
+    distress_off: float = 0.35
+    alert_consecutive: int = 2
+    alert_cooldown_s: float = 30.0
+    alert_smoothing: float = 0.6
+    alert_roles: str = Field("customer", description="comma-separated roles that raise alerts")
+    node: str = Field(default_factory=default_node_name)
+    redis_dir: str | None = Field(None, description="data folder of the embedded Redis")

@@ -1,0 +1,273 @@
+"""Pure units of the streamer: parsers, ring buffer, windowing, VAD, alert rules, scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.alerts import AlertConfig, AlertRule, RoleAlerts
+from streamer.protocol import (
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED,
+    TWILIO_TRACKS,
+    ProtocolError,
+    decode_frame,
+    parse_json_object,
+    parse_start,
+    parse_twilio_media,
+    parse_twilio_start,
+)
+from streamer.scheduler import InferenceScheduler
+from streamer.windowing import ChannelWindower, RingBuffer, Window
+
+GOOD_START = {"type": "start", "call_id": "c-1", "sample_rate": 8000, "encoding": "mulaw",
+              "channels": 2, "roles": ["customer", "agent"], "metadata": {"agent": "ann"}}
+
+
+def test_parse_start_accepts_a_good_message() -> None:
+    start = parse_start(GOOD_START)
+    assert start.call_id == "c-1" and start.roles == ("customer", "agent")
+    assert start.frame_bytes == 2 and start.metadata == {"agent": "ann"}
+    mono = parse_start({"type": "start", "call_id": "x", "sample_rate": 16000})
+    assert mono.encoding == "pcm_s16le" and mono.roles == ("customer",)
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "close"),
+    [
+        ({"type": "hello"}, "expected_start", CLOSE_POLICY),
+        ({"call_id": ""}, "bad_call_id", CLOSE_POLICY),
+        ({"call_id": "a b"}, "bad_call_id", CLOSE_POLICY),
+        ({"encoding": "opus"}, "unsupported_encoding", CLOSE_UNSUPPORTED),
+        ({"sample_rate": 7000}, "unsupported_sample_rate", CLOSE_UNSUPPORTED),
+        ({"sample_rate": "8000"}, "unsupported_sample_rate", CLOSE_UNSUPPORTED),
+        ({"sample_rate": 16000}, "unsupported_sample_rate", CLOSE_UNSUPPORTED),  # μ-law at 16k
+        ({"channels": 3}, "unsupported_channels", CLOSE_UNSUPPORTED),
+        ({"roles": ["customer", "customer"]}, "bad_roles", CLOSE_POLICY),
+        ({"roles": ["customer"]}, "bad_roles", CLOSE_POLICY),
+        ({"metadata": "x"}, "bad_metadata", CLOSE_POLICY),
+        ({"metadata": {"k": "v" * 5000}}, "bad_metadata", CLOSE_POLICY),
+    ],
+)
+def test_parse_start_refusals(change: dict, code: str, close: int) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_start({**GOOD_START, **change})
+    assert info.value.code == code and info.value.close_code == close
+
+
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_json_parser_never_crashes(raw) -> None:
+    try:
+        data = parse_json_object(raw)
+    except ProtocolError as exc:
+        assert exc.code == "bad_json"
+    else:
+        assert isinstance(data, dict)
+
+
+@given(st.dictionaries(st.sampled_from(["type", "call_id", "sample_rate", "encoding",
+                                        "channels", "roles", "metadata"]),
+                       st.one_of(st.none(), st.integers(), st.text(max_size=20), st.booleans(),
+                                 st.lists(st.text(max_size=10), max_size=3),
+                                 st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))))
+def test_start_parser_rejects_or_returns_valid(data: dict) -> None:
+    try:
+        start = parse_start(data)
+    except ProtocolError as exc:
+        assert exc.close_code in (CLOSE_POLICY, CLOSE_UNSUPPORTED)
+    else:
+        assert start.channels in (1, 2) and len(start.roles) == start.channels
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=64), st.sampled_from(["pcm_s16le", "f32le", "mulaw", "alaw"]),
+       st.sampled_from([1, 2]))
+def test_frame_decoder_never_crashes(data: bytes, encoding: str, channels: int) -> None:
+    rate = 8000 if encoding in ("mulaw", "alaw") else 16000
+    start = parse_start({"type": "start", "call_id": "f", "sample_rate": rate,
+                         "encoding": encoding, "channels": channels})
+    try:
+        frames = decode_frame(data, start)
+    except ProtocolError as exc:
+        assert exc.code in ("partial_frame", "bad_samples")
+    else:
+        assert frames.shape == (len(data) // start.frame_bytes, channels)
+        assert np.isfinite(frames).all() and np.abs(frames).max(initial=0) <= 1.0
+
+
+def test_frame_decoder_values() -> None:
+    start = parse_start({"type": "start", "call_id": "f", "sample_rate": 16000, "channels": 2})
+    frames = decode_frame(np.array([16384, -32768, 0, 32767], "<i2").tobytes(), start)
+    assert frames.tolist() == [[0.5, -1.0], [0.0, 32767 / 32768]]
+    with pytest.raises(ProtocolError, match="not a whole number of 4-byte sample frames"):
+        decode_frame(b"\x00" * 6, start)
+    f32 = parse_start({"type": "start", "call_id": "f", "sample_rate": 16000, "encoding": "f32le"})
+    with pytest.raises(ProtocolError, match="NaN"):
+        decode_frame(np.array([0.1, np.nan], "<f4").tobytes(), f32)
+
+
+def test_twilio_events() -> None:
+    start = parse_twilio_start(
+        {"event": "start", "streamSid": "MZ1",
+         "start": {"callSid": "CA1", "tracks": ["inbound", "outbound"],
+                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}},
+        track_roles=TWILIO_TRACKS)
+    assert start.call_id == "CA1" and start.roles == ("customer", "agent")
+    payload = base64.b64encode(b"\xff" * 160).decode()
+    media = parse_twilio_media({"event": "media", "media": {
+        "track": "outbound", "chunk": "7", "timestamp": "140", "payload": payload}},
+        max_payload_bytes=1000)
+    assert (media.track, media.chunk, media.timestamp_ms, len(media.payload)) == (
+        "outbound", 7, 140, 160)
+    with pytest.raises(ProtocolError) as info:
+        parse_twilio_media({"media": {"payload": "A" * 2000}}, max_payload_bytes=1000)
+    assert info.value.close_code == CLOSE_TOO_BIG
+    with pytest.raises(ProtocolError, match="not base64"):
+        parse_twilio_media({"media": {"payload": "!!!"}}, max_payload_bytes=1000)
+    with pytest.raises(ProtocolError, match="audio/x-mulaw"):
+        parse_twilio_start({"start": {"callSid": "CA2", "mediaFormat": {
+            "encoding": "audio/l16", "sampleRate": 16000}}}, track_roles=TWILIO_TRACKS)
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["event", "media", "start", "streamSid"]),
+                                st.one_of(st.text(max_size=10), st.integers(),
+                                          st.dictionaries(st.sampled_from(
+                                              ["payload", "track", "timestamp", "chunk",
+                                               "callSid", "tracks", "mediaFormat"]),
+                                              st.one_of(st.text(max_size=12), st.integers(),
+                                                        st.lists(st.text(max_size=8))),
+                                              max_size=4)), max_size=4), max_size=5))
+def test_twilio_parsers_never_crash(events: list[dict]) -> None:
+    for event in events:
+        for parse in (lambda e: parse_twilio_start(e, track_roles=TWILIO_TRACKS),
+                      lambda e: parse_twilio_media(e, max_payload_bytes=4000)):
+            try:
+                parse(event)
+            except ProtocolError:
+                pass
+
+
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=30))
+def test_ring_buffer_returns_exactly_what_was_written(chunks: list[int]) -> None:
+    ring = RingBuffer(6000)
+    stream = np.arange(sum(chunks), dtype=np.float32)
+    pos = 0
+    for n in chunks:
+        ring.write(stream[pos : pos + n])
+        pos += n
+        length = min(pos, 6000)
+        assert np.array_equal(ring.read(pos, length), stream[pos - length : pos])
+    with pytest.raises(IndexError):
+        ring.read(pos + 1, 10)
+
+
+def test_windower_timing_and_resampling() -> None:
+    w = ChannelWindower(call_id="c", role="customer", channel=0, input_rate_hz=8000,
+                        window_s=3.0, hop_s=1.0)
+    rng = np.random.default_rng(0)
+    audio = (0.2 * rng.standard_normal(8000 * 10)).astype(np.float32)
+    windows: list[Window] = []
+    for i in range(0, len(audio), 160):  # 20 ms frames
+        windows += w.feed(audio[i : i + 160])
+    windows += w.feed(np.zeros(0, np.float32), last=True)
+    assert [x.index for x in windows] == list(range(8))  # 3-10 s ends, 1 s hop
+    assert [x.end_s for x in windows] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert all(x.samples.shape == (48_000,) for x in windows)
+    # The stream resampler is seamless: same result as resampling the whole file at once.
+    import soxr
+    whole = soxr.resample(audio, 8000, 16000, quality="HQ")
+    assert np.allclose(windows[-1].samples, whole[-48_000:], atol=1e-4)
+
+
+def test_vad_marks_silence_and_speech(ravdess_dir) -> None:
+    from trainer.datasets import load_audio
+
+    speech = load_audio(ravdess_dir / "Actor_18/03-01-05-02-01-01-18.flac")
+    silence = (1e-4 * np.random.default_rng(0).standard_normal(16000 * 4)).astype(np.float32)
+    w = ChannelWindower(call_id="c", role="customer", channel=0, input_rate_hz=16000)
+    out = w.feed(np.concatenate([silence, speech[:48000], silence]))
+    assert out[0].speech is False and out[0].speech_ratio == 0.0
+    assert any(x.speech for x in out[3:6])
+    assert out[-1].speech is False
+
+
+def test_alert_hysteresis_cooldown_and_roles() -> None:
+    cfg = AlertConfig(smoothing=1.0, frustration=AlertRule(on=0.6, off=0.3, consecutive=2,
+                                                           cooldown_s=10))
+    a = RoleAlerts("c", "customer", cfg)
+    angry = {"neutral": 0.1, "angry": 0.9}
+    calm = {"neutral": 0.9, "angry": 0.05}
+    assert a.update(scores=angry, window_index=0, end_s=3) == []  # 1 of 2
+    assert a.update(scores=None, window_index=1, end_s=4) == []  # silence: no break, no count
+    raised = a.update(scores=angry, window_index=2, end_s=5)
+    assert [(x.kind, x.state) for x in raised] == [("frustration", "raised")]
+    assert a.update(scores={"angry": 0.5}, window_index=3, end_s=6) == []  # between off and on
+    cleared = a.update(scores=calm, window_index=4, end_s=7)
+    assert cleared[0].state == "cleared" and cleared[0].raised_id == raised[0].id
+    # Cooldown: anger again 2 s later does not re-raise until 10 s after the clear.
+    assert a.update(scores=angry, window_index=5, end_s=8) == []
+    assert a.update(scores=angry, window_index=6, end_s=9) == []
+    again = a.update(scores=angry, window_index=12, end_s=17.5)
+    assert [x.state for x in again] == ["raised"] and a.raised == 2
+    agent = RoleAlerts("c", "agent", cfg)
+    for i in range(5):
+        assert agent.update(scores=angry, window_index=i, end_s=3 + i) == []
+    assert agent.smoothed("frustration") == pytest.approx(0.9)
+    distress = RoleAlerts("c", "customer", AlertConfig(smoothing=1.0))
+    out = []
+    for i in range(3):
+        out += distress.update(scores={"sad": 0.4, "fearful": 0.4}, window_index=i, end_s=3 + i)
+    assert [x.kind for x in out] == ["distress"]
+    with pytest.raises(ValueError):
+        AlertRule(on=0.3, off=0.5)
+
+
+def _window(call: str, i: int, channel: int = 0) -> Window:
+    return Window(call_id=call, role="customer", channel=channel, index=i, start_s=i,
+                  end_s=i + 3, samples=np.full(16, float(i), np.float32), speech_ratio=1.0,
+                  speech=True, ready_at=0.0)
+
+
+def test_scheduler_batches_and_drops_oldest() -> None:
+    seen_batches: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        seen_batches.append(len(x))
+        return np.stack([x.mean(axis=1), 1 - x.mean(axis=1)], axis=1)
+
+    async def main() -> tuple[dict, list]:
+        sched = InferenceScheduler(predict, max_batch=4, max_wait_ms=5, max_pending_per_stream=2)
+        results: dict = {}
+        sched.start()
+        for i in range(5):  # submitted before the loop runs: stream "a" overflows
+            sched.submit(_window("a", i), lambda w, p: results.setdefault(("a", w.index), p))
+        sched.submit(_window("b", 0), lambda w, p: results.setdefault(("b", w.index), p))
+        await sched.drained()
+        await sched.stop()
+        return results, sched.stats
+
+    results, stats = asyncio.run(main())
+    dropped = [k for k, v in results.items() if v is None]
+    scored = {k: v for k, v in results.items() if v is not None}
+    assert dropped == [("a", 0), ("a", 1), ("a", 2)]  # oldest first
+    assert sorted(scored) == [("a", 3), ("a", 4), ("b", 0)]
+    assert scored[("a", 4)][0] == pytest.approx(4.0)  # each window got its own row
+    assert stats.dropped == 3 and stats.scored == 3 and seen_batches == [3]
+
+
+def test_result_json_is_versioned() -> None:
+    from streamer.schema import WindowResult, dumps
+
+    r = WindowResult(call_id="c", role="customer", channel=0, window_index=0, start_s=0,
+                     end_s=3, speech=True, speech_ratio=0.8,
+                     scores={"neutral": 0.2, "angry": 0.8}, frustration=0.8, distress=0.0)
+    data = json.loads(dumps(r))
+    assert data["v"] == 1 and data["type"] == "window"
+    assert data["emotion"] == "angry" and data["confidence"] == 0.8
