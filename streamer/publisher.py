@@ -14,6 +14,7 @@ drops its oldest entries, counted, while Redis is away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -46,6 +47,7 @@ class PublisherConfig:
     batch_max: int = 500
     retry_initial_s: float = 0.1
     retry_max_s: float = 2.0
+    idle_ping_s: float = 5.0
 
 
 class RedisPublisher:
@@ -65,6 +67,7 @@ class RedisPublisher:
         self._task: asyncio.Task | None = None
         self._flushed = asyncio.Event()
         self._flushed.set()
+        self._attempted = asyncio.Event()
         self.connected = False
         self.last_error: str | None = None
         self.degraded_since: float | None = None
@@ -113,6 +116,12 @@ class RedisPublisher:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="redis-publisher")
 
+    async def first_attempt(self, timeout_s: float) -> bool:
+        """Wait for the first round trip to Redis (success or failure); True if connected."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._attempted.wait(), timeout_s)
+        return self.connected
+
     async def flush(self, timeout_s: float) -> bool:
         """Wait until everything queued so far is written; False on timeout."""
         try:
@@ -139,15 +148,19 @@ class RedisPublisher:
         while True:
             if not self._outbox and not self._results:
                 self._flushed.set()
+            if not self._outbox and not self._results and self.connected:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                # Idle: a PING every few seconds keeps the health state true.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.config.idle_ping_s)
             events = list(_take(self._outbox, self.config.batch_max))
             results = list(_take(self._results, self.config.batch_max))
             try:
                 await self._write(events, results)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # ConnectionError, TimeoutError, BusyLoadingError …
+            except Exception as exc:
+                self._attempted.set()  # ConnectionError, TimeoutError, BusyLoadingError …
                 # Put back what was not confirmed, in order, and retry with backoff.
                 self._outbox.extendleft(reversed(events))
                 self._results.extendleft(reversed(results))
@@ -163,6 +176,7 @@ class RedisPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.retry_max_s)
                 continue
+            self._attempted.set()
             if not self.connected:
                 if self.degraded_since is not None:
                     log.info("Redis back; delivered %d held alerts/events", len(events))

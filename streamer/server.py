@@ -157,12 +157,12 @@ class IngestServer:
             return
         except ConnectionClosed:
             return
-        await connection.send(json.dumps({
+        writer = asyncio.create_task(self._writer(connection, session))
+        session.outbox.put(json.dumps({
             "v": SCHEMA_VERSION, "type": "started", "call_id": start.call_id,
             "labels": list(self.monitor.labels), "window_s": self.monitor.windowing.window_s,
             "hop_s": self.monitor.windowing.hop_s,
         }))
-        writer = asyncio.create_task(self._writer(connection, session))
         reason, error = "disconnect", None
         try:
             async for message in connection:

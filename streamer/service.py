@@ -72,6 +72,9 @@ class Service:
                                              retry_on_timeout=False, health_check_interval=10)
         self.publisher = RedisPublisher(self.redis, node=s.node)
         self.publisher.start()
+        if not await self.publisher.first_attempt(3.0):
+            log.warning("Redis at %s is not reachable; starting degraded, alerts will be held",
+                        url)
         self.scheduler = InferenceScheduler(self.model.run_windows, max_batch=s.max_batch,
                                             max_wait_ms=s.max_wait_ms,
                                             max_pending_per_stream=s.max_pending_per_stream)

@@ -59,3 +59,29 @@ def crema_tree(tmp_path: Path) -> Path:
         for code in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD"):
             sf.write(root / "AudioWAV" / f"{speaker}_DFA_{code}_XX.wav", tone(0.5, 16_000), 16_000)
     return root
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    from models import load_model
+
+    return load_model(threads=2)
+
+
+@pytest.fixture(scope="session")
+def held_out_actors(shipped_model) -> list[str]:
+    """Actors the shipped model never saw in training or model selection."""
+    actors = shipped_model.card.evaluation["held_out_speakers"]
+    assert actors, "the shipped model card lists no held-out speakers"
+    return actors
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    from streamer.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", fsync_always=True)
+    (tmp_path / "redis").mkdir()
+    server.start()
+    yield server
+    server.close()

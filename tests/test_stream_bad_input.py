@@ -1,0 +1,127 @@
+"""Bad input gets a clear JSON error and the right close code, and changes nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from streamer.client import stream_native
+
+from .streaming import actor_clips, running_service, wait_for
+
+START = {"type": "start", "call_id": "bad-1", "sample_rate": 16000, "encoding": "pcm_s16le"}
+
+
+async def refused(url: str, *messages, headers=None) -> tuple[list[dict], int | None]:
+    """Send ``messages`` and collect what the server answers until it closes."""
+    answers: list[dict] = []
+    async with connect(url, additional_headers=headers, max_size=None) as ws:
+        try:
+            for m in messages:
+                await ws.send(m if isinstance(m, (bytes, str)) else json.dumps(m))
+            async for reply in ws:
+                answers.append(json.loads(reply))
+        except ConnectionClosed:
+            pass
+        await ws.wait_closed()
+        return answers, ws.close_code
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "close"),
+    [
+        (["{not json"], "bad_json", 1008),
+        ([b"\x00\x01"], "audio_before_start", 1008),
+        ([{**START, "encoding": "opus"}], "unsupported_encoding", 1003),
+        ([{**START, "sample_rate": 12345}], "unsupported_sample_rate", 1003),
+        ([START, b"\x00\x01\x02"], "partial_frame", 1008),
+        ([START, {"type": "dance"}], "unknown_message", 1008),
+        ([START, START], "already_started", 1008),
+    ],
+)
+def test_refusals(shipped_model, redis_server, messages, code, close) -> None:
+    async def main():
+        async with running_service(shipped_model, redis_server.url) as service:
+            answers, close_code = await refused(
+                f"ws://127.0.0.1:{service.ingest.port}/v1/stream", *messages)
+            return answers, close_code, dict(service.monitor.calls)
+
+    answers, close_code, calls = run(main())
+    errors = [a for a in answers if a["type"] == "error"]
+    assert errors and errors[-1]["code"] == code and errors[-1]["message"]
+    assert close_code == close
+    assert calls == {}  # nothing left behind
+
+
+def test_oversized_frame_closes_1009(shipped_model, redis_server) -> None:
+    async def main():
+        async with running_service(shipped_model, redis_server.url, max_frame_bytes=4096) as svc:
+            _, close_code = await refused(f"ws://127.0.0.1:{svc.ingest.port}/v1/stream",
+                                          START, b"\x00" * 10_000)
+            await wait_for(lambda: not svc.monitor.calls, 5, "the call to be ended")
+            return close_code, svc.monitor.stats.calls_ended
+
+    close_code, ended = run(main())
+    assert close_code == 1009 and ended == 1
+
+
+def test_duplicate_call_and_capacity_do_not_disturb_the_live_call(
+        shipped_model, redis_server, ravdess_dir, held_out_actors) -> None:
+    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "angry", 3))
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url, max_calls=2) as service:
+            base = f"ws://127.0.0.1:{service.ingest.port}/v1/stream"
+            live = asyncio.create_task(stream_native(base, audio[:, None], rate=16000,
+                                                     call_id="live-1", speed=4))
+            other = asyncio.create_task(stream_native(base, audio[:, None], rate=16000,
+                                                      call_id="live-2", speed=4))
+            await wait_for(lambda: len(service.monitor.calls) == 2, 10, "both calls to start")
+            dup, dup_close = await refused(base, {**START, "call_id": "live-1"})
+            full, full_close = await refused(base, {**START, "call_id": "third"})
+            return await live, await other, dup, dup_close, full, full_close
+
+    live, other, dup, dup_close, full, full_close = run(main())
+    assert dup[-1]["code"] == "duplicate_call_id" and dup_close == 1008
+    assert full[-1]["code"] == "at_capacity" and full_close == 1013
+    for outcome in (live, other):
+        assert outcome.close_code == 1000 and outcome.ended["dropped"] == 0
+        assert outcome.ended["windows"] == len(outcome.windows) > 5
+
+
+def test_token_auth_health_and_unknown_paths(shipped_model, redis_server) -> None:
+    async def main():
+        async with running_service(shipped_model, redis_server.url, ingest_token="s3cret") as svc:
+            base = f"ws://127.0.0.1:{svc.ingest.port}"
+            statuses = []
+            for headers in (None, {"Authorization": "Bearer wrong"}):
+                with pytest.raises(InvalidStatus) as info:
+                    async with connect(base + "/v1/stream", additional_headers=headers):
+                        pass
+                statuses.append(info.value.response.status_code)
+            ok, ok_close = await refused(base + "/v1/stream?token=s3cret",
+                                         {**START, "call_id": "authed"}, {"type": "stop"})
+            with pytest.raises(InvalidStatus) as missing:
+                async with connect(base + "/v2/nothing"):
+                    pass
+            health = await asyncio.to_thread(
+                lambda: json.loads(urllib.request.urlopen(base.replace("ws", "http") + "/healthz",
+                                                          timeout=5).read()))
+            return statuses, ok, ok_close, missing.value.response.status_code, health
+
+    statuses, ok, ok_close, missing, health = run(main())
+    assert statuses == [401, 401]
+    assert ok[0]["type"] == "started" and ok[-1]["type"] == "ended" and ok_close == 1000
+    assert missing == 404
+    assert health["status"] == "ok" and health["redis"]["connected"] is True
+    assert health["model"]["labels"] == list(shipped_model.labels)

@@ -1,0 +1,161 @@
+"""End to end on real components: the ingest server on loopback, the shipped model, a real
+Redis server process, and calls built from held-out RAVDESS actors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+
+from streamer import schema
+from streamer.alerts_feed import follow_alerts
+from streamer.client import stream_native, stream_twilio
+
+from .streaming import calm_then_angry, running_service, wait_for
+
+SPEED = 8.0  # stream at 8x real time: the server keeps up, the test stays short
+MAX_DELAY_S = 8.0  # anger onset → alert, in call time
+
+
+def stream_entries(url: str) -> list[dict]:
+    client = redis.Redis.from_url(url)
+    entries = [json.loads(f[b"data"]) for _, f in client.xrange(schema.ALERTS_STREAM)]
+    client.close()
+    return entries
+
+
+def assert_frustration_alert(alerts: list[dict], onset: float, role: str = "customer") -> dict:
+    raised = [a for a in alerts if a["kind"] == "frustration" and a["state"] == "raised"]
+    assert raised, f"no frustration alert; got {alerts}"
+    early = [a for a in raised if a["call_time_s"] <= onset]
+    assert not early, f"alert during the calm part (anger starts at {onset:.1f} s): {early}"
+    first = raised[0]
+    assert first["role"] == role
+    assert first["call_time_s"] - onset <= MAX_DELAY_S, (
+        f"alert {first['call_time_s'] - onset:.1f} s after the anger started")
+    return first
+
+
+def test_calm_customer_turns_angry(shipped_model, held_out_actors, ravdess_dir, redis_server):
+    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[0])
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url) as service:
+            sub = aioredis.Redis.from_url(redis_server.url).pubsub()
+            await sub.subscribe(schema.call_channel("calm-angry"), schema.ALERTS_CHANNEL)
+            outcome = await stream_native(
+                f"ws://127.0.0.1:{service.ingest.port}/v1/stream", audio[:, None], rate=16_000,
+                call_id="calm-angry", speed=SPEED, metadata={"agent": "Ann"})
+            await service.publisher.flush(5)
+            published = []
+            while (msg := await sub.get_message(timeout=0.5)) is not None:
+                if msg["type"] == "message":
+                    published.append(json.loads(msg["data"]))
+            await sub.aclose()
+            state = await service.redis.hgetall(schema.call_state_key("calm-angry"))
+            live = await service.redis.zrange(schema.LIVE_CALLS_KEY, 0, -1)
+            return outcome, published, state, live
+
+    outcome, published, state, live = asyncio.run(main())
+    assert outcome.close_code == 1000 and not outcome.errors
+    assert outcome.started["labels"] == list(shipped_model.labels)
+    first = assert_frustration_alert(outcome.alerts, onset)
+    n_windows = int((len(audio) / 16_000 - 3) // 1) + 1
+    assert outcome.ended["windows"] >= n_windows and outcome.ended["dropped"] == 0
+    assert outcome.ended["alerts_raised"] >= 1
+    # The same results reached Redis pub/sub, the alert log and the call's state.
+    windows = [m for m in published if m.get("type") == "window"]
+    assert len(windows) == len(outcome.windows) and all(m["v"] == 1 for m in windows)
+    log = stream_entries(redis_server.url)
+    assert [e["type"] for e in log][0] == "call_started" and log[-1]["type"] == "call_ended"
+    assert first["id"] in {e.get("id") for e in log}
+    assert log[0]["metadata"] == {"agent": "Ann"}
+    assert b"end" in state and b"last:customer" in state
+    assert live == []  # ended calls leave the live set
+
+
+def test_twilio_endpoint_two_tracks_at_8k(shipped_model, held_out_actors, ravdess_dir,
+                                         redis_server):
+    import soxr
+
+    customer, onset = calm_then_angry(ravdess_dir, held_out_actors[1])
+    agent, _ = calm_then_angry(ravdess_dir, held_out_actors[2])
+    agent = agent[: len(customer)]
+    agent = np.pad(agent, (0, len(customer) - len(agent)))
+    stereo16 = np.stack([customer, agent], axis=1)
+    stereo8 = soxr.resample(stereo16, 16_000, 8_000).astype(np.float32)
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url) as service:
+            return await stream_twilio(f"ws://127.0.0.1:{service.ingest.port}/v1/twilio",
+                                       stereo8, call_id="CAtwilio", speed=SPEED)
+
+    outcome = asyncio.run(main())
+    assert outcome.close_code == 1000 and not outcome.errors
+    roles = {w["role"] for w in outcome.windows}
+    assert roles == {"customer", "agent"}
+    assert_frustration_alert(outcome.alerts, onset)
+    assert not [a for a in outcome.alerts if a["role"] == "agent"]  # agents are scored, not alerted
+    log = stream_entries(redis_server.url)
+    assert log[0]["type"] == "call_started" and log[0]["protocol"] == "twilio"
+    assert log[0]["roles"] == ["customer", "agent"]
+
+
+def test_redis_killed_and_restarted_mid_call(shipped_model, held_out_actors, ravdess_dir,
+                                             redis_server):
+    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[3])
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url) as service:
+            health = []
+
+            def on_message(data: dict) -> None:
+                # Kill Redis a few windows into the calm part; the anger comes during the outage.
+                if data.get("type") == "window" and data["window_index"] == 3:
+                    redis_server.kill()
+
+            task = asyncio.create_task(stream_native(
+                f"ws://127.0.0.1:{service.ingest.port}/v1/stream", audio[:, None], rate=16_000,
+                call_id="outage", speed=SPEED, on_message=on_message))
+            await wait_for(lambda: not service.publisher.connected, 30, "the publisher to notice")
+            health.append(service.health())
+            await wait_for(lambda: service.monitor.stats.alerts_raised > 0 or task.done(), 60,
+                           "an alert during the outage")
+            redis_server.start()  # same port, same data folder
+            outcome = await task
+            await wait_for(lambda: service.publisher.connected and not service.publisher._outbox,
+                           30, "the held alerts to be delivered")
+            health.append(service.health())
+            return outcome, health
+
+    outcome, health = asyncio.run(main())
+    assert health[0]["status"] == "degraded" and health[0]["redis"]["connected"] is False
+    assert health[1]["status"] == "ok"
+    raised = assert_frustration_alert(outcome.alerts, onset)
+    log = stream_entries(redis_server.url)
+    ids = [e["id"] for e in log]
+    socket_ids = [a["id"] for a in outcome.alerts]
+    assert raised["id"] in ids
+    assert set(socket_ids) <= set(ids)  # every alert the call saw reached the log
+    assert ids[0] == log[0]["id"] and log[0]["type"] == "call_started"
+    assert log[-1]["type"] == "call_ended" and log[-1]["call_id"] == "outage"
+
+    # A consumer that was away replays everything from the log, each id once.
+    seen: list[dict] = []
+
+    async def replay():
+        stop = asyncio.Event()
+
+        def collect(data: dict) -> None:
+            seen.append(data)
+            if data["type"] == "call_ended":
+                stop.set()
+
+        await asyncio.wait_for(follow_alerts(redis_server.url, since="0", on_message=collect,
+                                             stop=stop, block_ms=200), 10)
+
+    asyncio.run(replay())
+    assert [d["id"] for d in seen] == list(dict.fromkeys(ids))
