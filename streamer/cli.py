@@ -18,7 +18,16 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--hop", dest="hop_s", type=float, help="seconds between windows (default 1)")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--ingest-token", help="require this bearer token on ingest")
+    p.add_argument("--dashboard-port", type=int, help="dashboard port (default 8000)")
+    p.add_argument("--no-dashboard", action="store_true", help="ingest only")
     p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("dashboard", help="run the supervisor dashboard alone on an existing Redis")
+    p.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--dashboard-port", type=int, help="port (default 8000)")
+    p.add_argument("--model", dest="model_path", help="model for /api/v1/predict")
+    p.set_defaults(handler=_dashboard)
 
     p = sub.add_parser("stream", help="stream a file or the microphone to a callmon server")
     p.add_argument("file", nargs="?", help="audio file (anything soundfile reads; stereo → 2 roles)")
@@ -43,15 +52,38 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--json", action="store_true", help="print raw JSON lines")
     p.set_defaults(handler=_alerts)
 
+    p = bench.add_parser("load", help="N concurrent real-time calls against a callmon server")
+    p.add_argument("--calls", default="100",
+                   help="call counts to run, comma-separated (e.g. 50,100,150)")
+    p.add_argument("--duration", type=float, default=40.0, help="seconds of audio per call")
+    p.add_argument("--frame-ms", type=int, default=20, help="audio per websocket message")
+    p.add_argument("--find-max", action="store_true",
+                   help="keep adding calls until p95 >= 300 ms or windows are dropped")
+    p.add_argument("--data", default="../shared/data/ravdess", help="speech to stream")
+    p.add_argument("--out", default=None, help="also write the figures as JSON")
+    p.set_defaults(handler=_bench_load)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from streamer.service import run
+
+    settings = _settings(args)
+    asyncio.run(run(settings, dashboard=not args.no_dashboard))
+    return 0
+
+
+def _settings(args: argparse.Namespace):
     from streamer.settings import Settings
 
     overrides = {k: v for k, v in vars(args).items()
                  if k in Settings.model_fields and v is not None}
-    settings = Settings(**overrides)
-    asyncio.run(run(settings))
+    return Settings(**overrides)
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from dashboard.server import run_dashboard
+
+    asyncio.run(run_dashboard(_settings(args)))
     return 0
 
 
@@ -112,4 +144,18 @@ def _alerts(args: argparse.Namespace) -> int:
         asyncio.run(follow_alerts(url, since=args.since, on_message=show))
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _bench_load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streamer.bench import HEADER, bench_load, summarise
+
+    print(HEADER, flush=True)
+    results = bench_load(calls=[int(c) for c in args.calls.split(",")], duration_s=args.duration,
+                         frame_ms=args.frame_ms, data=Path(args.data), find_max=args.find_max)
+    print(summarise(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps([r.row() for r in results], indent=2) + "\n")
     return 0

@@ -43,7 +43,7 @@ class Service:
             from ``settings`` when omitted.
     """
 
-    def __init__(self, settings: Settings, *, model=None) -> None:
+    def __init__(self, settings: Settings, *, model=None, dashboard: bool = True) -> None:
         self.settings = settings
         self.model = model
         self.embedded_redis: EmbeddedRedis | None = None
@@ -52,6 +52,8 @@ class Service:
         self.scheduler: InferenceScheduler | None = None
         self.monitor: Monitor | None = None
         self.ingest: IngestServer | None = None
+        self.with_dashboard = dashboard
+        self.dashboard = None
         self.started_at = time.time()
 
     async def start(self) -> None:
@@ -88,6 +90,11 @@ class Service:
             host=s.host, port=s.port, token=s.ingest_token, max_frame_bytes=s.max_frame_bytes,
             start_timeout_s=s.start_timeout_s), health=self.health)
         await self.ingest.start()
+        if self.with_dashboard:
+            from dashboard.server import build_dashboard
+
+            self.dashboard = build_dashboard(s, redis_url=url, model=self.model, service=self)
+            await self.dashboard.start()
 
     @property
     def redis_url(self) -> str:
@@ -113,6 +120,8 @@ class Service:
         ``shutdown``), score in-flight windows, flush alerts to Redis."""
         if self.ingest:
             await self.ingest.stop_accepting()
+        if self.dashboard:
+            await self.dashboard.stop()
         if self.monitor:
             await self.monitor.shutdown()
         if self.ingest:
@@ -128,16 +137,23 @@ class Service:
             self.embedded_redis.close()
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, *, dashboard: bool = True) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
-    service = Service(settings)
+    if dashboard:
+        from dashboard.server import supervisor_auth
+
+        supervisor_auth(settings)  # refuse an open dashboard beyond loopback before starting
+    service = Service(settings, dashboard=dashboard)
     await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}/v1/stream  "  # type: ignore[union-attr]
-          f"(Twilio: /v1/twilio)  Redis: {service.redis_url}", flush=True)
+    print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}/v1/stream "  # type: ignore[union-attr]
+          f"(Twilio: /v1/twilio) · Redis: {service.redis_url}", flush=True)
+    if service.dashboard is not None:
+        print(f"callmon dashboard: open http://{settings.host}:{service.dashboard.port}/",
+              flush=True)
     await stop.wait()
     log.info("shutting down")
     await service.stop()

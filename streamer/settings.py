@@ -46,5 +46,10 @@ class Settings(BaseSettings):
     alert_cooldown_s: float = 30.0
     alert_smoothing: float = 0.6
     alert_roles: str = Field("customer", description="comma-separated roles that raise alerts")
+    supervisor_user: str = Field("supervisor", description="dashboard HTTP basic user name")
+    supervisor_password: str | None = Field(
+        None, description="dashboard credential; required when binding beyond loopback")
+    supervisor_token: str | None = Field(None, description="dashboard bearer token (API clients)")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest predict upload")
     node: str = Field(default_factory=default_node_name)
     redis_dir: str | None = Field(None, description="data folder of the embedded Redis")

@@ -30,13 +30,14 @@ def actor_clips(ravdess: Path, actor: str, emotion: str, n: int, *, intensity: s
 
 
 def calm_then_angry(ravdess: Path, actor: str) -> tuple[np.ndarray, float]:
-    """A customer who is calm for about 20 s, then angry for about 25 s.
+    """A customer who is calm for about 20 s, then angry (RAVDESS's strong intensity)
+    for about 15 s.
 
     Returns:
         16 kHz audio and the second at which the anger starts.
     """
     calm = actor_clips(ravdess, actor, "calm", 6)
-    angry = actor_clips(ravdess, actor, "angry", 7)
+    angry = actor_clips(ravdess, actor, "angry", 4, intensity="02")
     onset = sum(len(c) for c in calm) / 16_000
     return np.concatenate(calm + angry), onset
 
@@ -52,10 +53,53 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
 
 @contextlib.asynccontextmanager
 async def running_service(model, redis_url: str, **overrides) -> AsyncIterator[Service]:
-    settings = Settings(port=0, redis_url=redis_url, node="test-node", **overrides)
+    settings = Settings(port=0, dashboard_port=0, redis_url=redis_url, node="test-node", **overrides)
     service = Service(settings, model=model)
     await service.start()
     try:
         yield service
     finally:
         await service.stop()
+
+
+class ServiceThread:
+    """A Service (ingest + dashboard) running in its own thread and event loop, for tests
+    that drive it from synchronous code (HTTP clients, a browser)."""
+
+    def __init__(self, model, redis_url: str, **overrides) -> None:
+        import threading
+
+        self.model = model
+        self.redis_url = redis_url
+        self.overrides = overrides
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.service: Service | None = None
+
+    def __enter__(self) -> ServiceThread:
+        self.thread.start()
+        settings = Settings(port=0, dashboard_port=0, redis_url=self.redis_url, node="test-node",
+                            **self.overrides)
+        self.service = Service(settings, model=self.model)
+        self.run(self.service.start(), timeout=60)
+        return self
+
+    def run(self, coro, timeout: float = 120):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro):
+        """Start ``coro`` on the service's loop; returns a concurrent Future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    @property
+    def ingest_url(self) -> str:
+        return f"ws://127.0.0.1:{self.service.ingest.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.service.dashboard.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.run(self.service.stop(), timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -22,22 +22,38 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--data", default=defaults["data"], help="corpus folder (any supported layout)")
     p.add_argument("--out", default=defaults["out"], help="run folder")
     p.add_argument("--labels", choices=["5", "8"], default=defaults["labels"])
-    p.add_argument("--backbone", default=defaults["backbone"],
-                   help="whisper-tiny, whisper-random, or wav2vec2:<local dir or hub id>")
+    p.add_argument(
+        "--backbone",
+        default=defaults["backbone"],
+        help="whisper-tiny, whisper-random, or wav2vec2:<local dir or hub id>",
+    )
     p.add_argument("--freeze-layers", type=int, default=defaults["freeze_layers"])
     p.add_argument("--epochs", type=int, default=defaults["epochs"])
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-    p.add_argument("--accumulate", type=int, default=defaults["accumulate"],
-                   help="gradient accumulation steps")
+    p.add_argument(
+        "--accumulate", type=int, default=defaults["accumulate"], help="gradient accumulation steps"
+    )
     p.add_argument("--lr-head", type=float, default=defaults["lr_head"])
     p.add_argument("--lr-backbone", type=float, default=defaults["lr_backbone"])
     p.add_argument("--patience", type=int, default=defaults["patience"])
+    p.add_argument("--select", choices=["best_val", "last"], default=defaults["select"],
+                   help="keep the best-validation checkpoint (early stopping) or the last one")
+    p.add_argument(
+        "--speed-min",
+        type=float,
+        default=defaults["speed_min"],
+        help="speed perturbation: lowest factor (1 = off)",
+    )
+    p.add_argument("--speed-max", type=float, default=defaults["speed_max"])
     p.add_argument("--folds", type=int, default=defaults["folds"])
     p.add_argument("--fold", type=int, default=defaults["fold"], help="test fold (0-based)")
     p.add_argument("--cv", action="store_true", help="train and test every fold")
     p.add_argument("--seed", type=int, default=defaults["seed"])
-    p.add_argument("--precision", default=defaults["precision"],
-                   help="auto (16-mixed on CUDA, bf16-mixed on CPU), 32, bf16-mixed, 16-mixed")
+    p.add_argument(
+        "--precision",
+        default=defaults["precision"],
+        help="auto (16-mixed on CUDA, bf16-mixed on CPU), 32, bf16-mixed, 16-mixed",
+    )
     p.add_argument("--accelerator", default=defaults["accelerator"], help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=defaults["threads"])
     p.add_argument("--fast-dev-run", action="store_true")
@@ -46,15 +62,24 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("evaluate", help="score a model on a labelled corpus folder")
-    p.add_argument("--data", required=True,
-                   help="folder with manifest.csv (path,speaker,emotion) or a RAVDESS/CREMA-D tree")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="folder with manifest.csv (path,speaker,emotion) or a RAVDESS/CREMA-D tree",
+    )
     p.add_argument("--model", default=None, help="model directory or .onnx (default: shipped)")
     p.add_argument("--variant", default=None, choices=["fp32", "int8", "fp16"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--telephone", action="store_true",
-                   help="pass every clip through a simulated 8 kHz μ-law telephone line first")
-    p.add_argument("--speakers", default=None,
-                   help="comma-separated speakers to keep (e.g. the card's held-out ones)")
+    p.add_argument(
+        "--telephone",
+        action="store_true",
+        help="pass every clip through a simulated 8 kHz μ-law telephone line first",
+    )
+    p.add_argument(
+        "--speakers",
+        default=None,
+        help="comma-separated speakers to keep (e.g. the card's held-out ones)",
+    )
     p.add_argument("--out", default=None, help="report.json (a .md and a .png are written beside)")
     p.set_defaults(handler=_evaluate)
 
@@ -62,13 +87,22 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--checkpoint", required=True, help="model.pt written by callmon train")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--variants", default="fp32,int8,fp16")
-    p.add_argument("--parity-data", default=DEFAULT_DATA,
-                   help="corpus whose held-out speakers' windows measure ONNX↔PyTorch parity")
+    p.add_argument(
+        "--parity-data",
+        default=DEFAULT_DATA,
+        help="corpus whose held-out speakers' windows measure ONNX↔PyTorch parity",
+    )
     p.add_argument("--cv-summary", default=None, help="cv_summary.json to quote in the card")
+    p.add_argument(
+        "--extra-card",
+        default=None,
+        help="JSON file of further training facts for the card (8-class, baseline)",
+    )
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("baseline",
-                       help="hand-crafted baseline (log-mel/MFCC statistics + logistic regression)")
+    p = sub.add_parser(
+        "baseline", help="hand-crafted baseline (log-mel/MFCC statistics + logistic regression)"
+    )
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--labels", choices=["5", "8"], default="5")
     p.add_argument("--folds", type=int, default=5)
@@ -82,12 +116,27 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.train import cross_validate, train
 
     cfg = TrainConfig(
-        data=args.data, out=args.out, labels=args.labels, backbone=args.backbone,
-        freeze_layers=args.freeze_layers, epochs=args.epochs, batch_size=args.batch_size,
-        accumulate=args.accumulate, lr_head=args.lr_head, lr_backbone=args.lr_backbone,
-        patience=args.patience, folds=args.folds, fold=args.fold, seed=args.seed,
-        precision=args.precision, accelerator=args.accelerator, threads=args.threads,
-        fast_dev_run=args.fast_dev_run, limit_items=args.limit_items,
+        data=args.data,
+        out=args.out,
+        labels=args.labels,
+        backbone=args.backbone,
+        freeze_layers=args.freeze_layers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        accumulate=args.accumulate,
+        lr_head=args.lr_head,
+        lr_backbone=args.lr_backbone,
+        patience=args.patience,
+        select=args.select, speed_min=args.speed_min,
+        speed_max=args.speed_max,
+        folds=args.folds,
+        fold=args.fold,
+        seed=args.seed,
+        precision=args.precision,
+        accelerator=args.accelerator,
+        threads=args.threads,
+        fast_dev_run=args.fast_dev_run,
+        limit_items=args.limit_items,
         progress=not args.no_progress,
     )
     if args.cv:
@@ -95,10 +144,17 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps({k: summary[k] for k in ("clean", "telephone")}, indent=2))
     else:
         metrics = train(cfg)
-        print(json.dumps({"test_speakers": metrics["split"]["test"],
-                          "test": {k: metrics["test"][k] for k in ("n", "accuracy", "uar")},
-                          "telephone": {k: metrics["test_telephone"][k] for k in ("accuracy", "uar")},
-                          "checkpoint": metrics["checkpoint"]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "test_speakers": metrics["split"]["test"],
+                    "test": {k: metrics["test"][k] for k in ("n", "accuracy", "uar")},
+                    "telephone": {k: metrics["test_telephone"][k] for k in ("accuracy", "uar")},
+                    "checkpoint": metrics["checkpoint"],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -115,8 +171,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not items:
             raise ValueError(f"no utterances from speakers {sorted(keep)} in {args.data}")
     report = evaluate_items(
-        model, items, model.labels, window_samples=model.window_samples,
-        hop_samples=model.sample_rate_hz, telephone=args.telephone, progress=True,
+        model,
+        items,
+        model.labels,
+        window_samples=model.window_samples,
+        hop_samples=model.sample_rate_hz,
+        telephone=args.telephone,
+        progress=True,
     )
     report["model"] = {"name": model.card.name, "variant": model.variant}
     if args.out:
@@ -141,14 +202,21 @@ def _export(args: argparse.Namespace) -> int:
         from trainer.datasets import load_audio
 
         items = [u for u in discover(args.parity_data) if u.speaker in held_out]
-        windows = np.concatenate([
-            clip_windows(load_audio(u.path), cfg.window_samples, 16_000) for u in items
-        ])
+        windows = np.concatenate(
+            [clip_windows(load_audio(u.path), cfg.window_samples, 16_000) for u in items]
+        )
     extra = {}
     if args.cv_summary:
         extra["cross_validation"] = json.loads(Path(args.cv_summary).read_text())
-    card = export_checkpoint(args.checkpoint, args.out, variants=tuple(args.variants.split(",")),
-                             parity_windows=windows, extra_card=extra)
+    if args.extra_card:
+        extra.update(json.loads(Path(args.extra_card).read_text()))
+    card = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        variants=tuple(args.variants.split(",")),
+        parity_windows=windows,
+        extra_card=extra,
+    )
     print(json.dumps({"files": card.files, "onnx_parity": card.evaluation["onnx_parity"]}, indent=2))
     return 0
 
@@ -184,8 +252,9 @@ def _bench_model(args: argparse.Namespace) -> int:
         card = ModelCard.load(DEFAULT_MODEL_DIR)
         if "int8" in card.files:
             shipped = DEFAULT_MODEL_DIR / card.files["int8"]
-    results = run_model_bench(repeats=args.repeats, include_wav2vec2=not args.no_wav2vec2,
-                              shipped=shipped)
+    results = run_model_bench(
+        repeats=args.repeats, include_wav2vec2=not args.no_wav2vec2, shipped=shipped
+    )
     results["onnxruntime"] = onnxruntime.__version__
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

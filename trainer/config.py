@@ -28,9 +28,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
     label_smoothing: float = 0.05
-    patience: int = 6
+    patience: int = 6  # early stopping on validation UAR; ignored with select="last"
+    select: str = "best_val"  # which checkpoint to keep: "best_val" or "last"
     p_telephone: float = 0.5
     p_noise: float = 0.5
+    speed_min: float = 1.0  # speed perturbation range; 1.0/1.0 turns it off
+    speed_max: float = 1.0
     folds: int = 5
     fold: int = 4  # which fold is the test fold; the shipped model holds out the last one
     val_speakers: int = 2  # taken from the training speakers for early stopping

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainer.augment import augment, crop
+from trainer.augment import augment, crop, speed_perturb
 from trainer.datasets import Utterance, load_audio
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class CropDataset(Dataset):
         targets: class index of each waveform.
         window_samples: crop length.
         train: random crops and augmentation when true, centre crops otherwise.
+        speed_range: if given, each training crop is speed-perturbed by a factor drawn
+            uniformly from it.
         seed: base seed; each (epoch, index) pair draws from its own stream.
     """
 
@@ -43,6 +45,7 @@ class CropDataset(Dataset):
         train: bool,
         seed: int = 0,
         augment_kwargs: dict | None = None,
+        speed_range: tuple[float, float] | None = None,
     ) -> None:
         if len(audio) != len(targets):
             raise ValueError("audio and targets differ in length")
@@ -53,6 +56,7 @@ class CropDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.augment_kwargs = augment_kwargs or {}
+        self.speed_range = speed_range
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -63,7 +67,10 @@ class CropDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            x = crop(self.audio[index], self.window_samples, rng)
+            source = self.audio[index]
+            if self.speed_range is not None:
+                source = speed_perturb(source, float(rng.uniform(*self.speed_range)))
+            x = crop(source, self.window_samples, rng)
             x = augment(x, rng, **self.augment_kwargs)
         else:
             x = crop(self.audio[index], self.window_samples, None)

@@ -148,6 +148,9 @@ def export_checkpoint(
         },
     )
     card.save(out_dir)
+    from trainer.model_card import write as write_model_card
+
+    write_model_card(card, out_dir)
     log.info("exported %s to %s", sorted(files), out_dir)
     return card
 

@@ -97,7 +97,9 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     aug = {"p_telephone": cfg.p_telephone, "p_noise": cfg.p_noise}
     train_ds = CropDataset(decoded([u for u, _ in train_kept]), train_targets,
                            window_samples=cfg.window_samples, train=True, seed=cfg.seed,
-                           augment_kwargs=aug)
+                           augment_kwargs=aug,
+                           speed_range=None if cfg.speed_min == cfg.speed_max == 1.0
+                           else (cfg.speed_min, cfg.speed_max))
     val_ds = CropDataset(decoded([u for u, _ in val_kept]), [t for _, t in val_kept],
                          window_samples=cfg.window_samples, train=False)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -120,7 +122,9 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         devices=1,
         precision=_precision(cfg),
         accumulate_grad_batches=cfg.accumulate,
-        callbacks=[checkpoint, EarlyStopping(monitor="val_uar", mode="max", patience=cfg.patience)],
+        callbacks=[checkpoint] + ([EarlyStopping(monitor="val_uar", mode="max",
+                                                 patience=cfg.patience)]
+                                  if cfg.select == "best_val" else []),
         default_root_dir=str(out),
         logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
         enable_progress_bar=cfg.progress,
@@ -131,10 +135,14 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     started = time.perf_counter()
     trainer.fit(module, train_dl, val_dl)
     train_seconds = time.perf_counter() - started
-    if checkpoint.best_model_path and not cfg.fast_dev_run:
+    if cfg.select not in ("best_val", "last"):
+        raise ValueError(f"select must be best_val or last, got {cfg.select!r}")
+    if cfg.select == "best_val" and checkpoint.best_model_path and not cfg.fast_dev_run:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
-    best_val = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    best_val = (float(checkpoint.best_model_score)
+                if checkpoint.best_model_score is not None else None)
+    last_val = trainer.callback_metrics.get("val_uar")
     net = module.net.float().eval().cpu()
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -154,6 +162,9 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         "epochs_run": trainer.current_epoch,
         "train_seconds": round(train_seconds, 1),
         "best_val_uar": best_val,
+        "last_val_uar": None if last_val is None else float(last_val),
+        "selected_val_uar": best_val if cfg.select == "best_val" else (
+            None if last_val is None else float(last_val)),
         "test": evaluate_items(predict, test_items, labels, **common),
         "test_telephone": evaluate_items(predict, test_items, labels, telephone=True, **common),
     }
@@ -193,11 +204,13 @@ def cross_validate(cfg: TrainConfig) -> dict:
         "folds": [
             {"fold": i, "test_speakers": m["split"]["test"], "val_speakers": m["split"]["val"],
              "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
+             "selected_val_uar": m["selected_val_uar"],
              "clean": {k: m["test"][k] for k in ("n", "accuracy", "uar", "macro_f1",
                                                  "per_class_recall")},
              "telephone": {k: m["test_telephone"][k] for k in ("accuracy", "uar", "macro_f1")}}
             for i, m in enumerate(per_fold)
         ],
+        "validation_uar_mean": float(np.mean([m["selected_val_uar"] or 0.0 for m in per_fold])),
         "clean": summarise_folds([m["test"] for m in per_fold]),
         "telephone": summarise_folds([m["test_telephone"] for m in per_fold]),
     }

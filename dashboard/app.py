@@ -1,0 +1,195 @@
+"""The supervisor dashboard and REST API (FastAPI).
+
+No ``from __future__ import annotations`` here: FastAPI resolves the ``Annotated``
+dependencies declared inside ``create_app`` at run time."""
+
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from dashboard import store
+from dashboard.auth import SupervisorAuth
+from dashboard.hub import LiveHub
+from dashboard.metrics import render_metrics
+from dashboard.predict import AudioRejected, decode_upload, predict
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+MAX_PREDICT_SECONDS = 600.0
+
+
+class AckRequest(BaseModel):
+    """Optional body of an acknowledgement."""
+
+    note: str | None = None
+
+
+def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 20 * 2**20,
+               model=None, service=None, model_loader=None) -> FastAPI:
+    """Build the app.
+
+    Args:
+        redis_url: the Redis the streamer nodes publish to.
+        auth: the supervisor credential check.
+        model: an :class:`models.EmotionModel` for ``/api/v1/predict`` (shared with the
+            streamer in ``callmon serve``); loaded by ``model_loader`` at start-up otherwise.
+        service: the in-process streamer :class:`streamer.service.Service`, whose counters
+            ``/metrics`` exposes; ``None`` for a dashboard-only process.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import redis.asyncio as aioredis
+
+        app.state.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2.0,
+                                                  socket_timeout=5.0)
+        app.state.hub = LiveHub(app.state.redis)
+        app.state.hub.start()
+        app.state.model = model
+        if app.state.model is None and model_loader is not None:
+            app.state.model = await asyncio.to_thread(model_loader)
+        yield
+        await app.state.hub.stop()
+        await app.state.redis.aclose()
+
+    app = FastAPI(title="callmon", version="1", lifespan=lifespan,
+                  description="Supervisor dashboard and REST API of the callmon speech-emotion "
+                              "monitor. Message schemas: docs/schema.md.")
+    Supervisor = Annotated[str, Depends(auth)]
+
+    @app.get("/", include_in_schema=False)
+    async def index(_: Supervisor) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(request: Request) -> JSONResponse:
+        """Redis and model state; 503 when Redis is unreachable."""
+        redis_ok = True
+        try:
+            await asyncio.wait_for(request.app.state.redis.ping(), 2.0)
+        except Exception:
+            redis_ok = False
+        m = request.app.state.model
+        body = {"status": "ok" if redis_ok else "degraded", "redis": {"connected": redis_ok},
+                "model": {"loaded": m is not None, "name": m.card.name if m else None,
+                          "variant": m.variant if m else None}}
+        if service is not None:
+            body["streamer"] = service.health()
+        return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format."""
+        live = await request.app.state.redis.zcard(store.schema.LIVE_CALLS_KEY)
+        return PlainTextResponse(render_metrics(service, live_calls=live),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.get("/api/v1/calls", tags=["calls"])
+    async def list_calls(request: Request, _: Supervisor) -> list[dict]:
+        """Live calls, most at-risk first."""
+        return await store.live_calls(request.app.state.redis)
+
+    @app.get("/api/v1/calls/{call_id}", tags=["calls"])
+    async def get_call(call_id: str, request: Request, _: Supervisor,
+                       tail: int | None = None) -> dict:
+        """One call (live or ended in the last 24 h) with its window timeline (the last
+        ``tail`` windows only, if given)."""
+        redis = request.app.state.redis
+        call = await store.call_summary(redis, call_id)
+        if call is None:
+            raise HTTPException(404, f"no call {call_id!r}")
+        if tail is not None and tail < 1:
+            raise HTTPException(422, "tail must be positive")
+        call["timeline"] = await store.timeline(redis, call_id, tail=tail)
+        return call
+
+    @app.get("/api/v1/alerts", tags=["alerts"])
+    async def list_alerts(request: Request, _: Supervisor, since: str | None = None,
+                          limit: int = 500) -> list[dict]:
+        """Alerts and call events from the log: ``since`` is a stream id, ``0``, or a duration
+        such as ``10m``; without it, everything kept (up to ``limit``)."""
+        if not 1 <= limit <= 5000:
+            raise HTTPException(422, "limit must be between 1 and 5000")
+        try:
+            return await store.alerts_since(request.app.state.redis, since, limit=limit)
+        except Exception as exc:
+            if "Invalid stream ID" in str(exc):
+                raise HTTPException(422, f"since={since!r} is not a stream id or duration") from exc
+            raise
+
+    @app.post("/api/v1/alerts/{alert_id}/ack", tags=["alerts"])
+    async def ack_alert(alert_id: str, request: Request, who: Supervisor,
+                        body: AckRequest | None = None) -> dict:
+        """Acknowledge an alert; records who and when, visible to every supervisor."""
+        redis = request.app.state.redis
+        alert = await store.find_alert(redis, alert_id)
+        if alert is None or alert.get("type") != "alert":
+            raise HTTPException(404, f"no alert {alert_id!r}")
+        return await store.acknowledge(redis, alert_id, by=who)
+
+    @app.get("/api/v1/events", tags=["live"])
+    async def events(request: Request, _: Supervisor) -> StreamingResponse:
+        """Server-Sent Events: every window result, alert, call event and acknowledgement."""
+        hub: LiveHub = request.app.state.hub
+        sub = hub.subscribe()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                yield "retry: 2000\n\n"
+                while True:
+                    try:
+                        message = await asyncio.wait_for(sub.get(), 15.0)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"data: {message}\n\n"
+            finally:
+                hub.unsubscribe(sub)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.post("/api/v1/predict", tags=["predict"])
+    async def predict_file(request: Request, _: Supervisor,
+                           file: Annotated[UploadFile, File(description="audio file")]) -> dict:
+        """Score an uploaded audio file (anything libsndfile reads: WAV, FLAC, OGG, 8 kHz
+        telephone audio included): the overall label, per-class confidences and, for
+        clips longer than one window, a per-window timeline."""
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_upload_bytes + 4096:
+            raise HTTPException(413, f"upload over {max_upload_bytes} bytes")
+        data = await file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"upload over {max_upload_bytes} bytes")
+        model_ = request.app.state.model
+        if model_ is None:
+            raise HTTPException(503, "no model loaded")
+        try:
+            audio, rate, channels = await asyncio.to_thread(
+                decode_upload, data, max_seconds=MAX_PREDICT_SECONDS)
+        except AudioRejected as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+        result = await asyncio.to_thread(predict, model_, audio)
+        result.update({"sample_rate_in": rate, "channels_in": channels,
+                       "model": {"name": model_.card.name, "variant": model_.variant},
+                       "elapsed_ms": round(1000 * (time.perf_counter() - started), 1)})
+        return result
+
+    return app
+
+

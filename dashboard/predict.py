@@ -1,0 +1,81 @@
+"""File predictions: decode an upload, score it window by window, summarise."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+MODEL_RATE_HZ = 16_000
+
+
+class AudioRejected(ValueError):
+    """An upload that is not usable audio; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_upload(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, int, int]:
+    """Bytes of any soundfile-readable file → 16 kHz mono float32.
+
+    Returns:
+        (audio, original sample rate, original channels)
+
+    Raises:
+        AudioRejected: 415 for non-audio or corrupt data, 422 for audio we will not score
+            (empty, too long, NaN/inf samples).
+    """
+    if not data:
+        raise AudioRejected(422, "the upload is empty")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate, channels, frames = f.samplerate, f.channels, f.frames
+            if rate <= 0 or channels <= 0:
+                raise AudioRejected(415, "the file's header has no valid rate or channel count")
+            if frames > max_seconds * rate * 1.01:
+                # A header may claim hours; read at most the limit and say so.
+                raise AudioRejected(422, f"audio longer than {max_seconds:g} s is not accepted")
+            audio = f.read(frames=int(max_seconds * rate) + 1, dtype="float32", always_2d=True)
+    except AudioRejected:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioRejected(415, f"not a readable audio file: {exc}") from exc
+    if audio.shape[0] == 0:
+        raise AudioRejected(422, "the file holds no audio samples")
+    if audio.shape[0] > max_seconds * rate:
+        raise AudioRejected(422, f"audio longer than {max_seconds:g} s is not accepted")
+    if not np.isfinite(audio).all():
+        raise AudioRejected(422, "the audio contains NaN or infinite samples")
+    mono = audio.mean(axis=1)
+    if rate != MODEL_RATE_HZ:
+        mono = soxr.resample(mono, rate, MODEL_RATE_HZ, quality="HQ")
+    return np.ascontiguousarray(np.clip(mono, -1, 1), dtype=np.float32), rate, channels
+
+
+def predict(model, audio: np.ndarray, *, hop_s: float = 1.0) -> dict:
+    """Overall label and confidences, and a per-window timeline for clips over one window."""
+    starts, probs = model.predict_windows(audio, hop_s=hop_s)
+    mean = probs.mean(axis=0)
+    labels = list(model.labels)
+    best = int(mean.argmax())
+    out = {
+        "label": labels[best],
+        "confidence": round(float(mean[best]), 4),
+        "scores": {lab: round(float(p), 4) for lab, p in zip(labels, mean, strict=True)},
+        "duration_s": round(audio.shape[0] / MODEL_RATE_HZ, 3),
+        "windows": [],
+    }
+    window_s = model.window_samples / MODEL_RATE_HZ
+    if len(starts) > 1:
+        out["windows"] = [
+            {"start_s": round(float(s), 3), "end_s": round(min(float(s) + window_s,
+                                                              out["duration_s"]), 3),
+             "label": labels[int(p.argmax())],
+             "scores": {lab: round(float(x), 4) for lab, x in zip(labels, p, strict=True)}}
+            for s, p in zip(starts, probs, strict=True)
+        ]
+    return out

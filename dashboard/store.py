@@ -1,0 +1,116 @@
+"""Reading the streamer's state from Redis, and recording acknowledgements."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from streamer import schema
+from streamer.alerts_feed import stream_id_for
+
+ACKS_KEY = "callmon:alerts:acks"  # hash: alert id → {"by", "at"}
+ACKS_CHANNEL = "callmon:acks"  # pub/sub: acknowledgements as they happen
+
+
+def _decode(value: bytes | str | None) -> Any:
+    if value is None:
+        return None
+    return json.loads(value)
+
+
+def risk(call: dict) -> float:
+    """How much a call needs attention: an active alert first, then the customer's scores."""
+    active = any(a.get("state") == "raised" and not a.get("ack") for a in call["alerts"].values())
+    last = call.get("last", {}).get("customer") or {}
+    score = max(last.get("frustration") or 0.0, last.get("distress") or 0.0)
+    return (2.0 if active else 0.0) + score
+
+
+async def call_summary(redis, call_id: str) -> dict | None:
+    state = await redis.hgetall(schema.call_state_key(call_id))
+    if not state:
+        return None
+    fields = {k.decode(): v for k, v in state.items()}
+    start = _decode(fields.get("start"))
+    if start is None:
+        return None
+    alerts = {k.split(":", 1)[1]: _decode(v) for k, v in fields.items() if k.startswith("alert:")}
+    if alerts:
+        acks = await redis.hmget(ACKS_KEY, [a["id"] for a in alerts.values()])
+        for alert, ack in zip(alerts.values(), acks, strict=True):
+            alert["ack"] = _decode(ack)
+    end = _decode(fields.get("end"))
+    return {
+        "call_id": call_id,
+        "start": start,
+        "end": end,
+        "live": end is None,
+        "duration_s": end["duration_s"] if end else round(time.time() - start["ts"], 1),
+        "agent": (start.get("metadata") or {}).get("agent"),
+        "last": {k.split(":", 1)[1]: _decode(v) for k, v in fields.items()
+                 if k.startswith("last:")},
+        "alerts": alerts,
+    }
+
+
+async def live_calls(redis) -> list[dict]:
+    ids = [c.decode() for c in await redis.zrange(schema.LIVE_CALLS_KEY, 0, -1)]
+    calls = [c for c in [await call_summary(redis, i) for i in ids] if c is not None]
+    for c in calls:
+        c["risk"] = round(risk(c), 4)
+    return sorted(calls, key=lambda c: -c["risk"])
+
+
+async def timeline(redis, call_id: str, *, tail: int | None = None) -> list[dict]:
+    start = -tail if tail else 0
+    return [json.loads(x) for x in await redis.lrange(schema.call_timeline_key(call_id), start, -1)]
+
+
+async def alerts_since(redis, since: str | None, *, limit: int = 500) -> list[dict]:
+    """Alerts and call events from the log, oldest first, each once, with acknowledgements."""
+    start = stream_id_for(since) if since else "-"
+    if start == "$":
+        start = "-"
+    entries = await redis.xrange(schema.ALERTS_STREAM, min=start, max="+", count=limit)
+    out, seen = [], set()
+    for entry_id, fields in entries:
+        data = json.loads(fields[b"data"])
+        if data["id"] in seen:
+            continue
+        seen.add(data["id"])
+        data["stream_id"] = entry_id.decode()
+        out.append(data)
+    alert_ids = [d["id"] for d in out if d["type"] == "alert"]
+    if alert_ids:
+        acks = dict(zip(alert_ids, await redis.hmget(ACKS_KEY, alert_ids), strict=True))
+        for d in out:
+            if d["type"] == "alert":
+                d["ack"] = _decode(acks[d["id"]])
+    return out
+
+
+async def find_alert(redis, alert_id: str) -> dict | None:
+    """Look an alert up in the log (newest first, bounded scan)."""
+    cursor = "+"
+    for _ in range(50):
+        entries = await redis.xrevrange(schema.ALERTS_STREAM, max=cursor, min="-", count=2000)
+        for entry_id, fields in entries:
+            if fields.get(b"id", b"").decode() == alert_id:
+                return json.loads(fields[b"data"])
+        if len(entries) < 2000:
+            return None
+        last = entries[-1][0].decode()
+        ms, seq = (int(x) for x in last.split("-"))
+        cursor = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615"
+    return None
+
+
+async def acknowledge(redis, alert_id: str, *, by: str) -> dict:
+    """Record who acknowledged an alert (first acknowledgement wins) and announce it."""
+    ack = {"alert_id": alert_id, "by": by, "at": time.time()}
+    created = await redis.hsetnx(ACKS_KEY, alert_id, json.dumps(ack))
+    if not created:
+        return json.loads(await redis.hget(ACKS_KEY, alert_id))
+    await redis.publish(ACKS_CHANNEL, json.dumps({"v": 1, "type": "ack", **ack}))
+    return ack

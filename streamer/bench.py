@@ -1,0 +1,259 @@
+"""``callmon bench load``: N concurrent calls at real-time pace over loopback, from real
+audio, against a ``callmon serve`` process; latency is measured from the moment the last
+sample of a window was sent to the moment its result arrives on Redis pub/sub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+from streamer import schema
+from streamer.client import encode
+from streamer.redis_server import EmbeddedRedis, free_port
+
+RATE = 16_000
+
+
+@dataclass(slots=True)
+class LoadResult:
+    calls: int
+    duration_s: float
+    frame_ms: int
+    windows: int = 0
+    windows_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    dropped: int = 0
+    refused: int = 0
+    server_cpu_pct: float = 0.0
+    server_rss_mb: float = 0.0
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+    def row(self) -> dict:
+        data = asdict(self)
+        del data["latencies"]
+        return data
+
+
+def load_corpus_audio(data: Path, *, seconds: float = 120.0) -> np.ndarray:
+    """A long 16 kHz speech signal made of real clips (all emotions, many speakers)."""
+    from trainer.datasets import discover, load_audio
+
+    items = discover(data)
+    rng = np.random.default_rng(0)
+    pieces, total = [], 0
+    for i in rng.permutation(len(items)):
+        clip = load_audio(items[i].path)
+        pieces.append(clip)
+        total += len(clip)
+        if total >= seconds * RATE:
+            break
+    return np.concatenate(pieces)
+
+
+class ServerProcess:
+    """``callmon serve`` in a child process, with /proc-based CPU and RSS readings."""
+
+    def __init__(self, *, redis_url: str, port: int, extra_env: dict | None = None) -> None:
+        self.port = port
+        env = {**os.environ, "REDIS_URL": redis_url, "CALLMON_PORT": str(port),
+               "CALLMON_MAX_CALLS": "10000", "CALLMON_DASHBOARD_PORT": "0",
+               **(extra_env or {})}
+        self.process = subprocess.Popen([sys.executable, "-m", "callmon_cli", "serve"], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._cpu_mark = (time.monotonic(), self._cpu_seconds())
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("server exited: " + self.process.stderr.read().decode()[-2000:])
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
+                return
+            time.sleep(0.1)  # readiness probe interval
+        raise RuntimeError("server did not become ready")
+
+    def _cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def cpu_since_mark(self) -> float:
+        """CPU use since the last call, in % of one core."""
+        now, cpu = time.monotonic(), self._cpu_seconds()
+        then, cpu_then = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        return 100 * (cpu - cpu_then) / max(now - then, 1e-9)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def _call(url: str, call_id: str, audio: np.ndarray, *, duration_s: float, frame_ms: int,
+                sent_at: dict[str, np.ndarray], summary: dict[str, dict]) -> None:
+    step = RATE * frame_ms // 1000
+    n = int(duration_s * 1000 // frame_ms)
+    times = np.zeros(n + 1)
+    sent_at[call_id] = times
+    try:
+        async with connect(url, compression=None) as ws:
+            await ws.send(json.dumps({"type": "start", "call_id": call_id, "sample_rate": RATE,
+                                      "encoding": "pcm_s16le", "channels": 1}))
+            reader = asyncio.create_task(_read_summary(ws, call_id, summary))
+            start = time.monotonic()
+            offset = 0
+            for i in range(n):
+                delay = start + i * frame_ms / 1000 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # real-time pacing of the simulated caller
+                chunk = audio[offset : offset + step]
+                if len(chunk) < step:
+                    offset, chunk = 0, audio[:step]
+                offset += step
+                await ws.send(encode(chunk[:, None], "pcm_s16le"))
+                times[i + 1] = time.time()
+            await ws.send(json.dumps({"type": "stop"}))
+            await reader
+    except Exception as exc:  # refused or dropped: counted, the run goes on
+        summary[call_id] = {"error": str(exc)}
+
+
+async def _read_summary(ws, call_id: str, summary: dict[str, dict]) -> None:
+    async for message in ws:
+        data = json.loads(message)
+        if data.get("type") in ("ended", "error"):
+            summary[call_id] = data
+
+
+async def run_load(url: str, redis_url: str, audio: np.ndarray, *, calls: int,
+                   duration_s: float, frame_ms: int, ramp_s: float,
+                   server: ServerProcess | None) -> LoadResult:
+    import redis.asyncio as aioredis
+
+    sent_at: dict[str, np.ndarray] = {}
+    summary: dict[str, dict] = {}
+    latencies: list[float] = []
+    frame_samples = RATE * frame_ms // 1000
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    await pubsub.psubscribe(schema.call_channel("bench-*"))
+
+    async def listen() -> None:
+        async for msg in pubsub.listen():
+            if msg["type"] != "pmessage":
+                continue
+            now = time.time()
+            data = json.loads(msg["data"])
+            if not data.get("speech"):
+                continue
+            times = sent_at.get(data["call_id"])
+            frame = int(round(data["end_s"] * RATE)) // frame_samples
+            if times is not None and frame < len(times) and times[frame] > 0:
+                latencies.append(1000 * (now - times[frame]))
+
+    listener = asyncio.create_task(listen())
+    rng = np.random.default_rng(calls)
+    tasks = []
+    if server:
+        server.cpu_since_mark()
+    started = time.monotonic()
+    for i in range(calls):
+        offset = int(rng.integers(0, len(audio) - RATE))
+        tasks.append(asyncio.create_task(_call(
+            url, f"bench-{calls}-{i}", np.roll(audio, -offset), duration_s=duration_s,
+            frame_ms=frame_ms, sent_at=sent_at, summary=summary)))
+        await asyncio.sleep(ramp_s / calls)  # spread call starts over the ramp
+    await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    cpu = server.cpu_since_mark() if server else 0.0
+    rss = server.rss_mb() if server else 0.0
+    await asyncio.sleep(0.5)  # let the last results arrive on pub/sub
+    listener.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await listener
+    await pubsub.aclose()
+    await client.aclose()
+    ended = [s for s in summary.values() if s.get("type") == "ended"]
+    result = LoadResult(calls=calls, duration_s=round(elapsed, 1), frame_ms=frame_ms)
+    result.windows = sum(s["scored"] for s in ended)
+    result.windows_per_s = round(result.windows / max(duration_s, 1e-9), 1)
+    result.dropped = sum(s["dropped"] for s in ended)
+    result.refused = calls - len(ended)
+    if latencies:
+        q = np.percentile(latencies, [50, 95, 99])
+        result.p50_ms, result.p95_ms, result.p99_ms = (round(float(v), 1) for v in q)
+        result.max_ms = round(max(latencies), 1)
+    result.server_cpu_pct = round(cpu, 1)
+    result.server_rss_mb = round(rss, 1)
+    result.latencies = latencies
+    return result
+
+
+def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path,
+               find_max: bool, p95_target_ms: float = 300.0, env: dict | None = None
+               ) -> list[LoadResult]:
+    """Run each call count in turn against one server; with ``find_max``, keep raising the
+    count until p95 latency passes the target or windows are dropped."""
+    audio = load_corpus_audio(data)
+    results: list[LoadResult] = []
+    with EmbeddedRedis(persist=False) as redis_server:
+        port = free_port()
+        server = ServerProcess(redis_url=redis_server.url, port=port, extra_env=env)
+        try:
+            server.wait_ready()
+            url = f"ws://127.0.0.1:{port}/v1/stream"
+            counts = list(calls)
+            while counts:
+                n = counts.pop(0)
+                result = asyncio.run(run_load(url, redis_server.url, audio, calls=n,
+                                              duration_s=duration_s, frame_ms=frame_ms,
+                                              ramp_s=min(5.0, duration_s / 4), server=server))
+                results.append(result)
+                print(format_row(result), flush=True)
+                ok = result.p95_ms < p95_target_ms and result.dropped == 0 and not result.refused
+                if find_max and ok and not counts:
+                    counts.append(int(n * 1.25) if n >= 100 else n + 25)
+                if find_max and not ok:
+                    break
+        finally:
+            server.stop()
+    return results
+
+
+HEADER = ("| calls | windows/s | p50 ms | p95 ms | p99 ms | max ms | dropped | refused | "
+          "server CPU % | server RSS MB |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def format_row(r: LoadResult) -> str:
+    return (f"| {r.calls} | {r.windows_per_s} | {r.p50_ms} | {r.p95_ms} | {r.p99_ms} | "
+            f"{r.max_ms} | {r.dropped} | {r.refused} | {r.server_cpu_pct} | {r.server_rss_mb} |")
+
+
+def summarise(results: list[LoadResult], p95_target_ms: float = 300.0) -> str:
+    good = [r.calls for r in results
+            if r.p95_ms < p95_target_ms and r.dropped == 0 and not r.refused]
+    best = max(good) if good else 0
+    return f"largest call count with p95 < {p95_target_ms:g} ms and no drops: {best}"

@@ -1,0 +1,143 @@
+"""The REST API against a real Redis and a real streamer, over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from streamer.client import stream_native
+
+from .streaming import ServiceThread, actor_clips, calm_then_angry
+
+
+@pytest.fixture
+def service(shipped_model, redis_server):
+    with ServiceThread(shipped_model, redis_server.url, max_upload_bytes=2_000_000) as svc:
+        yield svc
+
+
+def wav_bytes(audio: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_calls_alerts_and_acknowledgement(service, ravdess_dir, held_out_actors):
+    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[2])
+    http = httpx.Client(base_url=service.http_url, timeout=10)
+    future = service.submit(stream_native(service.ingest_url + "/v1/stream", audio[:, None],
+                                          rate=16000, call_id="api-call", speed=6,
+                                          metadata={"agent": "Ann"}))
+    wait_until(lambda: any(c["call_id"] == "api-call" for c in http.get("/api/v1/calls").json()),
+               20, "the call to be listed")
+    live = http.get("/api/v1/calls").json()[0]
+    assert live["agent"] == "Ann" and live["live"] is True
+    outcome = future.result(120)
+    assert http.get("/api/v1/calls").json() == []  # ended calls leave the live grid
+    call = http.get("/api/v1/calls/api-call").json()
+    assert call["live"] is False and call["end"]["reason"] == "stop"
+    assert len(call["timeline"]) == len(outcome.windows)
+    assert len(http.get("/api/v1/calls/api-call", params={"tail": 5}).json()["timeline"]) == 5
+
+    log = http.get("/api/v1/alerts", params={"since": "0"}).json()
+    raised = [a for a in log if a["type"] == "alert" and a["state"] == "raised"]
+    assert raised and raised[0]["call_id"] == "api-call" and raised[0]["ack"] is None
+    assert raised[0]["call_time_s"] > onset
+    ack = http.post(f"/api/v1/alerts/{raised[0]['id']}/ack", json={}).json()
+    assert ack["by"] == "supervisor" and ack["at"] > 0
+    again = http.post(f"/api/v1/alerts/{raised[0]['id']}/ack",
+                      headers={"X-Supervisor": "bob"}, json={}).json()
+    assert again == ack  # the first acknowledgement stands
+    log = http.get("/api/v1/alerts", params={"since": "0"}).json()
+    assert next(a for a in log if a["id"] == raised[0]["id"])["ack"]["by"] == "supervisor"
+    assert http.get("/api/v1/alerts", params={"since": "10m"}).json()[0]["type"] == "call_started"
+
+    assert http.get("/api/v1/calls/nope").status_code == 404
+    assert http.post("/api/v1/alerts/nope/ack", json={}).status_code == 404
+    assert http.get("/api/v1/alerts", params={"since": "bogus"}).status_code == 422
+    metrics = http.get("/metrics").text
+    assert "callmon_windows_scored_total" in metrics and "callmon_alerts_raised_total 1" in metrics
+    assert 'callmon_window_latency_ms_bucket{le="+Inf"}' in metrics
+    health = http.get("/healthz").json()
+    assert health["status"] == "ok" and health["model"]["variant"] == "int8"
+    assert "/api/v1/predict" in http.get("/openapi.json").json()["paths"]
+
+
+def test_predict(service, ravdess_dir, held_out_actors):
+    http = httpx.Client(base_url=service.http_url, timeout=30)
+    clips = actor_clips(ravdess_dir, held_out_actors[2], "angry", 3, intensity="02")
+    ten_s = np.concatenate(clips)[: 10 * 16000]
+    r = http.post("/api/v1/predict", files={"file": ("call.wav", wav_bytes(ten_s, 16000))})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] in body["scores"] and abs(sum(body["scores"].values()) - 1) < 1e-3
+    assert body["duration_s"] == 10.0 and len(body["windows"]) == 8
+    assert body["windows"][-1]["end_s"] == 10.0
+    # 8 kHz telephone audio is resampled and scored the same way.
+    tel = soxr.resample(ten_s, 16000, 8000)
+    r8 = http.post("/api/v1/predict", files={"file": ("tel.wav", wav_bytes(tel, 8000))})
+    assert r8.status_code == 200 and r8.json()["sample_rate_in"] == 8000
+    short = http.post("/api/v1/predict", files={"file": ("s.flac", wav_bytes(ten_s[:8000], 16000))})
+    assert short.status_code == 200 and short.json()["windows"] == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        (b"this is not audio at all", 415, "not a readable audio file"),
+        (b"", 422, "empty"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", 415, "not a readable audio file"),  # truncated header
+    ],
+)
+def test_predict_rejects_bad_uploads(service, payload, status, message):
+    r = httpx.post(service.http_url + "/api/v1/predict", files={"file": ("x.wav", payload)})
+    assert r.status_code == status and message in r.json()["detail"]
+
+
+def test_predict_rejects_nan_and_oversize(service):
+    nan = np.zeros(16000, np.float32)
+    nan[100] = np.nan
+    r = httpx.post(service.http_url + "/api/v1/predict",
+                   files={"file": ("nan.wav", wav_bytes(nan, 16000, "FLOAT"))})
+    assert r.status_code == 422 and "NaN" in r.json()["detail"]
+    big = wav_bytes(np.zeros(16000 * 70, np.float32), 16000)  # 2.2 MB > 2 MB limit
+    r = httpx.post(service.http_url + "/api/v1/predict", files={"file": ("big.wav", big)})
+    assert r.status_code == 413
+    zero = wav_bytes(np.zeros(0, np.float32), 16000)
+    r = httpx.post(service.http_url + "/api/v1/predict", files={"file": ("zero.wav", zero)})
+    assert r.status_code == 422
+
+
+def test_supervisor_credential(shipped_model, redis_server):
+    with ServiceThread(shipped_model, redis_server.url, supervisor_password="pw",
+                       supervisor_token="tok") as svc:
+        base = svc.http_url
+        assert httpx.get(base + "/api/v1/calls").status_code == 401
+        assert httpx.get(base + "/", auth=("supervisor", "wrong")).status_code == 401
+        assert httpx.get(base + "/api/v1/calls", auth=("supervisor", "pw")).json() == []
+        assert httpx.get(base + "/api/v1/calls",
+                         headers={"Authorization": "Bearer tok"}).status_code == 200
+        assert httpx.get(base + "/healthz").status_code == 200  # probes need no credential
+
+
+def test_dashboard_refuses_to_open_beyond_loopback_without_credential():
+    from dashboard.server import supervisor_auth
+    from streamer.settings import Settings
+
+    with pytest.raises(ValueError, match="without a credential"):
+        supervisor_auth(Settings(host="0.0.0.0"))
+    assert supervisor_auth(Settings(host="0.0.0.0", supervisor_password="x")).enabled

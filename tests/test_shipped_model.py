@@ -1,0 +1,68 @@
+"""The shipped model, on audio from actors its card lists as held out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models import EMOTIONS_5, load_model
+from trainer.datasets import discover, load_audio
+from trainer.evaluate import evaluate_items
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_card_is_consistent(shipped_model) -> None:
+    card = shipped_model.card
+    assert card.labels == EMOTIONS_5
+    assert card.sample_rate_hz == 16_000 and card.window_samples == 48_000
+    assert shipped_model.variant == "int8"
+    split = card.training["split"]
+    # The held-out actors were used neither for training nor for early stopping.
+    assert not set(card.evaluation["held_out_speakers"]) & (set(split["train"]) | set(split["val"]))
+    for variant in ("int8", "fp16"):
+        assert (ROOT / "models" / "weights" / card.files[variant]).is_file()
+    size_mb = sum((ROOT / "models/weights" / f).stat().st_size for f in card.files.values()) / 2**20
+    assert size_mb < 40
+
+
+def test_held_out_actors_score_well_above_chance(shipped_model, held_out_actors, ravdess_dir):
+    items = [u for u in discover(ravdess_dir) if u.speaker in set(held_out_actors)]
+    report = evaluate_items(shipped_model, items, shipped_model.labels, window_samples=48_000,
+                            hop_samples=16_000)
+    assert report["n"] == 44 * len(held_out_actors)
+    assert report["uar"] > 0.6  # chance is 0.2
+    assert min(report["per_class_recall"].values()) > 0.3
+    # The card's figure is what this evaluation gives (within int8-vs-PyTorch noise).
+    assert abs(report["uar"] - shipped_model.card.evaluation["held_out"]["uar"]) < 0.05
+
+
+def test_fp16_variant_agrees_with_int8(shipped_model, held_out_actors, ravdess_dir) -> None:
+    fp16 = load_model(variant="fp16")
+    clips = sorted((ravdess_dir / f"Actor_{held_out_actors[0]}").glob("03-01-0[1-6]-*.flac"))[:12]
+    x = np.stack([np.resize(load_audio(c), 48_000) for c in clips])
+    a, b = shipped_model(x), fp16(x)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+    assert np.abs(a - b).max() < 0.2
+
+
+def test_evaluate_command_writes_report(tmp_path: Path, held_out_actors, ravdess_dir) -> None:
+    out = tmp_path / "report.json"
+    actor = held_out_actors[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "callmon_cli", "evaluate", "--data", str(ravdess_dir),
+         "--speakers", actor, "--telephone", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert set(report) >= {"n", "accuracy", "uar", "macro_f1", "per_class_recall", "labels",
+                           "confusion"}
+    assert report["n"] == 44 and report["speakers"] == [actor] and report["telephone"] is True
+    assert report["skipped"] == {"disgust": 8, "surprised": 8}
+    assert out.with_suffix(".md").read_text().startswith("# Evaluation (telephone channel)")
+    assert out.with_suffix(".png").stat().st_size > 5_000
+    assert "UAR" in proc.stdout
