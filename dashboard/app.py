@@ -6,7 +6,6 @@ dependencies declared inside ``create_app`` at run time."""
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator

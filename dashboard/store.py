@@ -95,7 +95,7 @@ async def find_alert(redis, alert_id: str) -> dict | None:
     cursor = "+"
     for _ in range(50):
         entries = await redis.xrevrange(schema.ALERTS_STREAM, max=cursor, min="-", count=2000)
-        for entry_id, fields in entries:
+        for _, fields in entries:
             if fields.get(b"id", b"").decode() == alert_id:
                 return json.loads(fields[b"data"])
         if len(entries) < 2000:
