@@ -25,7 +25,7 @@ def render_metrics(service, *, live_calls: int) -> str:
         lines += counter("callmon_redis_connected", "1 while Redis answers.", int(p.connected),
                          kind="gauge")
         lines += counter("callmon_undelivered_events", "Alerts and call events held for Redis.",
-                         len(p._outbox), kind="gauge")
+                         p.undelivered, kind="gauge")
         lines += s.inference_ms.exposition("callmon_inference_batch_ms",
                                            "Model time per batch, milliseconds.")
         lines += s.batch_sizes.exposition("callmon_inference_batch_size", "Windows per batch.")

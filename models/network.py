@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.backbones import Backbone
 from models.head import EmotionHead
 
 
@@ -12,7 +13,7 @@ class EmotionNet(nn.Module):
     """Backbone + pooling head. The front end lives inside the backbone, so an exported
     model takes the raw waveform and needs no feature code at serving time."""
 
-    def __init__(self, backbone: nn.Module, *, num_classes: int, head_hidden: int = 256,
+    def __init__(self, backbone: Backbone, *, num_classes: int, head_hidden: int = 256,
                  dropout: float = 0.2) -> None:
         super().__init__()
         self.backbone = backbone

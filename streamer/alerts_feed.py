@@ -8,6 +8,7 @@ import json
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from streamer import schema
 
@@ -45,6 +46,7 @@ async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[di
                 schema.ALERTS_STREAM) else None
             last = info["last-generated-id"].decode() if info else "0"
         while stop is None or not stop.is_set():
+            reply: Any
             try:
                 reply = await client.xread({schema.ALERTS_STREAM: last}, block=block_ms, count=500)
             except (RedisConnectionError, RedisTimeoutError, OSError):

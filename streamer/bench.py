@@ -80,7 +80,8 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("server exited: " + self.process.stderr.read().decode()[-2000:])
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError("server exited: " + err[-2000:])
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
                 return

@@ -63,6 +63,12 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--out", default=None, help="also write the figures as JSON")
     p.set_defaults(handler=_bench_load)
 
+    p = bench.add_parser("predict", help="POST /api/v1/predict latency for a 10 s clip")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--data", default="../shared/data/ravdess")
+    p.set_defaults(handler=_bench_predict)
+
 
 def _serve(args: argparse.Namespace) -> int:
     from streamer.service import run
@@ -158,4 +164,14 @@ def _bench_load(args: argparse.Namespace) -> int:
     print(summarise(results))
     if args.out:
         Path(args.out).write_text(json.dumps([r.row() for r in results], indent=2) + "\n")
+    return 0
+
+
+def _bench_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dashboard.bench import bench_predict
+
+    print(json.dumps(bench_predict(data=Path(args.data), repeats=args.repeats,
+                                   seconds=args.seconds), indent=2))
     return 0

@@ -3,6 +3,7 @@ path ingest → window → infer → decide → publish."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -128,7 +129,7 @@ class Monitor:
             self.stats.windows += 1
             if window.speech:
                 session.window_submitted()
-                self.scheduler.submit(window, lambda w, p, s=session: self._on_scored(s, w, p))
+                self.scheduler.submit(window, functools.partial(self._on_scored, session))
             else:
                 session.silent += 1
                 self.stats.silent_windows += 1

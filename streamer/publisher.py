@@ -105,8 +105,9 @@ class RedisPublisher:
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
-    def backlog(self) -> int:
-        return len(self._outbox) + len(self._results)
+    def undelivered(self) -> int:
+        """Alerts and call events waiting for Redis."""
+        return sum(1 for e in self._outbox if not isinstance(e, tuple))
 
     @property
     def healthy(self) -> bool:

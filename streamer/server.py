@@ -152,8 +152,8 @@ class IngestServer:
                                     'send {"type": "start", ...} before any audio')
             start = parse_start(parse_json_object(first))
             session = self.monitor.open_call(start, protocol="native")
-        except ProtocolError as error:
-            await self._refuse(connection, error)
+        except ProtocolError as refusal:
+            await self._refuse(connection, refusal)
             return
         except ConnectionClosed:
             return
@@ -163,7 +163,8 @@ class IngestServer:
             "labels": list(self.monitor.labels), "window_s": self.monitor.windowing.window_s,
             "hop_s": self.monitor.windowing.hop_s,
         }))
-        reason, error = "disconnect", None
+        reason = "disconnect"
+        error: ProtocolError | None = None
         try:
             async for message in connection:
                 if isinstance(message, bytes):

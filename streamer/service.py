@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from streamer.alerts import AlertConfig, AlertRule
 from streamer.calls import WindowingConfig
@@ -47,13 +48,13 @@ class Service:
         self.settings = settings
         self.model = model
         self.embedded_redis: EmbeddedRedis | None = None
-        self.redis = None
+        self.redis: Any = None
         self.publisher: RedisPublisher | None = None
         self.scheduler: InferenceScheduler | None = None
         self.monitor: Monitor | None = None
         self.ingest: IngestServer | None = None
         self.with_dashboard = dashboard
-        self.dashboard = None
+        self.dashboard: Any = None
         self.started_at = time.time()
 
     async def start(self) -> None:
@@ -107,7 +108,7 @@ class Service:
             "status": "ok" if redis_ok else "degraded",
             "redis": {"connected": redis_ok, "last_error": pub.last_error if pub else None,
                       "degraded_since": pub.degraded_since if pub else None,
-                      "undelivered_events": len(pub._outbox) if pub else 0},
+                      "undelivered_events": pub.undelivered if pub else 0},
             "model": {"name": self.model.card.name, "variant": self.model.variant,
                       "labels": list(self.model.labels)} if self.model else None,
             "live_calls": len(self.monitor.calls) if self.monitor else 0,

@@ -126,7 +126,7 @@ def test_redis_killed_and_restarted_mid_call(shipped_model, held_out_actors, rav
                            "an alert during the outage")
             redis_server.start()  # same port, same data folder
             outcome = await task
-            await wait_for(lambda: service.publisher.connected and not service.publisher._outbox,
+            await wait_for(lambda: service.publisher.connected and not service.publisher.undelivered,
                            30, "the held alerts to be delivered")
             health.append(service.health())
             return outcome, health

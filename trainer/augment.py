@@ -47,10 +47,10 @@ def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator,
               noise: np.ndarray | None = None) -> np.ndarray:
     """Add ``noise`` (or coloured Gaussian noise) at ``snr_db`` relative to the signal power."""
     if noise is None:
-        white = rng.standard_normal(audio.shape[0]).astype(np.float32)
+        white = np.asarray(rng.standard_normal(audio.shape[0]), dtype=np.float32)
         # A random spectral tilt between white and brown-ish, as background hum and hiss vary.
         alpha = float(rng.uniform(0.0, 0.95))
-        noise = lfilter([1.0], [1.0, -alpha], white).astype(np.float32)
+        noise = np.asarray(lfilter([1.0], [1.0, -alpha], white), dtype=np.float32)
     signal_power = float(np.mean(audio**2)) + 1e-10
     noise_power = float(np.mean(noise**2)) + 1e-10
     scale = np.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
@@ -66,8 +66,8 @@ def random_gain(audio: np.ndarray, rng: np.random.Generator, *, low_db: float = 
 def speed_perturb(audio: np.ndarray, factor: float) -> np.ndarray:
     """Play ``factor`` times faster (pitch and tempo together, as Kaldi's speed perturbation):
     shifts formants and pitch the way a different speaker's vocal tract would."""
-    return soxr.resample(audio, SAMPLE_RATE_HZ * factor, SAMPLE_RATE_HZ, quality="HQ").astype(
-        np.float32)
+    return np.asarray(soxr.resample(audio, SAMPLE_RATE_HZ * factor, SAMPLE_RATE_HZ, quality="HQ"),
+                      dtype=np.float32)
 
 
 def augment(

@@ -94,10 +94,10 @@ class EmotionModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Fresh crops and augmentations each epoch, reproducibly.
-        loader = self.trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        set_epoch = getattr(dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.current_epoch)
 
     def configure_optimizers(self):
         head = [p for p in self.net.head.parameters() if p.requires_grad]

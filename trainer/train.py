@@ -120,7 +120,7 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=1,
-        precision=_precision(cfg),
+        precision=_precision(cfg),  # type: ignore[arg-type]
         accumulate_grad_batches=cfg.accumulate,
         callbacks=[checkpoint] + ([EarlyStopping(monitor="val_uar", mode="max",
                                                  patience=cfg.patience)]
@@ -152,7 +152,11 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     test_items = by_role["test"]
     test_audio = decoded(test_items)
     hop = int(round(cfg.eval_hop_s * SAMPLE_RATE_HZ))
-    common = {"window_samples": cfg.window_samples, "hop_samples": hop, "audio": test_audio}
+
+    def evaluate(telephone: bool) -> dict:
+        return evaluate_items(predict, test_items, labels, window_samples=cfg.window_samples,
+                              hop_samples=hop, audio=test_audio, telephone=telephone)
+
     metrics = {
         "config": asdict(cfg),
         "split": split,
@@ -165,8 +169,8 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         "last_val_uar": None if last_val is None else float(last_val),
         "selected_val_uar": best_val if cfg.select == "best_val" else (
             None if last_val is None else float(last_val)),
-        "test": evaluate_items(predict, test_items, labels, **common),
-        "test_telephone": evaluate_items(predict, test_items, labels, telephone=True, **common),
+        "test": evaluate(telephone=False),
+        "test_telephone": evaluate(telephone=True),
     }
     save_checkpoint(net, cfg, metrics, out / "model.pt")
     metrics["checkpoint"] = str(out / "model.pt")
