@@ -13,6 +13,7 @@ from collections import deque
 
 from dashboard.store import ACKS_CHANNEL
 from streamer import schema
+from streamer.aio import cancel
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,7 @@ class LiveHub:
         self._task = asyncio.create_task(self._run(), name="dashboard-hub")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
 
     def subscribe(self) -> Subscriber:
         sub = Subscriber(self.queue_max)

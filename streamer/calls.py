@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamer.aio import wait_event
 from streamer.alerts import AlertConfig, RoleAlerts
 from streamer.protocol import StreamStart
 from streamer.windowing import ChannelWindower, VadConfig, Window
@@ -126,11 +127,7 @@ class CallSession:
             self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._idle, timeout_s)
 
     @property
     def duration_s(self) -> float:

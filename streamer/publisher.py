@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from streamer import schema
+from streamer.aio import cancel, wait_event
 from streamer.schema import Alert, CallEvent, WindowResult
 
 log = logging.getLogger(__name__)
@@ -119,28 +120,18 @@ class RedisPublisher:
 
     async def first_attempt(self, timeout_s: float) -> bool:
         """Wait for the first round trip to Redis (success or failure); True if connected."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._attempted.wait(), timeout_s)
+        await wait_event(self._attempted, timeout_s)
         return self.connected
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until everything queued so far is written; False on timeout."""
-        try:
-            await asyncio.wait_for(self._flushed.wait(), timeout_s)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._flushed, timeout_s)
 
     async def stop(self, *, flush_timeout_s: float = 5.0) -> None:
         if not await self.flush(flush_timeout_s):
-            log.warning("stopping with %d alerts/events not delivered to Redis", len(self._outbox))
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+            log.warning("stopping with %d alerts/events not delivered to Redis", self.undelivered)
+        await cancel(self._task)
+        self._task = None
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from streamer.aio import cancel
 from streamer.metrics import Histogram
 from streamer.windowing import Window
 
@@ -89,13 +90,8 @@ class InferenceScheduler:
                 await asyncio.wait_for(self.drained(), timeout_s)
             except TimeoutError:
                 log.warning("inference drain timed out with %d windows pending", self._live)
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._executor.shutdown(wait=True)
 
     async def drained(self) -> None:
