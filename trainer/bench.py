@@ -53,11 +53,15 @@ def time_session(path: Path, *, batch: int, threads: int, repeats: int) -> float
     return 1000 * statistics.median(times) / batch
 
 
-def _export_pair(net, directory: Path) -> dict[str, Path]:
+def _export_variants(net, directory: Path) -> dict[str, Path]:
     from trainer.export import export_fp32, quantize_int8
 
     fp32 = export_fp32(net, directory / "fp32.onnx", window_samples=WINDOW)
-    return {"fp32": fp32, "int8": quantize_int8(fp32, directory / "int8.onnx")}
+    return {
+        "fp32": fp32,
+        "int8-ffn": quantize_int8(fp32, directory / "int8-ffn.onnx", scope="ffn"),
+        "int8-linear": quantize_int8(fp32, directory / "int8-linear.onnx", scope="linear"),
+    }
 
 
 def run_model_bench(*, repeats: int = 10, include_wav2vec2: bool = True,
@@ -78,7 +82,7 @@ def run_model_bench(*, repeats: int = 10, include_wav2vec2: bool = True,
         for name, net in models.items():
             out = tmp_path / name
             out.mkdir()
-            files = _export_pair(net.eval(), out)
+            files = _export_variants(net.eval(), out)
             params = sum(p.numel() for p in net.parameters())
             for variant, path in files.items():
                 for threads in (1, 2):

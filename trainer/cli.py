@@ -87,6 +87,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--checkpoint", required=True, help="model.pt written by callmon train")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--variants", default="fp32,int8,fp16")
+    p.add_argument("--int8-scope", choices=["ffn", "linear"], default="ffn",
+                   help="int8: feed-forward layers only, or every linear layer of the encoder")
     p.add_argument(
         "--parity-data",
         default=DEFAULT_DATA,
@@ -216,6 +218,7 @@ def _export(args: argparse.Namespace) -> int:
         variants=tuple(args.variants.split(",")),
         parity_windows=windows,
         extra_card=extra,
+        int8_scope=args.int8_scope,
     )
     print(json.dumps({"files": card.files, "onnx_parity": card.evaluation["onnx_parity"]}, indent=2))
     return 0
