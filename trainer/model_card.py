@@ -11,6 +11,32 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{max(1, round(seconds / 60))}"
+
+
+def _schedule(cfg: dict, t: dict) -> str:
+    if cfg.get("select") == "last":
+        return (f"{cfg.get('epochs')} epochs, the last epoch kept (the validation actors are "
+                "monitored, not used to pick a checkpoint)")
+    return (f"{cfg.get('epochs')} epochs at most (early stopping on validation UAR, patience "
+            f"{cfg.get('patience')}; {t.get('epochs_run')} run)")
+
+
+def train_command(cfg: dict) -> str:
+    """The ``callmon train`` command line that reproduces a recorded config."""
+    flags = {"labels": "--labels", "backbone": "--backbone", "freeze_layers": "--freeze-layers",
+             "epochs": "--epochs", "batch_size": "--batch-size", "lr_head": "--lr-head",
+             "lr_backbone": "--lr-backbone", "patience": "--patience", "select": "--select",
+             "speed_min": "--speed-min", "speed_max": "--speed-max", "folds": "--folds",
+             "fold": "--fold", "seed": "--seed"}
+    parts = ["callmon train"]
+    for key, flag in flags.items():
+        if key in cfg:
+            parts.append(f"{flag} {cfg[key]}")
+    return " ".join(parts)
+
+
 def render(card: ModelCard) -> str:
     t = card.training
     cfg = t.get("config", {})
@@ -38,17 +64,24 @@ def render(card: ModelCard) -> str:
         f"{', '.join(t.get('split', {}).get('val', []))} for early stopping. Calm counts as "
         "neutral; disgust and surprised are left out of the five-class head. **The weights "
         "inherit the non-commercial licence of the data.**",
-        f"- Recipe: {cfg.get('epochs')} epochs at most (early stopping on validation UAR, "
-        f"patience {cfg.get('patience')}; {t.get('epochs_run')} run), batch "
+        f"- Recipe: {_schedule(cfg, t)}, batch "
         f"{cfg.get('batch_size')}, AdamW (head {cfg.get('lr_head')}, encoder "
         f"{cfg.get('lr_backbone')}), linear warm-up then cosine decay, class-balanced "
         f"cross-entropy with label smoothing {cfg.get('label_smoothing')}, bf16 on CPU, "
         "random 3 s crops, telephone channel (8 kHz, 300–3400 Hz, G.711 μ-law) and "
-        "noise/gain augmentation, seed " f"{cfg.get('seed')}.",
+        "noise/gain augmentation" + (f", speed perturbation {cfg.get('speed_min')}–"
+                                    f"{cfg.get('speed_max')}"
+                                    if cfg.get("speed_min", 1.0) != cfg.get("speed_max", 1.0)
+                                    else "") + f", seed {cfg.get('seed')}.",
         f"- Took {t.get('train_seconds')} s on 2 CPU cores.",
-        f"- Reproduce: `callmon train --fold {cfg.get('fold')} --seed {cfg.get('seed')} "
-        f"--out runs/shipped` then `callmon export --checkpoint runs/shipped/model.pt "
-        "--out models/weights --variants int8,fp16`.",
+        f"- Reproduce (2 CPU cores, about {_minutes(t.get('train_seconds'))} min): "
+        f"`{train_command(cfg)} --out runs/shipped` then `callmon export --checkpoint "
+        f"runs/shipped/model.pt --out models/weights --variants int8,fp16 "
+        f"--int8-scope {t.get('int8_scope', 'ffn')}`.",
+        "- GPU recipe: the same command with `--accelerator cuda --precision 16-mixed` "
+        "(FP16 mixed precision; `--batch-size 64` or `--accumulate N` for a larger effective "
+        "batch). Not run for this card: no GPU was available. The reference design's wav2vec2 "
+        "is `--backbone wav2vec2:<local dir>`, with the same training, evaluation and export.",
         "",
         "## Speaker-independent evaluation",
         "",
