@@ -159,3 +159,54 @@ def test_redis_killed_and_restarted_mid_call(shipped_model, held_out_actors, rav
 
     asyncio.run(replay())
     assert [d["id"] for d in seen] == list(dict.fromkeys(ids))
+
+
+def test_stream_and_alerts_commands(shipped_model, held_out_actors, ravdess_dir, redis_server,
+                                    tmp_path):
+    """``callmon stream`` (native, stereo file → two roles; and Twilio mode) and
+    ``callmon alerts --since 0`` as a user runs them."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from .streaming import ServiceThread, actor_clips
+
+    customer = np.concatenate(actor_clips(ravdess_dir, held_out_actors[2], "angry", 3,
+                                          intensity="02"))
+    agent = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "neutral", 3))
+    n = min(len(customer), len(agent))
+    path = tmp_path / "call.wav"
+    sf.write(path, np.stack([customer[:n], agent[:n]], axis=1), 16_000)
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "callmon_cli", *args],
+                                  capture_output=True, text=True, timeout=120)
+
+        native = cli("stream", str(path), "--url", svc.ingest_url, "--speed", "8",
+                     "--call-id", "cli-native")
+        twilio = cli("stream", str(path), "--url", svc.ingest_url, "--speed", "8",
+                     "--protocol", "twilio", "--call-id", "cli-twilio")
+        alerts = subprocess.run(
+            [sys.executable, "-c",
+             "import asyncio, json, sys\n"
+             "from streamer.alerts_feed import follow_alerts\n"
+             "stop = asyncio.Event(); n = 0\n"
+             "def show(d):\n"
+             "    global n\n"
+             "    print(json.dumps(d)); n += d['type'] == 'call_ended'\n"
+             "    if n == 2: stop.set()\n"
+             f"asyncio.run(follow_alerts('{redis_server.url}', since='0', on_message=show,"
+             " stop=stop, block_ms=200))\n"],
+            capture_output=True, text=True, timeout=60)
+        bad = cli("stream", str(tmp_path / "missing.wav"), "--url", svc.ingest_url)
+    assert native.returncode == 0, native.stderr
+    lines = native.stdout.splitlines()
+    assert any("customer" in line and "angry" in line for line in lines)
+    assert any(line.startswith("cli-native agent") for line in lines)
+    assert twilio.returncode == 0, twilio.stderr
+    assert any(line.startswith("cli-twilio customer") for line in twilio.stdout.splitlines())
+    events = [json.loads(line) for line in alerts.stdout.splitlines()]
+    assert [e["call_id"] for e in events if e["type"] == "call_started"] == ["cli-native",
+                                                                              "cli-twilio"]
+    assert bad.returncode != 0 and "missing.wav" in bad.stderr
