@@ -4,6 +4,7 @@ state, its counters and the bounded queue of messages for its socket."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import numpy as np
 from streamer.aio import wait_event
 from streamer.alerts import AlertConfig, RoleAlerts
 from streamer.protocol import StreamStart
+from streamer.schema import SCHEMA_VERSION
 from streamer.windowing import ChannelWindower, VadConfig, Window
 
 
@@ -92,6 +94,7 @@ class CallSession:
         self._idle = asyncio.Event()
         self._idle.set()
         self.ended = False
+        self.end_reason: str | None = None
 
     def reset(self) -> None:
         for w in self.windowers:
@@ -132,6 +135,15 @@ class CallSession:
     @property
     def duration_s(self) -> float:
         return max((w.duration_s for w in self.windowers), default=0.0)
+
+    def ended_message(self) -> str:
+        """What the caller's socket gets when the call is over."""
+        return json.dumps({
+            "v": SCHEMA_VERSION, "type": "ended", "call_id": self.call_id,
+            "reason": self.end_reason, "duration_s": round(self.duration_s, 3),
+            "windows": self.windows, "scored": self.scored, "silent": self.silent,
+            "dropped": self.dropped, "alerts_raised": self.alerts_raised,
+        })
 
     @property
     def alerts_raised(self) -> int:

@@ -4,7 +4,6 @@ path ingest → window → infer → decide → publish."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -95,6 +94,7 @@ class Monitor:
         if session.ended:
             raise RuntimeError(f"call {session.call_id} already ended")
         session.ended = True
+        session.end_reason = reason
         self.ingest(session, session.finish())
         if not await session.wait_idle(self.drain_timeout_s):
             log.warning("call %s ended with %d windows still in inference", session.call_id,
@@ -185,5 +185,5 @@ class Monitor:
         for session in list(self.calls.values()):
             if not session.ended:
                 await self.close_call(session, "shutdown")
-                session.outbox.put(json.dumps({"v": 1, "type": "ended", "reason": "shutdown"}))
+                session.outbox.put(session.ended_message())
                 session.outbox.close()

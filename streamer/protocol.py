@@ -17,6 +17,7 @@ from streamer.codecs import decode_alaw, decode_mulaw
 
 # RFC 6455 close codes used by the server.
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_UNSUPPORTED = 1003  # data the server cannot accept: unknown encoding or rate
 CLOSE_POLICY = 1008  # malformed or out-of-order messages, duplicate call id
 CLOSE_TOO_BIG = 1009  # frame over the size limit

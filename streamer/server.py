@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 from streamer.calls import CallSession
 from streamer.monitor import Monitor
 from streamer.protocol import (
+    CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY,
     TWILIO_IGNORED,
@@ -249,17 +250,16 @@ class IngestServer:
                 await connection.send(message)
             except ConnectionClosed:
                 return
+        if session.end_reason == "shutdown":
+            # The server is stopping: everything was sent, now say goodbye.
+            with contextlib.suppress(ConnectionClosed):
+                await connection.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def _end(self, connection: ServerConnection, session: CallSession,
                    writer: asyncio.Task | None, reason: str, error: ProtocolError | None) -> None:
         if not session.ended:
-            event = await self.monitor.close_call(session, reason)
-            session.outbox.put(json.dumps({
-                "v": SCHEMA_VERSION, "type": "ended", "call_id": session.call_id,
-                "reason": reason, "duration_s": event.duration_s, "windows": session.windows,
-                "scored": session.scored, "silent": session.silent, "dropped": session.dropped,
-                "alerts_raised": session.alerts_raised,
-            }))
+            await self.monitor.close_call(session, reason)
+            session.outbox.put(session.ended_message())
         if error is not None:
             session.outbox.put(error_message(error.code, str(error)))
         session.outbox.close()
