@@ -22,6 +22,7 @@ from dashboard.auth import SupervisorAuth
 from dashboard.hub import LiveHub
 from dashboard.metrics import render_metrics
 from dashboard.predict import AudioRejected, decode_upload, predict
+from streamer.nodes import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,17 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                                                   socket_timeout=5.0)
         app.state.hub = LiveHub(app.state.redis)
         app.state.hub.start()
+        # A dashboard alone (no streamer in this process) still ends calls of dead nodes.
+        reaper = Reaper(app.state.redis) if service is None else None
+        if reaper is not None:
+            reaper.start()
         app.state.model = model
         if app.state.model is None and model_loader is not None:
             app.state.model = await asyncio.to_thread(model_loader)
         yield
         await app.state.hub.stop()
+        if reaper is not None:
+            await reaper.stop()
         await app.state.redis.aclose()
 
     app = FastAPI(title="callmon", version="1", lifespan=lifespan,

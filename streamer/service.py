@@ -13,6 +13,7 @@ from typing import Any
 from streamer.alerts import AlertConfig, AlertRule
 from streamer.calls import WindowingConfig
 from streamer.monitor import Monitor
+from streamer.nodes import Heartbeat, Reaper
 from streamer.publisher import RedisPublisher
 from streamer.redis_server import EmbeddedRedis
 from streamer.scheduler import InferenceScheduler
@@ -55,6 +56,8 @@ class Service:
         self.ingest: IngestServer | None = None
         self.with_dashboard = dashboard
         self.dashboard: Any = None
+        self.heartbeat: Heartbeat | None = None
+        self.reaper: Reaper | None = None
         self.started_at = time.time()
 
     async def start(self) -> None:
@@ -78,6 +81,13 @@ class Service:
         if not await self.publisher.first_attempt(3.0):
             log.warning("Redis at %s is not reachable; starting degraded, alerts will be held",
                         url)
+        self.heartbeat = Heartbeat(self.redis, s.node, interval_s=s.heartbeat_s,
+                                   ttl_s=s.heartbeat_ttl_s,
+                                   info=lambda: {"calls": len(self.monitor.calls)
+                                                 if self.monitor else 0})
+        self.heartbeat.start()
+        self.reaper = Reaper(self.redis, interval_s=s.heartbeat_s, own_node=s.node)
+        self.reaper.start()
         self.scheduler = InferenceScheduler(self.model.run_windows, max_batch=s.max_batch,
                                             max_wait_ms=s.max_wait_ms,
                                             max_pending_per_stream=s.max_pending_per_stream)
@@ -132,6 +142,9 @@ class Service:
             await self.scheduler.stop(drain=True, timeout_s=timeout_s / 4)
         if self.publisher:
             await self.publisher.stop(flush_timeout_s=timeout_s / 4)
+        for task in (self.reaper, self.heartbeat):
+            if task is not None:
+                await task.stop()
         if self.redis is not None:
             await self.redis.aclose()
         if self.embedded_redis:

@@ -52,4 +52,6 @@ class Settings(BaseSettings):
     supervisor_token: str | None = Field(None, description="dashboard bearer token (API clients)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest predict upload")
     node: str = Field(default_factory=default_node_name)
+    heartbeat_s: float = Field(5.0, gt=0, description="node heartbeat interval")
+    heartbeat_ttl_s: float = Field(15.0, gt=0, description="a node silent this long is lost")
     redis_dir: str | None = Field(None, description="data folder of the embedded Redis")

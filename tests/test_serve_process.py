@@ -16,7 +16,7 @@ from streamer.bench import ServerProcess
 from streamer.client import encode
 from streamer.redis_server import free_port
 
-from .streaming import actor_clips
+from .streaming import actor_clips, wait_for
 
 
 def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, held_out_actors):
@@ -54,3 +54,47 @@ def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, held_out
     assert [e["type"] for e in log if e["call_id"] == "term-1"][-1] == "call_ended"
     assert log[-1]["reason"] == "shutdown"
     assert client.zcard(schema.LIVE_CALLS_KEY) == 0  # nothing left marked live
+
+
+def test_killed_node_calls_are_marked_lost(shipped_model, redis_server, ravdess_dir,
+                                           held_out_actors):
+    """SIGKILL a serve process mid-call: a surviving node ends the call as ``lost`` within
+    the heartbeat TTL plus two reaper passes, instead of leaving it live forever."""
+    from .streaming import ServiceThread
+
+    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "neutral", 2))
+    port = free_port()
+    fast = {"CALLMON_HEARTBEAT_S": "0.5", "CALLMON_HEARTBEAT_TTL_S": "2"}
+    server = ServerProcess(redis_url=redis_server.url, port=port, extra_env=fast)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        server.wait_ready()
+
+        async def call_then_crash() -> None:
+            async with connect(f"ws://127.0.0.1:{port}/v1/stream") as ws:
+                await ws.send(json.dumps({"type": "start", "call_id": "doomed",
+                                          "sample_rate": 16000}))
+                await ws.send(encode(audio[:32000, None], "pcm_s16le"))
+                assert json.loads(await ws.recv())["type"] == "started"
+                await wait_for(lambda: client.zrange(schema.LIVE_CALLS_KEY, 0, -1) == [b"doomed"],
+                               5, "the call to be live in Redis")
+                server.process.kill()
+
+        asyncio.run(call_then_crash())
+        server.process.wait(10)
+        assert client.zrange(schema.LIVE_CALLS_KEY, 0, -1) == [b"doomed"]
+        killed_at = time.monotonic()
+        with ServiceThread(shipped_model, redis_server.url, heartbeat_s=0.5,
+                           heartbeat_ttl_s=2) as survivor:
+            deadline = time.monotonic() + 20
+            while client.zcard(schema.LIVE_CALLS_KEY) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert survivor.service.monitor.calls == {}
+        took = time.monotonic() - killed_at
+    finally:
+        server.stop()
+    assert client.zcard(schema.LIVE_CALLS_KEY) == 0, "the dead node's call is still live"
+    assert took < 10
+    log = [json.loads(f[b"data"]) for _, f in client.xrange(schema.ALERTS_STREAM)]
+    ended = [e for e in log if e["type"] == "call_ended" and e["call_id"] == "doomed"]
+    assert len(ended) == 1 and ended[0]["reason"] == "lost"

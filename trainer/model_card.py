@@ -109,7 +109,7 @@ def render(card: ModelCard) -> str:
             f"{_pct(tel['uar']['mean'])} ± {_pct(tel['uar']['std'])} |",
             "",
         ]
-    for key in ("eight_class", "baseline"):
+    for key in ("eight_class", "baseline", "baseline_8"):
         block = t.get(key)
         if block:
             lines += [f"- {block['title']}: UAR {_pct(block['uar_mean'])} ± "

@@ -1,0 +1,149 @@
+"""Node liveness: each streamer node keeps a heartbeat key in Redis; any node or dashboard
+ends the calls of a node whose heartbeat has expired (reason ``lost``), so a crashed
+process never leaves calls live forever."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from streamer import schema
+from streamer.aio import cancel
+
+log = logging.getLogger(__name__)
+
+
+def node_key(node: str) -> str:
+    return f"callmon:node:{node}"
+
+
+def reaped_key(call_id: str) -> str:
+    return f"callmon:call:{call_id}:reaped"
+
+
+class Heartbeat:
+    """Refreshes ``callmon:node:{node}`` (expiring after ``ttl_s``) every ``interval_s``."""
+
+    def __init__(self, redis, node: str, *, interval_s: float = 5.0, ttl_s: float = 15.0,
+                 info: Callable[[], dict] | None = None) -> None:
+        self.redis = redis
+        self.node = node
+        self.interval_s = interval_s
+        self.ttl_ms = int(ttl_s * 1000)
+        self.info: Callable[[], dict] = info or dict
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="node-heartbeat")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+        try:
+            await self.redis.delete(node_key(self.node))
+        except Exception:  # Redis away at shutdown: the key expires by itself
+            pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.redis.set(node_key(self.node),
+                                     json.dumps({"node": self.node, "ts": time.time(),
+                                                 **self.info()}), px=self.ttl_ms)
+            except Exception as exc:  # the publisher reports Redis health; keep beating
+                log.debug("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.interval_s)
+
+
+async def orphaned_calls(redis, *, own_node: str | None = None) -> list[tuple[str, dict | None]]:
+    """Live calls whose node has no heartbeat (never this process's own)."""
+    out = []
+    for raw in await redis.zrange(schema.LIVE_CALLS_KEY, 0, -1):
+        call_id = raw.decode()
+        start_raw = await redis.hget(schema.call_state_key(call_id), "start")
+        start = json.loads(start_raw) if start_raw else None
+        node = (start or {}).get("node")
+        if node and node == own_node:
+            continue  # we know our own calls are alive, whatever Redis lost
+        if start is not None and node and await redis.exists(node_key(node)):
+            continue
+        out.append((call_id, start))
+    return out
+
+
+async def reap_lost_calls(redis, *, own_node: str | None = None,
+                          suspects: dict[str, float] | None = None,
+                          grace_s: float = 0.0) -> list[str]:
+    """End every live call whose node has had no heartbeat for ``grace_s`` (tracked in
+    ``suspects`` across passes); returns the call ids ended here.
+
+    Safe to run from many processes at once: a call is claimed with ``SET NX`` first. The
+    grace period covers a Redis restart that lost heartbeat keys which their nodes are
+    about to refresh.
+    """
+    ended = []
+    now = time.monotonic()
+    orphans = await orphaned_calls(redis, own_node=own_node)
+    if suspects is not None:
+        for stale in set(suspects) - {c for c, _ in orphans}:
+            del suspects[stale]
+    for call_id, start in orphans:
+        if suspects is not None:
+            first = suspects.setdefault(call_id, now)
+            if now - first < grace_s:
+                continue
+        node = (start or {}).get("node")
+        if not await redis.set(reaped_key(call_id), "1", nx=True, ex=3600):
+            continue  # another reaper has it
+        event = schema.CallEvent(
+            id=schema.new_id(), type="call_ended", call_id=call_id,
+            roles=tuple((start or {}).get("roles", ())),
+            sample_rate=(start or {}).get("sample_rate", 0),
+            encoding=(start or {}).get("encoding", ""), protocol=(start or {}).get("protocol", ""),
+            metadata=(start or {}).get("metadata", {}), reason="lost",
+            duration_s=round(time.time() - start["ts"], 3) if start else None, node=node or "")
+        payload = schema.dumps(event)
+        pipe = redis.pipeline(transaction=False)
+        pipe.publish(schema.ALERTS_CHANNEL, payload)
+        pipe.xadd(schema.ALERTS_STREAM, {"id": event.id, "type": event.type, "data": payload},
+                  maxlen=100_000, approximate=True)
+        pipe.zrem(schema.LIVE_CALLS_KEY, call_id)
+        pipe.hset(schema.call_state_key(call_id), mapping={"end": payload})
+        pipe.expire(schema.call_state_key(call_id), 24 * 3600)
+        await pipe.execute()
+        log.warning("call %s marked lost: node %s stopped heart-beating", call_id, node)
+        ended.append(call_id)
+        if suspects is not None:
+            suspects.pop(call_id, None)
+    return ended
+
+
+class Reaper:
+    """Runs :func:`reap_lost_calls` every ``interval_s``; a call is ended once its node
+    has been silent for two passes."""
+
+    def __init__(self, redis, *, interval_s: float = 5.0, own_node: str | None = None) -> None:
+        self.redis = redis
+        self.interval_s = interval_s
+        self.own_node = own_node
+        self.suspects: dict[str, float] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="lost-call-reaper")
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await reap_lost_calls(self.redis, own_node=self.own_node,
+                                      suspects=self.suspects, grace_s=self.interval_s)
+            except Exception as exc:
+                log.debug("reaper pass failed: %s", exc)
