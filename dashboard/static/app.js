@@ -50,7 +50,7 @@ function handle(m) {
     const c = calls.get(m.call_id);
     if (!c) return;
     c.summary.last = c.summary.last || {};
-    c.summary.last[m.role] = m;
+    if (m.scores) c.summary.last[m.role] = m;  // a silent window keeps the last emotion shown
     if (m.role === "customer" && m.frustration !== null) {
       c.history.push({ t: m.end_s, f: m.frustration, d: m.distress });
       if (c.history.length > SPARK_WINDOWS) c.history.shift();
