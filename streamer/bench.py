@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -72,16 +73,17 @@ class ServerProcess:
         env = {**os.environ, "REDIS_URL": redis_url, "CALLMON_PORT": str(port),
                "CALLMON_MAX_CALLS": "10000", "CALLMON_DASHBOARD_PORT": "0",
                **(extra_env or {})}
+        # The server's log goes to a file: an unread pipe fills up and blocks its event loop.
+        self.log = tempfile.NamedTemporaryFile(prefix="callmon-serve-", suffix=".log")
         self.process = subprocess.Popen([sys.executable, "-m", "callmon_cli", "serve"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        stdout=subprocess.DEVNULL, stderr=self.log)
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError("server exited: " + err[-2000:])
+                raise RuntimeError("server exited: " + Path(self.log.name).read_text()[-2000:])
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1).read()
                 return
@@ -111,6 +113,7 @@ class ServerProcess:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
 
 
 async def _call(url: str, call_id: str, audio: np.ndarray, *, duration_s: float, frame_ms: int,
@@ -120,7 +123,9 @@ async def _call(url: str, call_id: str, audio: np.ndarray, *, duration_s: float,
     times = np.zeros(n + 1)
     sent_at[call_id] = times
     try:
-        async with connect(url, compression=None) as ws:
+        # No client keepalive: on a 2-core machine the load generator's own event loop is
+        # the first thing to saturate, and its late pongs would end calls the server keeps up with.
+        async with connect(url, compression=None, ping_interval=None) as ws:
             await ws.send(json.dumps({"type": "start", "call_id": call_id, "sample_rate": RATE,
                                       "encoding": "pcm_s16le", "channels": 1}))
             reader = asyncio.create_task(_read_summary(ws, call_id, summary))
