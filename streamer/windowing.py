@@ -68,7 +68,7 @@ class VadConfig:
     """
 
     frame_ms: float = 20.0
-    min_dbfs: float = -50.0
+    min_dbfs: float = -60.0
     margin_db: float = 10.0
     min_speech_ratio: float = 0.2
     floor_adapt: float = 0.05

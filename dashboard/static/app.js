@@ -45,10 +45,25 @@ function connect() {
   source.onmessage = (e) => handle(JSON.parse(e.data));
 }
 
+// A call this page does not know yet (its call_started raced with a reload, or came before
+// the page connected): fetch it once, then its window events land normally.
+const fetching = new Set();
+function ensureCall(id) {
+  if (calls.has(id) || fetching.has(id)) return;
+  fetching.add(id);
+  api(`/api/v1/calls/${encodeURIComponent(id)}?tail=${SPARK_WINDOWS * 2}`)
+    .then((detail) => {
+      if (detail.live && !calls.has(id)) calls.set(id, { summary: detail, history: historyOf(detail.timeline) });
+      scheduleRender();
+    })
+    .catch(console.error)
+    .finally(() => fetching.delete(id));
+}
+
 function handle(m) {
   if (m.type === "window") {
     const c = calls.get(m.call_id);
-    if (!c) return;
+    if (!c) { ensureCall(m.call_id); return; }
     c.summary.last = c.summary.last || {};
     if (m.scores) c.summary.last[m.role] = m;  // a silent window keeps the last emotion shown
     if (m.role === "customer" && m.frustration !== null) {
@@ -171,11 +186,20 @@ function timelineChart(windows, callAlerts, duration) {
     const color = a.kind === "frustration" ? "rgba(209,69,59,.15)" : "rgba(123,79,201,.15)";
     shade += `<rect class="alert-period" x="${x(a.call_time_s)}" y="6" width="${Math.max(2, x(t1) - x(a.call_time_s))}" height="${h - 26}" fill="${color}"><title>${a.kind} ${fmtTime(a.ts)}</title></rect>`;
   }
-  const scored = windows.filter((w2) => w2.scores);
-  const lines = Object.entries(COLORS).map(([label, color]) => {
-    const pts = scored.map((s) => `${x(s.end_s).toFixed(1)},${y(s.scores[label] || 0).toFixed(1)}`).join(" ");
-    return `<polyline fill="none" stroke="${color}" stroke-width="${label === "angry" || label === "fearful" ? 2 : 1.3}" points="${pts}"><title>${label}</title></polyline>`;
-  }).join("");
+  // One line per run of consecutive scored windows: silence is a gap, not a straight line.
+  const runs = [];
+  for (const s of windows.slice().sort((a, b) => a.window_index - b.window_index)) {
+    if (!s.scores) { runs.push([]); continue; }
+    if (!runs.length) runs.push([]);
+    runs[runs.length - 1].push(s);
+  }
+  const lines = runs.filter((r) => r.length).flatMap((run) => Object.entries(COLORS).map(([label, color]) => {
+    const pts = run.map((s) => `${x(s.end_s).toFixed(1)},${y(s.scores[label] || 0).toFixed(1)}`).join(" ");
+    const width = label === "angry" || label === "fearful" ? 2 : 1.3;
+    return run.length === 1
+      ? `<circle cx="${x(run[0].end_s)}" cy="${y(run[0].scores[label] || 0)}" r="1.8" fill="${color}"><title>${label}</title></circle>`
+      : `<polyline fill="none" stroke="${color}" stroke-width="${width}" points="${pts}"><title>${label}</title></polyline>`;
+  })).join("");
   const ticks = [];
   for (let t = 0; t <= end; t += Math.max(10, Math.round(end / 8 / 10) * 10)) ticks.push(`<text x="${x(t)}" y="${h - 4}" font-size="10" fill="#6b7385">${fmtDur(t)}</text>`);
   return `<svg viewBox="0 0 ${w} ${h}" role="img" aria-label="per-class probabilities">${shade}
