@@ -36,7 +36,9 @@ def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, held_out
                 async for message in ws:
                     data = json.loads(message)
                     got.append(data)
-                    if data["type"] == "window" and data["window_index"] == 1:
+                    # The audio went in faster than real time, so some windows may be dropped
+                    # by design: terminate at the first result, whichever window it is.
+                    if data["type"] == "window" and sum(m["type"] == "window" for m in got) == 1:
                         server.process.send_signal(signal.SIGTERM)
                 return got, ws.close_code
 
