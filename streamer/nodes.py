@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from streamer import schema
 from streamer.aio import cancel
+from streamer.publisher import PublisherConfig, queue_event
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,8 @@ async def reap_lost_calls(redis, *, own_node: str | None = None,
             encoding=(start or {}).get("encoding", ""), protocol=(start or {}).get("protocol", ""),
             metadata=(start or {}).get("metadata", {}), reason="lost",
             duration_s=round(time.time() - start["ts"], 3) if start else None, node=node or "")
-        payload = schema.dumps(event)
         pipe = redis.pipeline(transaction=False)
-        pipe.publish(schema.ALERTS_CHANNEL, payload)
-        pipe.xadd(schema.ALERTS_STREAM, {"id": event.id, "type": event.type, "data": payload},
-                  maxlen=100_000, approximate=True)
-        pipe.zrem(schema.LIVE_CALLS_KEY, call_id)
-        pipe.hset(schema.call_state_key(call_id), mapping={"end": payload})
-        pipe.expire(schema.call_state_key(call_id), 24 * 3600)
+        queue_event(pipe, event, PublisherConfig())
         await pipe.execute()
         log.warning("call %s marked lost: node %s stopped heart-beating", call_id, node)
         ended.append(call_id)

@@ -62,7 +62,7 @@ class RedisPublisher:
         self.client = client
         self.config = config or PublisherConfig()
         self.node = node
-        self._outbox: deque[CallEvent | Alert | tuple[str, str, dict]] = deque()
+        self._outbox: deque[CallEvent | Alert] = deque()
         self._results: deque[WindowResult] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -94,11 +94,6 @@ class RedisPublisher:
         self._outbox.append(event)
         self._kick()
 
-    def set_call_fields(self, call_id: str, fields: dict[str, str]) -> None:
-        """Ordered with events: used for the call's start record and active alerts."""
-        self._outbox.append(("hset", call_id, fields))
-        self._kick()
-
     def _kick(self) -> None:
         self._flushed.clear()
         self._wakeup.set()
@@ -108,7 +103,7 @@ class RedisPublisher:
     @property
     def undelivered(self) -> int:
         """Alerts and call events waiting for Redis."""
-        return sum(1 for e in self._outbox if not isinstance(e, tuple))
+        return len(self._outbox)
 
     @property
     def healthy(self) -> bool:
@@ -176,7 +171,7 @@ class RedisPublisher:
                 self.degraded_since = None
                 self.last_error = None
             delay = self.config.retry_initial_s
-            self.events_published += sum(1 for e in events if not isinstance(e, tuple))
+            self.events_published += len(events)
             self.results_published += len(results)
 
     async def _write(self, events: list, results: list[WindowResult]) -> None:
@@ -186,26 +181,7 @@ class RedisPublisher:
         cfg = self.config
         pipe = self.client.pipeline(transaction=False)
         for item in events:
-            if isinstance(item, tuple):
-                _, call_id, fields = item
-                pipe.hset(schema.call_state_key(call_id), mapping=fields)
-                continue
-            payload = schema.dumps(item)
-            pipe.publish(schema.ALERTS_CHANNEL, payload)
-            pipe.xadd(schema.ALERTS_STREAM, {"id": item.id, "type": item.type, "data": payload},
-                      maxlen=cfg.stream_maxlen, approximate=True)
-            state_key = schema.call_state_key(item.call_id)
-            if isinstance(item, CallEvent) and item.type == "call_started":
-                pipe.zadd(schema.LIVE_CALLS_KEY, {item.call_id: item.ts})
-                pipe.hset(state_key, mapping={"start": payload})
-                pipe.persist(state_key)
-            elif isinstance(item, CallEvent):
-                pipe.zrem(schema.LIVE_CALLS_KEY, item.call_id)
-                pipe.hset(state_key, mapping={"end": payload})
-                pipe.expire(state_key, cfg.ended_ttl_s)
-                pipe.expire(schema.call_timeline_key(item.call_id), cfg.ended_ttl_s)
-            else:
-                pipe.hset(state_key, mapping={f"alert:{item.role}:{item.kind}": payload})
+            queue_event(pipe, item, cfg)
         for result in results:
             payload = schema.dumps(result)
             timeline = schema.call_timeline_key(result.call_id)
@@ -219,6 +195,28 @@ class RedisPublisher:
             raise next(e for e in errors if isinstance(e, (ConnectionError, TimeoutError, OSError)))
         for error in errors:  # a command Redis refused (e.g. a key of the wrong type)
             log.error("Redis refused a write: %s", error)
+
+
+def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig) -> None:
+    """Add the writes of one alert or call event to a Redis pipeline: pub/sub, the alert
+    log, the live-call set and the call's state. Shared by the publisher and the reaper of
+    lost calls, so both leave Redis in the same shape."""
+    payload = schema.dumps(item)
+    pipe.publish(schema.ALERTS_CHANNEL, payload)
+    pipe.xadd(schema.ALERTS_STREAM, {"id": item.id, "type": item.type, "data": payload},
+              maxlen=config.stream_maxlen, approximate=True)
+    state_key = schema.call_state_key(item.call_id)
+    if isinstance(item, CallEvent) and item.type == "call_started":
+        pipe.zadd(schema.LIVE_CALLS_KEY, {item.call_id: item.ts})
+        pipe.hset(state_key, mapping={"start": payload})
+        pipe.persist(state_key)
+    elif isinstance(item, CallEvent):
+        pipe.zrem(schema.LIVE_CALLS_KEY, item.call_id)
+        pipe.hset(state_key, mapping={"end": payload})
+        pipe.expire(state_key, config.ended_ttl_s)
+        pipe.expire(schema.call_timeline_key(item.call_id), config.ended_ttl_s)
+    else:
+        pipe.hset(state_key, mapping={f"alert:{item.role}:{item.kind}": payload})
 
 
 def _take(queue: deque, n: int):
