@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CARD_FILE = "model_card.json"
 CARD_SCHEMA_VERSION = 1
+
+
+def sha256_of(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks (weight files are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ModelCardError(ValueError):

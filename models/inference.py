@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from models.card import ModelCard, ModelCardError
+from models.card import ModelCard, ModelCardError, sha256_of
 from models.ort import is_cuda, make_session
 from models.preprocessing import as_batch, fit_length, window_starts
 
@@ -16,14 +15,6 @@ log = logging.getLogger(__name__)
 
 #: Where the shipped default model lives.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmotionModel:
@@ -148,7 +139,7 @@ def load_model(
     if not onnx_path.is_file():
         raise ModelCardError(f"{onnx_path} is missing")
     expected = card.sha256.get(onnx_path.name)
-    if verify and expected is not None and _sha256(onnx_path) != expected:
+    if verify and expected is not None and sha256_of(onnx_path) != expected:
         raise ModelCardError(
             f"{onnx_path} does not match the SHA-256 in its model card: the file is corrupt "
             "or was replaced"

@@ -24,7 +24,6 @@ from streamer.monitor import Monitor
 from streamer.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
-    CLOSE_POLICY,
     TWILIO_IGNORED,
     TWILIO_TRACKS,
     ProtocolError,
@@ -291,4 +290,3 @@ def _json_response(status: HTTPStatus, body: dict) -> Response:
     return Response(status.value, status.phrase, headers, data)
 
 
-__all__ = ["CLOSE_POLICY", "IngestConfig", "IngestServer"]

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from models.preprocessing import clip_windows
 from trainer.augment import telephone_channel
-from trainer.datasets import Utterance, discover, filter_labels, load_audio
+from trainer.datasets import Utterance, filter_labels, load_audio
 from trainer.metrics import classification_report
 
 log = logging.getLogger(__name__)
@@ -146,15 +146,3 @@ def plot_confusion(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def evaluate_dir(model, data: Path, *, telephone: bool = False, batch_size: int = 16,
-                 progress: bool = True) -> dict:
-    """Evaluate a loaded :class:`models.EmotionModel` on any supported corpus folder."""
-    items = discover(data)
-    card = model.card
-    return evaluate_items(
-        model, items, model.labels,
-        window_samples=card.window_samples, hop_samples=card.sample_rate_hz,
-        telephone=telephone, batch_size=batch_size, progress=progress,
-    )

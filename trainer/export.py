@@ -3,7 +3,6 @@ with the model card, digests and measured PyTorch↔ONNX parity."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.card import ModelCard
+from models.card import ModelCard, sha256_of
 from models.network import EmotionNet, ProbabilityModel
 
 log = logging.getLogger(__name__)
@@ -95,10 +94,6 @@ def convert_fp16(fp32: Path, out: Path) -> Path:
     half = convert_float_to_float16(model, keep_io_types=True, node_block_list=frontend)
     onnx.save(half, str(out))
     return out
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def parity(net: EmotionNet, onnx_path: Path, windows: np.ndarray, *, batch_size: int = 16) -> dict:
