@@ -54,16 +54,19 @@ class EmbeddedRedis:
         persist: keep an append-only file in ``data_dir`` so a restart keeps the data.
         fsync_always: fsync every write (tests that SIGKILL the server need every
             acknowledged write to survive it).
+        extra_args: more ``redis-server`` options (e.g. ``--enable-debug-command local``).
     """
 
     def __init__(self, *, port: int = 0, data_dir: Path | None = None, persist: bool = True,
-                 fsync_always: bool = False, binary: str | None = None) -> None:
+                 fsync_always: bool = False, binary: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="callmon-redis-")
         self.data_dir = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
         self.persist = persist
         self.fsync_always = fsync_always
         self.binary = binary or server_binary()
+        self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
 
     @property
@@ -77,6 +80,7 @@ class EmbeddedRedis:
             "--protected-mode", "yes", "--loglevel", "warning",
             "--appendonly", "yes" if self.persist else "no",
             "--appendfsync", "always" if self.fsync_always else "everysec",
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s

@@ -38,7 +38,7 @@ def call_timeline_key(call_id: str) -> str:
 Role = Literal["customer", "agent"]
 AlertKind = Literal["frustration", "distress"]
 AlertState = Literal["raised", "cleared"]
-EndReason = Literal["stop", "disconnect", "error", "shutdown", "lost"]
+EndReason = Literal["stop", "disconnect", "error", "limit", "shutdown", "lost"]
 
 
 def new_id() -> str:

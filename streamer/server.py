@@ -8,6 +8,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -20,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamer.calls import CallSession
+from streamer.limits import AddressLimit, AudioPacer, TokenBucket
 from streamer.monitor import Monitor
 from streamer.protocol import (
     CLOSE_GOING_AWAY,
@@ -51,6 +53,17 @@ class IngestConfig:
             ``?token=<token>`` (Twilio cannot set headers).
         max_frame_bytes: largest websocket message accepted (close 1009 beyond).
         start_timeout_s: time allowed between connecting and the start message.
+        max_gap_s: longest Twilio timestamp gap filled with silence.
+        max_messages_per_s, message_burst: sustained message rate per connection, and the
+            burst allowed above it (close 1008 ``rate_limited`` beyond).
+        max_speed, speed_burst_s: audio faster than ``max_speed`` × real time, after a head
+            start of ``speed_burst_s`` seconds, is refused (close 1008 ``too_fast``).
+        max_call_s: longest call, in seconds of audio (close 1008 ``max_duration``).
+        max_connections_per_address: open websocket connections per client IP (HTTP 429
+            beyond). Telephony platforms send many calls from few addresses: size it for them.
+        ping_interval_s: a peer that has sent nothing for this long is pinged, and dropped
+            if no pong comes within the same time again (a client that vanished without
+            closing). A peer that keeps sending audio is alive even if it reads nothing.
         twilio_track_roles: Twilio ``media.track`` → role.
     """
 
@@ -60,6 +73,13 @@ class IngestConfig:
     max_frame_bytes: int = 64 * 1024
     start_timeout_s: float = 10.0
     max_gap_s: float = 5.0
+    max_messages_per_s: float = 500.0
+    message_burst: int = 1000
+    max_speed: float = 4.0
+    speed_burst_s: float = 10.0
+    max_call_s: float = 4 * 3600.0
+    max_connections_per_address: int = 200
+    ping_interval_s: float = 20.0
     twilio_track_roles: dict[str, str] = field(default_factory=lambda: dict(TWILIO_TRACKS))
 
 
@@ -72,12 +92,14 @@ class IngestServer:
         self.server: Server | None = None
         self.port = config.port
         self._connections: set[asyncio.Task] = set()
+        self.addresses = AddressLimit(config.max_connections_per_address)
 
     async def start(self) -> None:
         self.server = await serve(
             self._handle, self.config.host, self.config.port,
             process_request=self._process_request, max_size=self.config.max_frame_bytes,
-            compression=None, ping_interval=20, ping_timeout=20, max_queue=64,
+            compression=None, ping_interval=None,  # see _keepalive
+            close_timeout=min(5.0, self.config.ping_interval_s), max_queue=16,
         )
         self.port = next(iter(self.server.sockets)).getsockname()[1]
         log.info("ingest listening on ws://%s:%d%s and %s", self.config.host, self.port,
@@ -103,6 +125,10 @@ class IngestServer:
         if url.path not in (NATIVE_PATH, TWILIO_PATH):
             return _json_response(HTTPStatus.NOT_FOUND, {
                 "error": "not_found", "message": f"use {NATIVE_PATH} or {TWILIO_PATH}"})
+        if self.addresses.full(_address(connection)):
+            return _json_response(HTTPStatus.TOO_MANY_REQUESTS, {
+                "error": "too_many_connections",
+                "message": f"at most {self.addresses.limit} connections per client address"})
         if self.config.token and not self._authorised(request, url.query):
             # Same answer whatever the call id: failures reveal nothing about live calls.
             return _json_response(HTTPStatus.UNAUTHORIZED, {
@@ -122,14 +148,22 @@ class IngestServer:
     async def _handle(self, connection: ServerConnection) -> None:
         task = asyncio.current_task()
         self._connections.add(task)  # type: ignore[arg-type]
+        address = _address(connection)
+        self.addresses.acquire(address)
+        c = self.config
+        guard = _Guard(TokenBucket(c.max_messages_per_s, c.message_burst),
+                       AudioPacer(c.max_speed, c.speed_burst_s), c.max_call_s)
+        keepalive = asyncio.create_task(self._keepalive(connection, guard))
         try:
             url = urlsplit(connection.request.path)  # type: ignore[union-attr]
             if url.path == TWILIO_PATH:
                 want_results = (parse_qs(url.query).get("results") or ["0"])[0] == "1"
-                await self._twilio(connection, send_results=want_results)
+                await self._twilio(connection, guard, send_results=want_results)
             else:
-                await self._native(connection)
+                await self._native(connection, guard)
         finally:
+            keepalive.cancel()
+            self.addresses.release(address)
             self._connections.discard(task)  # type: ignore[arg-type]
 
     async def _refuse(self, connection: ServerConnection, error: ProtocolError) -> None:
@@ -144,7 +178,27 @@ class IngestServer:
             raise ProtocolError("start_timeout",
                                 f"no start message within {self.config.start_timeout_s} s") from None
 
-    async def _native(self, connection: ServerConnection) -> None:
+    async def _keepalive(self, connection: ServerConnection, guard: _Guard) -> None:
+        """Drop a peer that neither sends nor answers pings. Liveness is judged on what it
+        sends: websockets' own keep-alive would also drop a live client whose pongs queue
+        behind results it reads slowly."""
+        interval = self.config.ping_interval_s
+        while True:
+            await asyncio.sleep(interval - min(interval, guard.idle_s))
+            if guard.idle_s < interval:
+                continue
+            try:
+                pong = await connection.ping()
+                await asyncio.wait_for(pong, interval)
+            except ConnectionClosed:
+                return
+            except TimeoutError:
+                log.info("dropping a peer silent for %.0f s", guard.idle_s)
+                connection.transport.abort()
+                return
+            guard.heard()
+
+    async def _native(self, connection: ServerConnection, guard: _Guard) -> None:
         try:
             first = await self._first_message(connection)
             if isinstance(first, bytes):
@@ -167,8 +221,11 @@ class IngestServer:
         error: ProtocolError | None = None
         try:
             async for message in connection:
+                guard.message()
                 if isinstance(message, bytes):
-                    self.monitor.feed(session, decode_frame(message, start))
+                    frames = decode_frame(message, start)
+                    self.monitor.feed(session, frames)
+                    guard.audio(len(frames) / start.sample_rate)
                     continue
                 data = parse_json_object(message)
                 kind = data.get("type")
@@ -179,18 +236,20 @@ class IngestServer:
                     raise ProtocolError("already_started", "this connection already started a call")
                 raise ProtocolError("unknown_message", f"unknown message type {kind!r}")
         except ProtocolError as exc:
-            reason, error = "error", exc
+            reason, error = _error_reason(exc), exc
         except ConnectionClosed:
             pass
         await self._end(connection, session, writer, reason, error)
 
-    async def _twilio(self, connection: ServerConnection, *, send_results: bool) -> None:
+    async def _twilio(self, connection: ServerConnection, guard: _Guard, *,
+                      send_results: bool) -> None:
         session: CallSession | None = None
         expected_ms: dict[int, int] = {}
         reason, error = "disconnect", None
         writer = None
         try:
             async for message in connection:
+                guard.message()
                 if isinstance(message, bytes):
                     raise ProtocolError("unexpected_binary",
                                         "Twilio media streams send JSON text messages only")
@@ -199,7 +258,8 @@ class IngestServer:
                 if event == "media":
                     if session is None:
                         raise ProtocolError("audio_before_start", "media event before start")
-                    self._twilio_media(session, data, expected_ms)
+                    seconds = self._twilio_media(session, data, expected_ms)
+                    guard.audio(seconds / session.start.channels)
                 elif event == "start":
                     if session is not None:
                         raise ProtocolError("already_started", "a second start event")
@@ -213,7 +273,7 @@ class IngestServer:
                 elif event not in TWILIO_IGNORED:
                     raise ProtocolError("unknown_event", f"unknown Twilio event {event!r}")
         except ProtocolError as exc:
-            reason, error = "error", exc
+            reason, error = _error_reason(exc), exc
         except ConnectionClosed:
             pass
         if session is None:
@@ -222,23 +282,26 @@ class IngestServer:
             return
         await self._end(connection, session, writer, reason, error)
 
-    def _twilio_media(self, session: CallSession, data: dict, expected_ms: dict[int, int]) -> None:
+    def _twilio_media(self, session: CallSession, data: dict, expected_ms: dict[int, int]
+                      ) -> float:
+        """Feed one media event; returns the seconds of audio it carried."""
         media = parse_twilio_media(data, max_payload_bytes=self.config.max_frame_bytes)
         role = self.config.twilio_track_roles.get(media.track)
         if role not in session.start.roles:
-            return  # a track the start event did not announce: ignored, as Twilio's own docs do
+            return 0.0  # a track the start event did not announce: ignored, as Twilio's own docs do
         channel = session.start.roles.index(role)
         samples = _decode_mulaw_float(media.payload)
         # Order by timestamp: a chunk from the past (duplicate or late) is dropped; a jump
         # forward (packets Twilio never sent) is filled with silence, capped at max_gap_s.
         expected = expected_ms.get(channel, media.timestamp_ms)
         if media.timestamp_ms < expected:
-            return
+            return 0.0
         gap_ms = min(media.timestamp_ms - expected, int(1000 * self.config.max_gap_s))
         if gap_ms > 0:
             self.monitor.feed_channel(session, channel, np.zeros(gap_ms * 8, dtype=np.float32))
         expected_ms[channel] = media.timestamp_ms + len(media.payload) // 8
         self.monitor.feed_channel(session, channel, samples)
+        return len(samples) / 8000
 
     async def _writer(self, connection: ServerConnection, session: CallSession) -> None:
         """Send the call's results; a stalled reader only loses its own oldest results."""
@@ -275,6 +338,51 @@ class IngestServer:
     async def wait_connections(self, timeout_s: float) -> None:
         if self._connections:
             await asyncio.wait(list(self._connections), timeout=timeout_s)
+
+
+class _Guard:
+    """One connection's limits (message rate, audio pace, call length) and liveness."""
+
+    def __init__(self, bucket: TokenBucket, pacer: AudioPacer, max_call_s: float) -> None:
+        self.bucket = bucket
+        self.pacer = pacer
+        self.max_call_s = max_call_s
+        self.last_heard = time.monotonic()
+
+    @property
+    def idle_s(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def message(self) -> None:
+        self.last_heard = time.monotonic()
+        if not self.bucket.take():
+            raise ProtocolError("rate_limited", f"more than {self.bucket.rate:g} messages per "
+                                f"second (burst {self.bucket.burst:g})")
+
+    def audio(self, seconds: float) -> None:
+        ahead = self.pacer.add(seconds)
+        if self.pacer.audio_s > self.max_call_s:
+            raise ProtocolError("max_duration", f"calls are limited to {self.max_call_s:g} s")
+        if ahead > 0:
+            raise ProtocolError(
+                "too_fast", f"audio arrives faster than {self.pacer.speed:g}x real time (after "
+                f"{self.pacer.burst_s:g} s of head start): send it as it is spoken")
+
+
+LIMIT_CODES = frozenset({"rate_limited", "max_duration", "too_fast"})
+
+
+def _error_reason(error: ProtocolError) -> str:
+    """``call_ended`` reason for a call ended by a refusal."""
+    return "limit" if error.code in LIMIT_CODES else "error"
+
+
+def _address(connection: ServerConnection) -> str:
+    peer = connection.remote_address
+    return str(peer[0]) if peer else "?"
 
 
 def _decode_mulaw_float(payload: bytes) -> np.ndarray:

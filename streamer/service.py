@@ -99,7 +99,10 @@ class Service:
                                alerts=alert_config(s), max_calls=s.max_calls, node=s.node)
         self.ingest = IngestServer(self.monitor, IngestConfig(
             host=s.host, port=s.port, token=s.ingest_token, max_frame_bytes=s.max_frame_bytes,
-            start_timeout_s=s.start_timeout_s), health=self.health)
+            start_timeout_s=s.start_timeout_s, max_messages_per_s=s.max_messages_per_s,
+            message_burst=s.message_burst, max_speed=s.max_speed, speed_burst_s=s.speed_burst_s,
+            max_call_s=s.max_call_s, max_connections_per_address=s.max_connections_per_address,
+            ping_interval_s=s.ping_interval_s), health=self.health)
         await self.ingest.start()
         if self.with_dashboard:
             from dashboard.server import build_dashboard

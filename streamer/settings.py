@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     max_pending_per_stream: int = Field(3, ge=1)
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     start_timeout_s: float = Field(10.0, gt=0)
+    max_messages_per_s: float = Field(500.0, gt=0, description="sustained messages/s per socket")
+    message_burst: int = Field(1000, ge=1, description="messages allowed above that rate at once")
+    max_speed: float = Field(4.0, gt=0, description="audio faster than this × real time is refused")
+    speed_burst_s: float = Field(10.0, ge=0, description="seconds of audio allowed ahead of that")
+    max_call_s: float = Field(4 * 3600.0, gt=0, description="longest call (seconds of audio)")
+    max_connections_per_address: int = Field(200, ge=1, description="open sockets per client IP")
+    ping_interval_s: float = Field(20.0, gt=0, description="keep-alive ping; dead peers dropped")
     frustration_on: float = 0.55
     frustration_off: float = 0.3
     distress_on: float = 0.6

@@ -42,6 +42,11 @@ def calm_then_angry(ravdess: Path, actor: str) -> tuple[np.ndarray, float]:
     return np.concatenate(calm + angry), onset
 
 
+# Tests replay recordings at up to 8x real time (Twilio: 20 ms per track, 800 messages/s):
+# allow it; the defaults refuse beyond 4x and 500 messages/s.
+REPLAY = {"max_speed": 16.0, "max_messages_per_s": 2000.0}
+
+
 async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Wait until ``predicate()`` holds, checking every 20 ms."""
     deadline = time.monotonic() + timeout_s
@@ -53,7 +58,8 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
 
 @contextlib.asynccontextmanager
 async def running_service(model, redis_url: str, **overrides) -> AsyncIterator[Service]:
-    settings = Settings(port=0, dashboard_port=0, redis_url=redis_url, node="test-node", **overrides)
+    settings = Settings(port=0, dashboard_port=0, redis_url=redis_url, node="test-node",
+                        **{**REPLAY, **overrides})
     service = Service(settings, model=model)
     await service.start()
     try:
@@ -79,7 +85,7 @@ class ServiceThread:
     def __enter__(self) -> ServiceThread:
         self.thread.start()
         settings = Settings(port=0, dashboard_port=0, redis_url=self.redis_url, node="test-node",
-                            **self.overrides)
+                            **{**REPLAY, **self.overrides})
         self.service = Service(settings, model=self.model)
         self.run(self.service.start(), timeout=60)
         return self

@@ -1,0 +1,318 @@
+"""Faults and limits on real processes: Redis unavailable at start-up or slow, clients that
+vanish, flood or stop reading, and the per-client limits. docs/reliability.md lists them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import redis
+import soundfile as sf
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from streamer.alerts_feed import follow_alerts
+from streamer.client import encode, stream_native
+from streamer.redis_server import EmbeddedRedis, free_port
+
+from .streaming import ServiceThread, actor_clips, calm_then_angry, running_service, wait_for
+from .test_stream_e2e import assert_frustration_alert, stream_entries
+
+START = {"type": "start", "call_id": "lim-1", "sample_rate": 16000}
+
+
+def replay_once(url: str, until_ended: str) -> list[dict]:
+    """What a de-duplicating consumer of ``callmon:alerts:log`` sees, from the start."""
+    seen: list[dict] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        def collect(data: dict) -> None:
+            seen.append(data)
+            if data["type"] == "call_ended" and data["call_id"] == until_ended:
+                stop.set()
+
+        await asyncio.wait_for(follow_alerts(url, since="0", on_message=collect, stop=stop,
+                                             block_ms=200), 15)
+
+    asyncio.run(main())
+    return seen
+
+
+def test_redis_unavailable_at_start_up(shipped_model, held_out_actors, ravdess_dir, tmp_path):
+    """The service starts degraded without Redis, holds the call's alerts and events in
+    order, and delivers each exactly once when Redis appears."""
+    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[3])
+    port = free_port()
+    later = EmbeddedRedis(port=port, data_dir=tmp_path)
+
+    async def main():
+        async with running_service(shipped_model, later.url, max_speed=16) as service:
+            assert service.health()["status"] == "degraded"
+            outcome = await stream_native(f"ws://127.0.0.1:{service.ingest.port}/v1/stream",
+                                          audio[:, None], rate=16_000, call_id="no-redis",
+                                          speed=8)
+            held = service.publisher.undelivered
+            await asyncio.to_thread(later.start)
+            await wait_for(lambda: service.publisher.connected
+                           and not service.publisher.undelivered, 30, "the held events")
+            return outcome, held, service.health()
+
+    try:
+        outcome, held, health = asyncio.run(main())
+        log = stream_entries(later.url)
+    finally:
+        later.close()
+    raised = assert_frustration_alert(outcome.alerts, onset)
+    assert health["status"] == "ok"
+    socket_alerts = [a["id"] for a in outcome.alerts]
+    assert held >= 2 + len(socket_alerts)  # call_started, alerts, call_ended waited
+    assert [e["type"] for e in log][0] == "call_started" and log[-1]["type"] == "call_ended"
+    assert [e["id"] for e in log if e["type"] == "alert"] == socket_alerts  # in order, once
+    assert raised["id"] in socket_alerts
+
+
+def test_redis_slow_debug_sleep(shipped_model, held_out_actors, ravdess_dir, tmp_path):
+    """Redis stalls for 4 s (``DEBUG SLEEP``, longer than the client's 2 s timeout) while the
+    customer turns angry: results keep flowing on the socket, and a consumer that
+    de-duplicates by id gets every alert exactly once (a timed-out write may be repeated)."""
+    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[3])
+    server = EmbeddedRedis(data_dir=tmp_path, extra_args=("--enable-debug-command", "local"))
+    server.start()
+    sleep: dict[str, float] = {}
+
+    def stall() -> None:
+        sleep["from"] = time.monotonic()
+        redis.Redis.from_url(server.url).execute_command("DEBUG", "SLEEP", "4")
+        sleep["to"] = time.monotonic()
+
+    received: list[float] = []
+
+    def on_message(data: dict) -> None:
+        received.append(time.monotonic())
+        if data.get("type") == "window" and data["window_index"] == 4 and not sleep:
+            sleep["thread"] = 1
+            threading.Thread(target=stall, daemon=True).start()
+
+    async def main():
+        async with running_service(shipped_model, server.url, max_speed=2,
+                                   speed_burst_s=2) as service:
+            outcome = await stream_native(f"ws://127.0.0.1:{service.ingest.port}/v1/stream",
+                                          audio[:, None], rate=16_000, call_id="slow",
+                                          speed=2, on_message=on_message)
+            await wait_for(lambda: service.publisher.connected
+                           and not service.publisher.undelivered, 30, "the held events")
+            return outcome
+
+    try:
+        outcome = asyncio.run(main())
+        raw = stream_entries(server.url)
+        seen = replay_once(server.url, "slow")
+    finally:
+        server.close()
+    assert "to" in sleep and sleep["to"] - sleep["from"] >= 3.5
+    during = [t for t in received if sleep["from"] + 0.5 < t < sleep["to"] - 0.5]
+    assert len(during) >= 2, "results stopped while Redis was slow"
+    raised = assert_frustration_alert(outcome.alerts, onset)
+    ids = [e["id"] for e in seen]
+    assert len(ids) == len(set(ids)) and raised["id"] in ids
+    assert {a["id"] for a in outcome.alerts} <= set(ids)
+    assert {e["id"] for e in raw} == set(ids)  # the raw log may repeat an id, never miss one
+    assert seen[0]["type"] == "call_started" and seen[-1]["type"] == "call_ended"
+
+
+def test_vanished_fast_and_stalled_clients_leave_other_calls_alone(
+        shipped_model, held_out_actors, ravdess_dir, redis_server, tmp_path):
+    """Beside one well-behaved call: a client process frozen mid-call (SIGSTOP: no close
+    frame, no pongs), one killed outright, one sending as fast as it can, and one that
+    never reads its results. The good call loses nothing; the frozen and killed calls are
+    ended as ``disconnect`` within the ping timeout."""
+    good = np.concatenate(actor_clips(ravdess_dir, held_out_actors[1], "angry", 3))
+    noise = np.concatenate(actor_clips(ravdess_dir, held_out_actors[2], "sad", 6))
+    path = tmp_path / "call.wav"
+    sf.write(path, noise, 16_000)
+
+    def client(call_id: str, url: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "callmon_cli", "stream", str(path),
+                                 "--url", url, "--speed", "1", "--call-id", call_id],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def flood(url: str) -> tuple[int | None, str]:
+        """Sends as fast as the socket takes it."""
+        async with connect(url, compression=None) as ws:
+            await ws.send(json.dumps({**START, "call_id": "flood"}))
+            chunk = encode(np.tile(noise, 4)[:, None], "pcm_s16le")
+            with contextlib.suppress(ConnectionClosed):
+                for i in range(0, len(chunk), 3_200):
+                    await ws.send(chunk[i : i + 3_200])
+                async for _ in ws:
+                    pass
+            return ws.close_code, ws.close_reason
+
+    async def slow_reader(url: str) -> dict:
+        """Sends at 3x real time, reads one result per second."""
+        received: list[dict] = []
+        async with connect(url, max_queue=1, compression=None) as ws:
+            await ws.send(json.dumps({**START, "call_id": "slow-reader"}))
+
+            async def read() -> None:
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in ws:
+                        received.append(json.loads(message))
+                        await asyncio.sleep(1.0)
+
+            reader = asyncio.create_task(read())
+            frames = encode(noise[:, None], "pcm_s16le")
+            for i in range(0, len(frames), 3_200):
+                await ws.send(frames[i : i + 3_200])
+                await asyncio.sleep(0.1 / 3)
+            await ws.send(json.dumps({"type": "stop"}))
+            await reader
+        return {"received": len(received)}
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url, ping_interval_s=2.0,
+                                   max_speed=4, speed_burst_s=2) as service:
+            base = f"ws://127.0.0.1:{service.ingest.port}"
+            url = f"{base}/v1/stream"
+            frozen, killed = client("frozen", base), client("killed", base)
+            await wait_for(lambda: {"frozen", "killed"} <= set(service.monitor.calls), 30,
+                           "the client processes' calls")
+            flooding = asyncio.create_task(flood(url))
+            slow = asyncio.create_task(slow_reader(url))
+            await asyncio.sleep(2)
+            frozen.send_signal(signal.SIGSTOP)
+            killed.kill()
+            stopped_at = time.monotonic()
+
+            async def frozen_ended() -> float:
+                await wait_for(lambda: "frozen" not in service.monitor.calls, 10,
+                               "the frozen client's call to end")
+                return time.monotonic() - stopped_at
+
+            watch = asyncio.create_task(frozen_ended())
+            good_call = await stream_native(url, good[:, None], rate=16_000, call_id="good",
+                                            speed=1.5)
+            frozen_took = await watch
+            flooded = await asyncio.wait_for(flooding, 60)
+            slowed = await asyncio.wait_for(slow, 60)
+            frozen.kill()
+            return good_call, frozen_took, flooded, slowed
+
+    good_call, frozen_took, flooded, slowed = asyncio.run(main())
+    ended = {e["call_id"]: e for e in stream_entries(redis_server.url)
+             if e["type"] == "call_ended"}
+    summary = good_call.ended
+    assert summary["reason"] == "stop" and summary["dropped"] == 0
+    assert summary["scored"] + summary["silent"] == summary["windows"] == len(good_call.windows)
+    assert ended["killed"]["reason"] == "disconnect" and ended["frozen"]["reason"] == "disconnect"
+    assert frozen_took < 8  # silent 2 s → ping, pong due within 2 s
+    assert flooded == (1008, "too_fast") and ended["flood"]["reason"] == "limit"
+    # The slow reader's call went on to its end (what it could not read was dropped from
+    # its own socket only; every result is in Redis).
+    assert ended["slow-reader"]["reason"] == "stop" and slowed["received"] >= 5
+
+
+def test_limits(shipped_model, redis_server):
+    async def main():
+        async with running_service(shipped_model, redis_server.url, max_messages_per_s=50,
+                                   message_burst=100, max_call_s=5.0,
+                                   max_connections_per_address=3, max_speed=2.0,
+                                   speed_burst_s=1.0) as service:
+            url = f"ws://127.0.0.1:{service.ingest.port}/v1/stream"
+            out: dict = {}
+            # Message flood: 400 tiny frames at once.
+            async with connect(url) as ws:
+                await ws.send(json.dumps({**START, "call_id": "flood"}))
+                with pytest.raises(ConnectionClosed):
+                    for _ in range(400):
+                        await ws.send(b"\x00\x00" * 8)
+                    while True:
+                        await ws.recv()
+                out["flood"] = ws.close_code, ws.close_reason
+            # Too fast: 3 s of audio at once against 2x real time after 1 s of head start.
+            async with connect(url) as ws:
+                await ws.send(json.dumps({**START, "call_id": "fast"}))
+                with pytest.raises(ConnectionClosed):
+                    for _ in range(30):
+                        await ws.send(b"\x00\x00" * 1600)
+                    while True:
+                        await ws.recv()
+                out["fast"] = ws.close_code, ws.close_reason
+            # Too long: 6 s of audio at 1.6x real time against a 5 s limit.
+            async with connect(url) as ws:
+                await ws.send(json.dumps({**START, "call_id": "long"}))
+                with pytest.raises(ConnectionClosed):
+                    for _ in range(60):
+                        await ws.send(b"\x00\x00" * 1600)
+                        await asyncio.sleep(0.1 / 1.6)
+                    while True:
+                        await ws.recv()
+                out["long"] = ws.close_code, ws.close_reason
+            # Connections per address: the fourth is refused before the upgrade.
+            held = [await connect(url) for _ in range(3)]
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url)
+            out["fourth"] = refused.value.response.status_code, refused.value.response.body
+            for ws in held:
+                await ws.close()
+            await asyncio.sleep(0.2)
+            async with connect(url) as ws:  # freed again
+                await ws.send(json.dumps({**START, "call_id": "after"}))
+                out["after"] = json.loads(await ws.recv())["type"]
+            return out
+
+    out = asyncio.run(main())
+    assert out["flood"] == (1008, "rate_limited")
+    assert out["fast"] == (1008, "too_fast")
+    assert out["long"] == (1008, "max_duration")
+    assert out["fourth"][0] == 429 and b"too_many_connections" in out["fourth"][1]
+    assert out["after"] == "started"
+    ended = {e["call_id"]: e["reason"] for e in stream_entries(redis_server.url)
+             if e["type"] == "call_ended"}
+    assert ended["flood"] == ended["fast"] == ended["long"] == "limit"
+
+
+def test_auth_failures_do_not_reveal_calls(shipped_model, redis_server):
+    """With credentials required, an unknown and a live call id get byte-identical 401s,
+    on the dashboard API and on ingest."""
+    with ServiceThread(shipped_model, redis_server.url, supervisor_password="pw",
+                       ingest_token="tok") as svc:
+        async def live_call():
+            async with connect(f"{svc.ingest_url}/v1/stream",
+                               additional_headers={"Authorization": "Bearer tok"}) as ws:
+                await ws.send(json.dumps({**START, "call_id": "secret-call"}))
+                await ws.recv()
+                answers = []
+                for path in ("/api/v1/calls/secret-call", "/api/v1/calls/no-such-call"):
+                    answers.append(await asyncio.to_thread(_get, svc.http_url + path))
+                for call_id in ("secret-call", "no-such-call"):
+                    try:
+                        await connect(f"{svc.ingest_url}/v1/stream?call_id={call_id}&token=x")
+                    except InvalidStatus as exc:
+                        answers.append((exc.response.status_code, exc.response.body))
+                return answers
+
+        answers = svc.run(live_call())
+    assert answers[0] == answers[1] and answers[0][0] == 401
+    assert answers[2] == answers[3] and answers[2][0] == 401
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
