@@ -72,6 +72,7 @@ class ServerProcess:
         self.port = port
         env = {**os.environ, "REDIS_URL": redis_url, "CALLMON_PORT": str(port),
                "CALLMON_MAX_CALLS": "10000", "CALLMON_DASHBOARD_PORT": "0",
+               "CALLMON_MAX_CONNECTIONS_PER_ADDRESS": "10000",  # every caller is on loopback
                **(extra_env or {})}
         # The server's log goes to a file: an unread pipe fills up and blocks its event loop.
         self.log = tempfile.NamedTemporaryFile(prefix="callmon-serve-", suffix=".log")
@@ -122,6 +123,7 @@ async def _call(url: str, call_id: str, audio: np.ndarray, *, duration_s: float,
     n = int(duration_s * 1000 // frame_ms)
     times = np.zeros(n + 1)
     sent_at[call_id] = times
+    reader: asyncio.Task | None = None
     try:
         # No client keepalive: on a 2-core machine the load generator's own event loop is
         # the first thing to saturate, and its late pongs would end calls the server keeps up with.
@@ -144,14 +146,20 @@ async def _call(url: str, call_id: str, audio: np.ndarray, *, duration_s: float,
             await ws.send(json.dumps({"type": "stop"}))
             await reader
     except Exception as exc:  # refused or dropped: counted, the run goes on
-        summary[call_id] = {"error": str(exc)}
+        if reader is not None:  # the server's error message, if it sent one, comes first
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader, 2.0)
+        summary.setdefault(call_id, {"error": str(exc)})
 
 
 async def _read_summary(ws, call_id: str, summary: dict[str, dict]) -> None:
-    async for message in ws:
-        data = json.loads(message)
-        if data.get("type") in ("ended", "error"):
-            summary[call_id] = data
+    from websockets.exceptions import ConnectionClosed
+
+    with contextlib.suppress(ConnectionClosed):  # a refusal closes with an error code
+        async for message in ws:
+            data = json.loads(message)
+            if data.get("type") in ("ended", "error"):
+                summary[call_id] = data
 
 
 async def run_load(url: str, redis_url: str, audio: np.ndarray, *, calls: int,

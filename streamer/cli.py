@@ -63,6 +63,21 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--out", default=None, help="also write the figures as JSON")
     p.set_defaults(handler=_bench_load)
 
+    p = bench.add_parser("soak", help="calls starting and ending continuously for a long time")
+    p.add_argument("--calls", type=int, default=100, help="concurrent calls to keep going")
+    p.add_argument("--minutes", type=float, default=30.0, help="length of the soak")
+    p.add_argument("--overload", action="store_true",
+                   help="instead: calls for 1/6 of the time, twice as many for 1/2, then calls "
+                        "again for 1/3 (recovery)")
+    p.add_argument("--max-calls", type=int, default=None,
+                   help="the server's CALLMON_MAX_CALLS (default: no limit)")
+    p.add_argument("--mean-call-s", type=float, default=60.0, help="mean call length")
+    p.add_argument("--interval-s", type=float, default=60.0, help="seconds per printed row")
+    p.add_argument("--frame-ms", type=int, default=20)
+    p.add_argument("--data", default="../shared/data/ravdess")
+    p.add_argument("--out", default=None, help="also write the rows and verdict as JSON")
+    p.set_defaults(handler=_bench_soak)
+
     p = bench.add_parser("predict", help="POST /api/v1/predict latency for a 10 s clip")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--seconds", type=float, default=10.0)
@@ -164,6 +179,28 @@ def _bench_load(args: argparse.Namespace) -> int:
     print(summarise(results))
     if args.out:
         Path(args.out).write_text(json.dumps([r.row() for r in results], indent=2) + "\n")
+    return 0
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streamer.soak import HEADER, bench_soak, format_interval, verdict
+
+    n = args.calls
+    total = 60 * args.minutes
+    phases = ([(n, total / 6), (2 * n, total / 2), (n, total / 3)] if args.overload
+              else [(n, total)])
+    env = {"CALLMON_MAX_CALLS": str(args.max_calls)} if args.max_calls else None
+    print(HEADER, flush=True)
+    report = bench_soak(phases=phases, mean_call_s=args.mean_call_s, frame_ms=args.frame_ms,
+                        interval_s=args.interval_s, data=Path(args.data), env=env,
+                        on_interval=lambda i: print(format_interval(i), flush=True))
+    figures = verdict(report)
+    print(json.dumps(figures))
+    if args.out:
+        Path(args.out).write_text(json.dumps({**report.row(), "verdict": figures,
+                                              "max_calls": args.max_calls}, indent=2) + "\n")
     return 0
 
 
