@@ -22,6 +22,7 @@ from dashboard.auth import SupervisorAuth
 from dashboard.hub import LiveHub
 from dashboard.metrics import render_metrics
 from dashboard.predict import AudioRejected, decode_upload, predict
+from streamer import redis_client
 from streamer.nodes import Reaper
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,7 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import redis.asyncio as aioredis
-
-        app.state.redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2.0,
-                                                  socket_timeout=5.0)
+        app.state.redis = redis_client.connect(redis_url, timeout_s=5.0)
         app.state.hub = LiveHub(app.state.redis)
         app.state.hub.start()
         # A dashboard alone (no streamer in this process) still ends calls of dead nodes.

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 
 from dashboard.store import ACKS_CHANNEL
 from streamer import schema
 from streamer.aio import cancel
+from streamer.redis_client import is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,11 @@ class Subscriber:
 
 
 class LiveHub:
-    """Relays ``callmon:call:*``, ``callmon:alerts`` and ``callmon:acks`` to subscribers."""
+    """Relays ``callmon:call:*``, ``callmon:alerts`` and ``callmon:acks`` to subscribers.
+
+    On a Redis Cluster the channels are sharded and cannot be pattern-subscribed: the hub
+    subscribes to each live call's channel as it learns of the call (the live-call set at
+    start, then ``call_started``/``call_ended`` on ``callmon:alerts``)."""
 
     def __init__(self, redis, *, queue_max: int = 2000) -> None:
         self.redis = redis
@@ -58,20 +64,56 @@ class LiveHub:
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 
+    def _fan_out(self, data: bytes | str) -> str:
+        text = data.decode() if isinstance(data, bytes) else data
+        for sub in list(self.subscribers):
+            sub.put(text)
+        return text
+
+    async def _relay(self) -> None:
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.psubscribe(schema.call_channel("*"))
+            await pubsub.subscribe(schema.ALERTS_CHANNEL, ACKS_CHANNEL)
+            self.connected = True
+            async for message in pubsub.listen():
+                if message["type"] in ("message", "pmessage"):
+                    self._fan_out(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _relay_sharded(self) -> None:
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.ssubscribe(schema.ALERTS_CHANNEL, ACKS_CHANNEL)
+            for raw in await self.redis.zrange(schema.LIVE_CALLS_KEY, 0, -1):
+                await pubsub.ssubscribe(schema.call_channel(raw.decode()))
+            self.connected = True
+            while True:
+                message = await pubsub.get_sharded_message(ignore_subscribe_messages=True)
+                if message is None:
+                    await asyncio.sleep(0.02)  # polled: one wait per shard would add up
+                    continue
+                if message["type"] != "smessage":
+                    continue
+                text = self._fan_out(message["data"])
+                if message["channel"] == schema.ALERTS_CHANNEL.encode():
+                    event = json.loads(text)
+                    channel = schema.call_channel(event.get("call_id", ""))
+                    if event.get("type") == "call_started":
+                        await pubsub.ssubscribe(channel)
+                    elif event.get("type") == "call_ended":
+                        await pubsub.sunsubscribe(channel)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
     async def _run(self) -> None:
+        relay = self._relay_sharded if is_cluster(self.redis) else self._relay
         while True:
-            pubsub = self.redis.pubsub()
             try:
-                await pubsub.psubscribe(schema.call_channel("*"))
-                await pubsub.subscribe(schema.ALERTS_CHANNEL, ACKS_CHANNEL)
-                self.connected = True
-                async for message in pubsub.listen():
-                    if message["type"] not in ("message", "pmessage"):
-                        continue
-                    data = message["data"]
-                    text = data.decode() if isinstance(data, bytes) else data
-                    for sub in list(self.subscribers):
-                        sub.put(text)
+                await relay()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: browsers keep their page, we retry
@@ -79,6 +121,3 @@ class LiveHub:
                     log.warning("dashboard lost Redis (%s); retrying", exc)
                 self.connected = False
                 await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()

@@ -8,6 +8,7 @@ from typing import Any
 
 from streamer import schema
 from streamer.alerts_feed import stream_id_for
+from streamer.redis_client import is_cluster, publish
 
 ACKS_KEY = "callmon:alerts:acks"  # hash: alert id → {"by", "at"}
 ACKS_CHANNEL = "callmon:acks"  # pub/sub: acknowledgements as they happen
@@ -48,6 +49,7 @@ async def call_summary(redis, call_id: str) -> dict | None:
         "live": end is None,
         "duration_s": end["duration_s"] if end else round(time.time() - start["ts"], 1),
         "agent": (start.get("metadata") or {}).get("agent"),
+        "node": start.get("node"),
         "last": {k.split(":", 1)[1]: _decode(v) for k, v in fields.items()
                  if k.startswith("last:")},
         "alerts": alerts,
@@ -112,5 +114,6 @@ async def acknowledge(redis, alert_id: str, *, by: str) -> dict:
     created = await redis.hsetnx(ACKS_KEY, alert_id, json.dumps(ack))
     if not created:
         return json.loads(await redis.hget(ACKS_KEY, alert_id))
-    await redis.publish(ACKS_CHANNEL, json.dumps({"v": 1, "type": "ack", **ack}))
+    await publish(redis, ACKS_CHANNEL, json.dumps({"v": 1, "type": "ack", **ack}),
+                  sharded=is_cluster(redis))
     return ack

@@ -207,7 +207,10 @@ class Wav2Vec2Backbone(Backbone):
         super().__init__()
         from transformers import Wav2Vec2Model
 
-        self.encoder = Wav2Vec2Model.from_pretrained(str(name_or_path), attn_implementation="eager")
+        # LayerDrop off: the pooling head weighs every layer's output, so training must
+        # return all of them (with wav2vec2's default layerdrop=0.1 the count varies).
+        self.encoder = Wav2Vec2Model.from_pretrained(str(name_or_path), attn_implementation="eager",
+                                                     layerdrop=0.0)
         self.encoder.config.apply_spec_augment = False
         self.num_layers = self.encoder.config.num_hidden_layers + 1
         self.dim = self.encoder.config.hidden_size

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from streamer import schema
+from streamer import redis_client, schema
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 
@@ -33,13 +33,12 @@ async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[di
     with each entry's decoded payload, de-duplicated by ``id``. Reading the stream (rather
     than pub/sub) is what lets a consumer that was away catch up; reconnects resume after
     the last id seen."""
-    import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     last = stream_id_for(since)
     seen: dict[str, None] = {}  # insertion-ordered, trimmed to the most recent ids
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+    client = redis_client.connect(url, timeout_s=None)
     try:
         if last == "$":  # pin "now" to a concrete id so a reconnect does not skip entries
             info = await client.xinfo_stream(schema.ALERTS_STREAM) if await client.exists(

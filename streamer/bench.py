@@ -162,9 +162,10 @@ async def _read_summary(ws, call_id: str, summary: dict[str, dict]) -> None:
                 summary[call_id] = data
 
 
-async def run_load(url: str, redis_url: str, audio: np.ndarray, *, calls: int,
+async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls: int,
                    duration_s: float, frame_ms: int, ramp_s: float,
-                   server: ServerProcess | None) -> LoadResult:
+                   servers: list[ServerProcess]) -> LoadResult:
+    """``calls`` calls spread round-robin over the nodes at ``urls``."""
     import redis.asyncio as aioredis
 
     sent_at: dict[str, np.ndarray] = {}
@@ -191,19 +192,19 @@ async def run_load(url: str, redis_url: str, audio: np.ndarray, *, calls: int,
     listener = asyncio.create_task(listen())
     rng = np.random.default_rng(calls)
     tasks = []
-    if server:
+    for server in servers:
         server.cpu_since_mark()
     started = time.monotonic()
     for i in range(calls):
         offset = int(rng.integers(0, len(audio) - RATE))
         tasks.append(asyncio.create_task(_call(
-            url, f"bench-{calls}-{i}", np.roll(audio, -offset), duration_s=duration_s,
+            urls[i % len(urls)], f"bench-{calls}-{i}", np.roll(audio, -offset), duration_s=duration_s,
             frame_ms=frame_ms, sent_at=sent_at, summary=summary)))
         await asyncio.sleep(ramp_s / calls)  # spread call starts over the ramp
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - started
-    cpu = server.cpu_since_mark() if server else 0.0
-    rss = server.rss_mb() if server else 0.0
+    cpu = sum(server.cpu_since_mark() for server in servers)
+    rss = sum(server.rss_mb() for server in servers)
     await asyncio.sleep(0.5)  # let the last results arrive on pub/sub
     listener.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -227,24 +228,27 @@ async def run_load(url: str, redis_url: str, audio: np.ndarray, *, calls: int,
 
 
 def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path,
-               find_max: bool, p95_target_ms: float = 300.0, env: dict | None = None
-               ) -> list[LoadResult]:
-    """Run each call count in turn against one server; with ``find_max``, keep raising the
-    count until p95 latency passes the target or windows are dropped."""
+               find_max: bool, p95_target_ms: float = 300.0, env: dict | None = None,
+               nodes: int = 1) -> list[LoadResult]:
+    """Run each call count in turn against ``nodes`` server processes sharing one Redis
+    (CPU and RSS are their sums); with ``find_max``, keep raising the count until p95
+    latency passes the target or windows are dropped."""
     audio = load_corpus_audio(data)
     results: list[LoadResult] = []
     with EmbeddedRedis(persist=False) as redis_server:
-        port = free_port()
-        server = ServerProcess(redis_url=redis_server.url, port=port, extra_env=env)
+        servers = [ServerProcess(redis_url=redis_server.url, port=free_port(),
+                                 extra_env={**(env or {}), "CALLMON_NODE": f"bench-node-{i}"})
+                   for i in range(nodes)]
         try:
-            server.wait_ready()
-            url = f"ws://127.0.0.1:{port}/v1/stream"
+            for server in servers:
+                server.wait_ready()
+            urls = [f"ws://127.0.0.1:{server.port}/v1/stream" for server in servers]
             counts = list(calls)
             while counts:
                 n = counts.pop(0)
-                result = asyncio.run(run_load(url, redis_server.url, audio, calls=n,
+                result = asyncio.run(run_load(urls, redis_server.url, audio, calls=n,
                                               duration_s=duration_s, frame_ms=frame_ms,
-                                              ramp_s=min(5.0, duration_s / 4), server=server))
+                                              ramp_s=min(5.0, duration_s / 4), servers=servers))
                 results.append(result)
                 print(format_row(result), flush=True)
                 ok = result.p95_ms < p95_target_ms and result.dropped == 0 and not result.refused
@@ -253,7 +257,8 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
                 if find_max and not ok:
                     break
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
     return results
 
 

@@ -39,7 +39,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--encoding", default="pcm_s16le",
                    choices=["pcm_s16le", "f32le", "mulaw", "alaw"])
     p.add_argument("--fast", action="store_true",
-                   help="send as fast as possible (the server drops windows it cannot keep up with)")
+                   help="send as fast as possible (a server refuses audio faster than its "
+                        "CALLMON_MAX_SPEED, 4x real time, after 10 s of head start)")
     p.add_argument("--speed", type=float, default=1.0, help="pace at this multiple of real time")
     p.add_argument("--token", help="ingest bearer token")
     p.set_defaults(handler=_stream)
@@ -59,6 +60,10 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--frame-ms", type=int, default=20, help="audio per websocket message")
     p.add_argument("--find-max", action="store_true",
                    help="keep adding calls until p95 >= 300 ms or windows are dropped")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="streamer processes sharing one Redis; calls spread round-robin")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime threads per node (CALLMON_THREADS; default 2)")
     p.add_argument("--data", default="../shared/data/ravdess", help="speech to stream")
     p.add_argument("--out", default=None, help="also write the figures as JSON")
     p.set_defaults(handler=_bench_load)
@@ -174,8 +179,10 @@ def _bench_load(args: argparse.Namespace) -> int:
     from streamer.bench import HEADER, bench_load, summarise
 
     print(HEADER, flush=True)
+    env = {"CALLMON_THREADS": str(args.threads)} if args.threads else None
     results = bench_load(calls=[int(c) for c in args.calls.split(",")], duration_s=args.duration,
-                         frame_ms=args.frame_ms, data=Path(args.data), find_max=args.find_max)
+                         frame_ms=args.frame_ms, data=Path(args.data), find_max=args.find_max,
+                         env=env, nodes=args.nodes)
     print(summarise(results))
     if args.out:
         Path(args.out).write_text(json.dumps([r.row() for r in results], indent=2) + "\n")

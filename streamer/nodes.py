@@ -13,6 +13,7 @@ from collections.abc import Callable
 from streamer import schema
 from streamer.aio import cancel
 from streamer.publisher import PublisherConfig, queue_event
+from streamer.redis_client import is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def node_key(node: str) -> str:
 
 
 def reaped_key(call_id: str) -> str:
-    return f"callmon:call:{call_id}:reaped"
+    return f"callmon:call:{{{call_id}}}:reaped"
 
 
 class Heartbeat:
@@ -107,7 +108,7 @@ async def reap_lost_calls(redis, *, own_node: str | None = None,
             metadata=(start or {}).get("metadata", {}), reason="lost",
             duration_s=round(time.time() - start["ts"], 3) if start else None, node=node or "")
         pipe = redis.pipeline(transaction=False)
-        queue_event(pipe, event, PublisherConfig())
+        queue_event(pipe, event, PublisherConfig(), sharded=is_cluster(redis))
         await pipe.execute()
         log.warning("call %s marked lost: node %s stopped heart-beating", call_id, node)
         ended.append(call_id)

@@ -2,7 +2,8 @@
 
 Window results are published on ``callmon:call:{id}``, appended to the call's timeline
 and kept as its latest state. Alerts and call lifecycle events go to pub/sub
-``callmon:alerts`` *and* the capped stream ``callmon:alerts:log``.
+``callmon:alerts`` *and* the capped stream ``callmon:alerts:log``. On a Redis Cluster the
+pub/sub is sharded (SPUBLISH).
 
 Nothing here ever blocks ingest: callers enqueue and return. A flusher task writes in
 pipelines. If Redis is unreachable, alerts and lifecycle events wait in a bounded outbox,
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from streamer import schema
 from streamer.aio import cancel, wait_event
+from streamer.redis_client import is_cluster, publish
 from streamer.schema import Alert, CallEvent, WindowResult
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class RedisPublisher:
 
     def __init__(self, client, *, config: PublisherConfig | None = None, node: str = "") -> None:
         self.client = client
+        self.sharded = is_cluster(client)
         self.config = config or PublisherConfig()
         self.node = node
         self._outbox: deque[CallEvent | Alert] = deque()
@@ -181,11 +184,11 @@ class RedisPublisher:
         cfg = self.config
         pipe = self.client.pipeline(transaction=False)
         for item in events:
-            queue_event(pipe, item, cfg)
+            queue_event(pipe, item, cfg, sharded=self.sharded)
         for result in results:
             payload = schema.dumps(result)
             timeline = schema.call_timeline_key(result.call_id)
-            pipe.publish(schema.call_channel(result.call_id), payload)
+            publish(pipe, schema.call_channel(result.call_id), payload, sharded=self.sharded)
             pipe.rpush(timeline, payload)
             pipe.ltrim(timeline, -cfg.timeline_max, -1)
             pipe.hset(schema.call_state_key(result.call_id), mapping={f"last:{result.role}": payload})
@@ -197,12 +200,13 @@ class RedisPublisher:
             log.error("Redis refused a write: %s", error)
 
 
-def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig) -> None:
+def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
+                sharded: bool = False) -> None:
     """Add the writes of one alert or call event to a Redis pipeline: pub/sub, the alert
     log, the live-call set and the call's state. Shared by the publisher and the reaper of
     lost calls, so both leave Redis in the same shape."""
     payload = schema.dumps(item)
-    pipe.publish(schema.ALERTS_CHANNEL, payload)
+    publish(pipe, schema.ALERTS_CHANNEL, payload, sharded=sharded)
     pipe.xadd(schema.ALERTS_STREAM, {"id": item.id, "type": item.type, "data": payload},
               maxlen=config.stream_maxlen, approximate=True)
     state_key = schema.call_state_key(item.call_id)

@@ -45,6 +45,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free as well."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10_000 > 65_535:
+            port = 20_000 + port % 20_000
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class EmbeddedRedis:
     """A Redis server child process on loopback.
 
@@ -129,6 +145,59 @@ class EmbeddedRedis:
             self._tmp.cleanup()
 
     def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EmbeddedCluster:
+    """A Redis Cluster of ``masters`` masters (no replicas) on loopback, for tests and
+    trying callmon out on a cluster: ``redis-server --cluster-enabled yes`` per node,
+    joined with ``redis-cli --cluster create``. :attr:`url` is a ``redis+cluster://`` URL."""
+
+    def __init__(self, *, masters: int = 3, data_dir: Path | None = None) -> None:
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="callmon-cluster-")
+        root = Path(data_dir or self._tmp.name)  # type: ignore[union-attr]
+        self.nodes = []
+        for i in range(masters):
+            folder = root / f"node{i}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(EmbeddedRedis(port=free_cluster_port(), data_dir=folder,
+                                            persist=False, extra_args=(
+                "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+                "--cluster-node-timeout", "2000")))
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, *, timeout_s: float = 30.0) -> EmbeddedCluster:
+        cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is needed to create a cluster (Debian: redis-tools)")
+        for node in self.nodes:
+            node.start()
+        subprocess.run([cli, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = [subprocess.run([cli, "-p", str(n.port), "cluster", "info"],
+                                     capture_output=True, text=True).stdout for n in self.nodes]
+            if all("cluster_state:ok" in s for s in states):
+                return self
+            time.sleep(0.1)  # the nodes agree on the slot map within a second or two
+        raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 
-# Redis names. ``{call_id}`` parts are filled by the helpers below.
+# Redis names. A call's keys and channel carry its id as a hash tag, ``{call_id}``, so they
+# share one Redis Cluster slot (call ids cannot contain braces).
 ALERTS_CHANNEL = "callmon:alerts"
 ALERTS_STREAM = "callmon:alerts:log"
 LIVE_CALLS_KEY = "callmon:calls:live"  # sorted set: call_id → start time (unix s)
@@ -22,17 +23,17 @@ LIVE_CALLS_KEY = "callmon:calls:live"  # sorted set: call_id → start time (uni
 
 def call_channel(call_id: str) -> str:
     """Pub/sub channel with every window result of one call."""
-    return f"callmon:call:{call_id}"
+    return f"callmon:call:{{{call_id}}}"
 
 
 def call_state_key(call_id: str) -> str:
     """JSON of the call's latest state (start message, last result per role, alerts)."""
-    return f"callmon:call:{call_id}:state"
+    return f"callmon:call:{{{call_id}}}:state"
 
 
 def call_timeline_key(call_id: str) -> str:
     """List of the call's window results, oldest first, capped."""
-    return f"callmon:call:{call_id}:timeline"
+    return f"callmon:call:{{{call_id}}}:timeline"
 
 
 Role = Literal["customer", "agent"]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamer import redis_client
 from streamer.alerts import AlertConfig, AlertRule
 from streamer.calls import WindowingConfig
 from streamer.monitor import Monitor
@@ -61,8 +62,6 @@ class Service:
         self.started_at = time.time()
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
-
         from models import load_model
 
         s = self.settings
@@ -74,8 +73,7 @@ class Service:
             self.embedded_redis = EmbeddedRedis(
                 data_dir=Path(s.redis_dir) if s.redis_dir else None).start()
             url = self.embedded_redis.url
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                             retry_on_timeout=False, health_check_interval=10)
+        self.redis = redis_client.connect(url)
         self.publisher = RedisPublisher(self.redis, node=s.node)
         self.publisher.start()
         if not await self.publisher.first_attempt(3.0):

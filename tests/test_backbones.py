@@ -114,3 +114,20 @@ def test_backbone_output_shape_and_freezing() -> None:
 def test_unknown_backbone_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown backbone 'hubert'"):
         build_backbone("hubert")
+
+
+def test_wav2vec2_returns_every_layer_while_training(tmp_path: Path) -> None:
+    """wav2vec2 configs default to LayerDrop 0.1; the pooling head needs every layer."""
+    import torch
+
+    from models.backbones import Wav2Vec2Backbone
+    from models.network import EmotionNet
+    from trainer.bench import save_random_wav2vec2
+
+    net = EmotionNet(Wav2Vec2Backbone(save_random_wav2vec2(tmp_path, base=False)), num_classes=5)
+    net.train()
+    torch.manual_seed(0)
+    x = 0.05 * torch.randn(2, 16_000)
+    for _ in range(20):  # with LayerDrop, a layer would be skipped in some of these
+        assert net.backbone(x).shape[0] == net.backbone.num_layers
+        net(x).sum().backward()

@@ -1,0 +1,185 @@
+"""Two streamer nodes and one dashboard, as separate processes, on a real 3-master Redis
+Cluster started here: calls on both nodes are visible, alerts are delivered, and a
+killed node's call is marked lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import httpx
+import numpy as np
+import pytest
+
+from streamer import schema
+from streamer.alerts_feed import follow_alerts
+from streamer.bench import ServerProcess
+from streamer.client import stream_native
+from streamer.redis_client import connect
+from streamer.redis_server import EmbeddedCluster, free_port
+
+from .streaming import actor_clips
+
+FAST_BEAT = {"CALLMON_HEARTBEAT_S": "0.5", "CALLMON_HEARTBEAT_TTL_S": "2"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with EmbeddedCluster(masters=3, data_dir=tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+class DashboardProcess:
+    def __init__(self, redis_url: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "callmon_cli", "dashboard", "--redis-url", redis_url,
+             "--dashboard-port", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**__import__("os").environ, **FAST_BEAT})
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("dashboard did not start")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(15)
+
+
+def cluster_log(url: str) -> list[dict]:
+    async def read():
+        client = connect(url)
+        try:
+            return [json.loads(f[b"data"]) for _, f in
+                    await client.xrange(schema.ALERTS_STREAM)]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def test_two_nodes_one_dashboard_on_a_cluster(cluster, ravdess_dir, held_out_actors):
+    angry = np.concatenate(actor_clips(ravdess_dir, held_out_actors[2], "angry", 4,
+                                       intensity="02"))
+    calm = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "calm", 4))
+    nodes = [ServerProcess(redis_url=cluster.url, port=free_port(),
+                           extra_env={**FAST_BEAT, "CALLMON_NODE": name})
+             for name in ("node-a", "node-b")]
+    dashboard = None
+    try:
+        for node in nodes:
+            node.wait_ready()
+        dashboard = DashboardProcess(cluster.url)
+        seen_live: dict[str, str] = {}
+        sse: list[dict] = []
+        stop_sse = threading.Event()
+
+        def read_sse() -> None:
+            with httpx.stream("GET", dashboard.url + "/api/v1/events", timeout=None) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        sse.append(json.loads(line[5:]))
+                    if stop_sse.is_set():
+                        return
+
+        reader = threading.Thread(target=read_sse, daemon=True)
+        reader.start()
+        time.sleep(1.0)
+
+        async def both_calls():
+            async def watch():
+                while len(seen_live) < 2:
+                    for call in await asyncio.to_thread(dashboard.get, "/api/v1/calls"):
+                        seen_live[call["call_id"]] = call.get("node") or call["start"]["node"]
+                    await asyncio.sleep(0.2)
+
+            watcher = asyncio.create_task(watch())
+            outcomes = await asyncio.gather(
+                stream_native(f"ws://127.0.0.1:{nodes[0].port}/v1/stream", angry[:, None],
+                              rate=16_000, call_id="on-a", speed=3),
+                stream_native(f"ws://127.0.0.1:{nodes[1].port}/v1/stream", calm[:, None],
+                              rate=16_000, call_id="on-b", speed=3))
+            await asyncio.wait_for(watcher, 5)
+            return outcomes
+
+        on_a, on_b = asyncio.run(both_calls())
+        time.sleep(1.0)
+        stop_sse.set()
+
+        # A consumer of the alert log on the cluster sees both calls end.
+        followed: list[dict] = []
+
+        async def follow():
+            stop = asyncio.Event()
+
+            def collect(data: dict) -> None:
+                followed.append(data)
+                if sum(d["type"] == "call_ended" for d in followed) == 2:
+                    stop.set()
+
+            await asyncio.wait_for(follow_alerts(cluster.url, since="0", on_message=collect,
+                                                 stop=stop, block_ms=200), 15)
+
+        asyncio.run(follow())
+
+        # Kill node A in the middle of a call: the call is marked lost.
+        async def doomed():
+            from websockets.asyncio.client import connect as ws_connect
+
+            from streamer.client import encode
+
+            async with ws_connect(f"ws://127.0.0.1:{nodes[0].port}/v1/stream") as ws:
+                await ws.send(json.dumps({"type": "start", "call_id": "doomed",
+                                          "sample_rate": 16000}))
+                await ws.send(encode(calm[:32_000, None], "pcm_s16le"))
+                await ws.recv()
+                deadline = time.monotonic() + 10
+                while "doomed" not in {c["call_id"] for c in dashboard.get("/api/v1/calls")}:
+                    assert time.monotonic() < deadline, "doomed call never visible"
+                    await asyncio.sleep(0.1)
+                nodes[0].process.kill()
+
+        asyncio.run(doomed())
+        killed_at = time.monotonic()
+        while "doomed" in {c["call_id"] for c in dashboard.get("/api/v1/calls")}:
+            assert time.monotonic() - killed_at < 15, "the killed node's call is still live"
+            time.sleep(0.2)
+        lost_after = time.monotonic() - killed_at
+        log = cluster_log(cluster.url)
+    finally:
+        for node in nodes:
+            node.stop()
+        if dashboard is not None:
+            dashboard.stop()
+
+    assert seen_live == {"on-a": "node-a", "on-b": "node-b"}
+    assert on_a.ended["reason"] == on_b.ended["reason"] == "stop"
+    assert any(a["state"] == "raised" for a in on_a.alerts), "the angry call raised no alert"
+    assert not on_b.alerts
+    windows = {e["call_id"] for e in sse if e.get("type") == "window"}
+    assert {"on-a", "on-b"} <= windows  # sharded channels relayed from both nodes
+    sse_alerts = {e["id"] for e in sse if e.get("type") == "alert"}
+    assert {a["id"] for a in on_a.alerts} <= sse_alerts
+    log_alerts = {e["id"] for e in log if e["type"] == "alert"}
+    assert {a["id"] for a in on_a.alerts} <= log_alerts
+    starts = {e["call_id"]: e["node"] for e in followed if e["type"] == "call_started"}
+    assert starts == {"on-a": "node-a", "on-b": "node-b"}
+    ended = [e for e in log if e["type"] == "call_ended" and e["call_id"] == "doomed"]
+    assert len(ended) == 1 and ended[0]["reason"] == "lost" and ended[0]["node"] == "node-a"
+    assert lost_after < 10

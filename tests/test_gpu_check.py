@@ -1,0 +1,27 @@
+"""``callmon bench gpu`` runs its whole script on the CPU here (no GPU on this machine), in
+quick mode, and writes every figure the GPU run reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_gpu_check_runs_on_cpu(tmp_path, ravdess_dir) -> None:
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run([sys.executable, "-m", "callmon_cli", "bench", "gpu", "--quick",
+                             "--out", str(out), "--data", str(ravdess_dir)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    inference = report["inference"]
+    assert inference["variant"] == "fp16" and [r["batch"] for r in inference["rows"]] == [1, 8]
+    assert all(r["windows_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in inference["rows"])
+    assert inference["calls_at_1s_hop"] == int(0.7 * inference["max_windows_per_s"])
+    training = report["training"]
+    assert training["precision"] == ("16-mixed" if report["environment"]["cuda"] else "bf16-mixed")
+    assert training["epochs"] == 1 and 0.0 <= training["test_uar"] <= 1.0
+    assert training["test_speakers"]  # speaker-independent: the held-out actors of fold 4
+    assert report["wav2vec2"]["seconds_per_step"] > 0
+    assert "windows/s" in result.stdout
