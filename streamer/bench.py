@@ -102,6 +102,14 @@ class ServerProcess:
         self._cpu_mark = (now, cpu)
         return 100 * (cpu - cpu_then) / max(now - then, 1e-9)
 
+    def live_calls(self) -> int | None:
+        """Calls the server holds now (its /healthz), or None if it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return int(json.loads(r.read())["live_calls"])
+        except (OSError, ValueError, KeyError):
+            return None
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -25,7 +25,8 @@ from streamer.redis_server import EmbeddedRedis, free_port
 class Interval:
     t_s: float
     target_calls: int
-    live_calls: int
+    live_calls: int  # calls the load generator has open (including ones being refused)
+    server_calls: int | None  # calls the server holds (its /healthz) at the interval's end
     calls_ended: int
     windows_per_s: float
     p50_ms: float | None
@@ -118,7 +119,8 @@ async def run_soak(url: str, redis_url: str, audio: np.ndarray, *,
         server.cpu_since_mark()
     seen_ended: set[str] = set()
 
-    def close_interval(elapsed: float) -> Interval:
+    async def close_interval(elapsed: float) -> Interval:
+        held = await asyncio.to_thread(server.live_calls) if server else None
         lat = probe.take()
         new = [k for k in summary if k not in seen_ended]
         seen_ended.update(new)
@@ -131,7 +133,7 @@ async def run_soak(url: str, redis_url: str, audio: np.ndarray, *,
         q = np.percentile(lat, [50, 95, 99]) if lat else [None] * 3
         return Interval(
             t_s=round(elapsed, 1), target_calls=target, live_calls=len(live),
-            calls_ended=len(ended), windows_per_s=round(len(lat) / interval_s, 1),
+            server_calls=held, calls_ended=len(ended), windows_per_s=round(len(lat) / interval_s, 1),
             p50_ms=None if q[0] is None else round(float(q[0]), 1),
             p95_ms=None if q[1] is None else round(float(q[1]), 1),
             p99_ms=None if q[2] is None else round(float(q[2]), 1),
@@ -151,7 +153,7 @@ async def run_soak(url: str, redis_url: str, audio: np.ndarray, *,
         while time.monotonic() < phase_end:
             await asyncio.sleep(max(0.0, min(phase_end, next_report) - time.monotonic()))
             if time.monotonic() >= next_report:
-                interval = close_interval(time.monotonic() - started)
+                interval = await close_interval(time.monotonic() - started)
                 report.intervals.append(interval)
                 if on_interval:
                     on_interval(interval)
@@ -183,13 +185,13 @@ def bench_soak(*, phases: list[tuple[int, float]], mean_call_s: float, frame_ms:
             server.stop()
 
 
-HEADER = ("| t s | target | live | ended | windows/s | p50 ms | p95 ms | p99 ms | dropped | "
+HEADER = ("| t s | offered | held | ended | windows/s | p50 ms | p95 ms | p99 ms | dropped | "
           "refused | failed | server CPU % | RSS MB |\n" + "|---" * 13 + "|")
 
 
 def format_interval(i: Interval) -> str:
     refused = ", ".join(f"{k} {v}" for k, v in sorted(i.refused.items())) or "0"
-    return (f"| {i.t_s:g} | {i.target_calls} | {i.live_calls} | {i.calls_ended} | "
+    return (f"| {i.t_s:g} | {i.target_calls} | {i.server_calls} | {i.calls_ended} | "
             f"{i.windows_per_s} | {i.p50_ms} | {i.p95_ms} | {i.p99_ms} | {i.dropped} | "
             f"{refused} | {i.failed} | {i.server_cpu_pct} | {i.server_rss_mb} |")
 

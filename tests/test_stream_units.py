@@ -271,3 +271,33 @@ def test_result_json_is_versioned() -> None:
     data = json.loads(dumps(r))
     assert data["v"] == 1 and data["type"] == "window"
     assert data["emotion"] == "angry" and data["confidence"] == 0.8
+
+
+def test_token_bucket_and_audio_pacer_on_a_fake_clock() -> None:
+    from streamer.limits import AddressLimit, AudioPacer, TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=5, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(6)] == [True] * 5 + [False]
+    now[0] = 0.35  # 3.5 tokens back
+    assert [bucket.take() for _ in range(4)] == [True] * 3 + [False]
+    now[0] = 100.0
+    assert sum(bucket.take() for _ in range(20)) == 5  # refills only up to the burst
+
+    now[0] = 0.0
+    pacer = AudioPacer(speed=2.0, burst_s=4.0, clock=lambda: now[0])
+    assert pacer.add(4.0) == 0.0  # the head start
+    assert pacer.add(1.0) == 0.5  # 1 s of audio ahead at 2x: half a second early
+    now[0] = 0.5
+    assert pacer.add(0.0) == 0.0
+    now[0] = 10.0
+    assert pacer.add(19.0) == 0.0 and pacer.add(1.0) == 0.5  # 4 s + 2 x 10 s allowed
+
+    limit = AddressLimit(2)
+    limit.acquire("a")
+    limit.acquire("a")
+    assert limit.full("a") and not limit.full("b")
+    limit.release("a")
+    assert not limit.full("a")
+    limit.release("a")
+    assert limit.open == {}
