@@ -4,6 +4,7 @@ run them, and shut down gracefully."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -35,6 +36,13 @@ def alert_config(settings: Settings) -> AlertConfig:
                            consecutive=settings.alert_consecutive,
                            cooldown_s=settings.alert_cooldown_s),
     )
+
+
+def ingest_config(settings: Settings) -> IngestConfig:
+    """The ingest limits: every IngestConfig field that Settings also has, by name."""
+    shared = {f.name for f in dataclasses.fields(IngestConfig)} & set(Settings.model_fields)
+    return IngestConfig(token=settings.ingest_token,
+                        **{name: getattr(settings, name) for name in shared})
 
 
 class Service:
@@ -95,12 +103,7 @@ class Service:
                                publisher=self.publisher,
                                windowing=WindowingConfig(window_s=card.window_s, hop_s=s.hop_s),
                                alerts=alert_config(s), max_calls=s.max_calls, node=s.node)
-        self.ingest = IngestServer(self.monitor, IngestConfig(
-            host=s.host, port=s.port, token=s.ingest_token, max_frame_bytes=s.max_frame_bytes,
-            start_timeout_s=s.start_timeout_s, max_messages_per_s=s.max_messages_per_s,
-            message_burst=s.message_burst, max_speed=s.max_speed, speed_burst_s=s.speed_burst_s,
-            max_call_s=s.max_call_s, max_connections_per_address=s.max_connections_per_address,
-            ping_interval_s=s.ping_interval_s), health=self.health)
+        self.ingest = IngestServer(self.monitor, ingest_config(s), health=self.health)
         await self.ingest.start()
         if self.with_dashboard:
             from dashboard.server import build_dashboard

@@ -224,6 +224,21 @@ def test_vanished_fast_and_stalled_clients_leave_other_calls_alone(
     assert ended["slow-reader"]["reason"] == "stop" and slowed["received"] >= 5
 
 
+async def send_until_closed(url: str, call_id: str, frame: bytes, count: int, *,
+                            pause_s: float = 0.0) -> tuple[int | None, str | None]:
+    """Start a call, send ``frame`` ``count`` times, read until the server closes."""
+    async with connect(url) as ws:
+        await ws.send(json.dumps({**START, "call_id": call_id}))
+        with pytest.raises(ConnectionClosed):
+            for _ in range(count):
+                await ws.send(frame)
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+            while True:
+                await ws.recv()
+        return ws.close_code, ws.close_reason
+
+
 def test_limits(shipped_model, redis_server):
     async def main():
         async with running_service(shipped_model, redis_server.url, max_messages_per_s=50,
@@ -233,33 +248,12 @@ def test_limits(shipped_model, redis_server):
             url = f"ws://127.0.0.1:{service.ingest.port}/v1/stream"
             out: dict = {}
             # Message flood: 400 tiny frames at once.
-            async with connect(url) as ws:
-                await ws.send(json.dumps({**START, "call_id": "flood"}))
-                with pytest.raises(ConnectionClosed):
-                    for _ in range(400):
-                        await ws.send(b"\x00\x00" * 8)
-                    while True:
-                        await ws.recv()
-                out["flood"] = ws.close_code, ws.close_reason
+            out["flood"] = await send_until_closed(url, "flood", b"\x00\x00" * 8, 400)
             # Too fast: 3 s of audio at once against 2x real time after 1 s of head start.
-            async with connect(url) as ws:
-                await ws.send(json.dumps({**START, "call_id": "fast"}))
-                with pytest.raises(ConnectionClosed):
-                    for _ in range(30):
-                        await ws.send(b"\x00\x00" * 1600)
-                    while True:
-                        await ws.recv()
-                out["fast"] = ws.close_code, ws.close_reason
+            out["fast"] = await send_until_closed(url, "fast", b"\x00\x00" * 1600, 30)
             # Too long: 6 s of audio at 1.6x real time against a 5 s limit.
-            async with connect(url) as ws:
-                await ws.send(json.dumps({**START, "call_id": "long"}))
-                with pytest.raises(ConnectionClosed):
-                    for _ in range(60):
-                        await ws.send(b"\x00\x00" * 1600)
-                        await asyncio.sleep(0.1 / 1.6)
-                    while True:
-                        await ws.recv()
-                out["long"] = ws.close_code, ws.close_reason
+            out["long"] = await send_until_closed(url, "long", b"\x00\x00" * 1600, 60,
+                                                  pause_s=0.1 / 1.6)
             # Connections per address: the fourth is refused before the upgrade.
             held = [await connect(url) for _ in range(3)]
             with pytest.raises(InvalidStatus) as refused:
