@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
 
 
+PREDICT_BATCH = 32  # windows per run when scoring a long clip
+
 class EmotionModel:
     """A loaded emotion model.
 
@@ -80,7 +82,7 @@ class EmotionModel:
         return probs[0] if single else probs
 
     def predict_windows(
-        self, audio: np.ndarray, *, hop_s: float = 1.0, batch_size: int = 32
+        self, audio: np.ndarray, *, hop_s: float = 1.0, batch_size: int = PREDICT_BATCH
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score a long 1-D clip window by window.
 

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streamer import redis_client
 from streamer.alerts import AlertConfig, AlertRule
 from streamer.calls import WindowingConfig
@@ -71,6 +73,7 @@ class Service:
 
     async def start(self) -> None:
         from models import load_model
+        from models.inference import PREDICT_BATCH
 
         s = self.settings
         if self.model is None:
@@ -94,6 +97,11 @@ class Service:
         self.heartbeat.start()
         self.reaper = Reaper(self.redis, interval_s=s.heartbeat_s, own_node=s.node)
         self.reaper.start()
+        # Run the largest batch once now: ONNX Runtime's memory arena grows to the peak batch
+        # and keeps it, so memory is flat from the start (not a step the first time a busy
+        # moment fills a batch), and that first busy moment pays no allocation.
+        await asyncio.to_thread(self.model.run_windows, np.zeros(
+            (max(s.max_batch, PREDICT_BATCH), self.model.window_samples), dtype=np.float32))
         self.scheduler = InferenceScheduler(self.model.run_windows, max_batch=s.max_batch,
                                             max_wait_ms=s.max_wait_ms,
                                             max_pending_per_stream=s.max_pending_per_stream)
