@@ -98,8 +98,8 @@ class Service:
         self.reaper = Reaper(self.redis, interval_s=s.heartbeat_s, own_node=s.node)
         self.reaper.start()
         # Run the largest batch once now: ONNX Runtime's memory arena grows to the peak batch
-        # and keeps it, so memory is flat from the start (not a step the first time a busy
-        # moment fills a batch), and that first busy moment pays no allocation.
+        # and keeps it, so memory is at its ceiling from the start, and the first busy moment
+        # pays no allocation (see also enable_mem_pattern in models/ort.py).
         await asyncio.to_thread(self.model.run_windows, np.zeros(
             (max(s.max_batch, PREDICT_BATCH), self.model.window_samples), dtype=np.float32))
         self.scheduler = InferenceScheduler(self.model.run_windows, max_batch=s.max_batch,
