@@ -34,6 +34,12 @@ class ModelCard:
         window_s: the window length the model was trained on (the longest it accepts).
         files: ONNX variant name (``fp32``, ``int8``, ``fp16``) → file name beside the card.
         sha256: file name → SHA-256, checked at load.
+        calibration: ``{"temperature": T}`` fitted on validation speakers; serving divides
+            the model's logits by ``T`` (applied to its probabilities as ``p ** (1 / T)``,
+            renormalised).
+        alerts: alert thresholds chosen on validation calls for a target false-alert rate
+            (``smoothing``, and ``on``/``off``/``consecutive`` per kind); the server uses
+            them unless its settings override them.
     """
 
     name: str
@@ -47,6 +53,8 @@ class ModelCard:
     output_name: str = "probabilities"
     training: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    alerts: dict = field(default_factory=dict)
     schema_version: int = CARD_SCHEMA_VERSION
 
     @property
@@ -89,4 +97,12 @@ class ModelCard:
             raise ModelCardError(f"{path}: labels must be unique and non-empty")
         if card.sample_rate_hz <= 0 or card.window_s <= 0:
             raise ModelCardError(f"{path}: sample_rate_hz and window_s must be positive")
+        temperature = card.calibration.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or not 0.05 <= temperature <= 20:
+            raise ModelCardError(f"{path}: calibration temperature {temperature!r} is not in "
+                                 "[0.05, 20]")
         return card
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration.get("temperature", 1.0))

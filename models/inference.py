@@ -19,6 +19,21 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
 
 PREDICT_BATCH = 32  # windows per run when scoring a long clip
 
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax probabilities → those of logits divided by ``temperature``.
+
+    ``softmax(z / T) = p ** (1 / T) / sum(p ** (1 / T))``, computed in log space so that
+    tiny probabilities neither underflow nor divide by zero.
+    """
+    if temperature == 1.0:
+        return probs
+    logp = np.log(np.clip(probs, 1e-12, None)) / temperature
+    logp -= logp.max(axis=-1, keepdims=True)
+    out = np.exp(logp)
+    return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
 class EmotionModel:
     """A loaded emotion model.
 
@@ -69,7 +84,7 @@ class EmotionModel:
         (probs,) = self.session.run(
             [self.card.output_name], {self.card.input_name: np.ascontiguousarray(windows)}
         )
-        return probs.astype(np.float32, copy=False)
+        return apply_temperature(probs.astype(np.float32, copy=False), self.card.temperature)
 
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
         x = np.asarray(waveform)

@@ -17,6 +17,9 @@ EMOTIONS_8: tuple[str, ...] = (
     "surprised",
 )
 
+#: Emotions some corpora carry that neither label set has (skipped, like disgust for 5).
+EXTRA_EMOTIONS: tuple[str, ...] = ("bored",)
+
 LABEL_SETS: dict[str, tuple[str, ...]] = {"5": EMOTIONS_5, "8": EMOTIONS_8}
 
 # Corpus spellings seen in the wild, normalised to the names above.
@@ -41,6 +44,8 @@ _ALIASES = {
     "sur": "surprised",
     "surprise": "surprised",
     "surprised": "surprised",
+    "bored": "bored",
+    "boredom": "bored",
 }
 
 

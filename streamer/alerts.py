@@ -1,9 +1,11 @@
 """Window scores → smoothed frustration and distress → raised/cleared alerts.
 
-Per call and role: exponential smoothing over speech windows, hysteresis (raise at
-``≥ on`` for ``k`` consecutive speech windows, clear at ``≤ off``) and a cooldown between
-a clear and the next raise of the same kind. Silent windows neither move the scores nor
-break a run. Pure Python; no I/O.
+Per call and role: exponential smoothing over speech windows and hysteresis: raise at
+``≥ on`` for ``k`` consecutive speech windows; clear once the score has stayed ``≤ off``
+for ``clear_hold_s`` (a rise back over ``on`` in that time keeps the alert active, so a
+flapping score is one alert, not a burst). Nothing ever holds a raise back: a real onset
+right after a false alert is alerted at once (or is already covered by the active one).
+Silent windows neither move the scores nor break a run. Pure Python; no I/O.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ class AlertRule:
     on: float
     off: float
     consecutive: int = 2
-    cooldown_s: float = 30.0
+    clear_hold_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.off < self.on <= 1.0:
             raise ValueError(f"need 0 <= off < on <= 1, got on={self.on} off={self.off}")
         if self.consecutive < 1:
             raise ValueError("consecutive must be at least 1")
+        if self.clear_hold_s < 0:
+            raise ValueError("clear_hold_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,38 @@ class AlertConfig:
     alert_roles: tuple[str, ...] = ("customer",)
     frustration: AlertRule = AlertRule(on=0.55, off=0.3)
     distress: AlertRule = AlertRule(on=0.6, off=0.35)
+
+
+def alert_config_from(card_alerts: dict | None = None, **overrides) -> AlertConfig:
+    """Alert rules from a model card's ``alerts`` block, with explicit overrides on top.
+
+    Args:
+        card_alerts: ``{"smoothing": .., "frustration": {"on", "off", "consecutive",
+            "clear_hold_s"}, "distress": {..}}``; missing keys keep the defaults.
+        overrides: ``smoothing``, ``alert_roles``, ``consecutive``, ``clear_hold_s``, and
+            ``<kind>_on``/``<kind>_off``; ``None`` values are ignored.
+    """
+    card_alerts = card_alerts or {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    base = AlertConfig()
+    rules = {}
+    for kind in KINDS:
+        default: AlertRule = getattr(base, kind)
+        fields = {"on": default.on, "off": default.off, "consecutive": default.consecutive,
+                  "clear_hold_s": default.clear_hold_s}
+        fields.update({k: v for k, v in (card_alerts.get(kind) or {}).items() if k in fields})
+        for name in ("consecutive", "clear_hold_s"):
+            if name in given:
+                fields[name] = given[name]
+        for name in ("on", "off"):
+            if f"{kind}_{name}" in given:
+                fields[name] = given[f"{kind}_{name}"]
+        rules[kind] = AlertRule(**fields)
+    return AlertConfig(
+        smoothing=given.get("smoothing", card_alerts.get("smoothing", base.smoothing)),
+        alert_roles=given.get("alert_roles", base.alert_roles),
+        **rules,
+    )
 
 
 def frustration_score(scores: dict[str, float]) -> float:
@@ -59,7 +95,7 @@ class _KindState:
     smoothed: float | None = None
     run: int = 0
     active_id: str | None = None
-    cleared_at_s: float | None = None
+    below_since_s: float | None = None  # while active: when the score fell to ``off``
 
 
 @dataclass(slots=True)
@@ -101,24 +137,47 @@ class RoleAlerts:
             value = state.smoothed
             if state.active_id is None:
                 state.run = state.run + 1 if value >= rule.on else 0
-                cooling = (state.cleared_at_s is not None
-                           and end_s - state.cleared_at_s < rule.cooldown_s)
-                if state.run >= rule.consecutive and not cooling:
+                if state.run >= rule.consecutive:
                     state.active_id = new_id()
                     state.run = 0
+                    state.below_since_s = None
                     self.raised += 1
                     alerts.append(Alert(id=state.active_id, call_id=self.call_id, role=self.role,
                                         kind=kind, state="raised", score=round(value, 4),
                                         threshold=rule.on, window_index=window_index,
                                         call_time_s=end_s))
-            elif value <= rule.off:
-                alerts.append(Alert(id=new_id(), call_id=self.call_id, role=self.role, kind=kind,
-                                    state="cleared", score=round(value, 4), threshold=rule.off,
-                                    window_index=window_index, call_time_s=end_s,
-                                    raised_id=state.active_id))
-                state.active_id = None
-                state.cleared_at_s = end_s
+            elif value > rule.off:
+                state.below_since_s = None
+            else:
+                if state.below_since_s is None:
+                    state.below_since_s = end_s
+                if end_s - state.below_since_s >= rule.clear_hold_s:
+                    alerts.append(self._clear(kind, score=value, threshold=rule.off,
+                                              window_index=window_index, end_s=end_s))
         return alerts
+
+    def _clear(self, kind: str, *, score: float, threshold: float, window_index: int,
+               end_s: float, reason: str = "score") -> Alert:
+        state = self.kinds[kind]
+        alert = Alert(id=new_id(), call_id=self.call_id, role=self.role, kind=kind,
+                      state="cleared", score=round(score, 4), threshold=threshold,
+                      window_index=window_index, call_time_s=end_s, raised_id=state.active_id,
+                      reason=reason)
+        state.active_id = None
+        state.below_since_s = None
+        state.run = 0
+        return alert
+
+    def close(self, *, window_index: int, end_s: float) -> list[Alert]:
+        """The call ended: clear every alert still active (``reason="call_ended"``)."""
+        out = []
+        for kind, state in self.kinds.items():
+            if state.active_id is not None:
+                rule: AlertRule = getattr(self.config, kind)
+                out.append(self._clear(kind, score=state.smoothed or 0.0, threshold=rule.off,
+                                       window_index=window_index, end_s=end_s,
+                                       reason="call_ended"))
+        return out
 
     def active(self) -> dict[str, str]:
         """kind → id of the alert currently raised."""

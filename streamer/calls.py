@@ -14,8 +14,11 @@ import numpy as np
 from streamer.aio import wait_event
 from streamer.alerts import AlertConfig, RoleAlerts
 from streamer.protocol import StreamStart
-from streamer.schema import SCHEMA_VERSION
+from streamer.schema import SCHEMA_VERSION, Alert, WindowResult
 from streamer.windowing import ChannelWindower, VadConfig, Window
+
+#: A window's class probabilities by label; ``None`` for a silent (unscored) window.
+Scores = dict[str, float] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,40 @@ class Outbox:
         return self.items.popleft()
 
 
+class ResultOrder:
+    """Releases one channel's window results in window order.
+
+    Speech windows wait for inference while silent ones are ready at once; releasing
+    them as they come would let a silent window overtake earlier speech and carry a
+    stale smoothed score. A dropped window (shed by the scheduler) releases nothing but
+    no longer holds later windows back.
+    """
+
+    def __init__(self) -> None:
+        self.next_index = 0
+        self._ready: dict[int, tuple[Window, Scores, bool]] = {}
+
+    def put(self, window: Window, scores: Scores, *, dropped: bool = False
+            ) -> list[tuple[Window, Scores]]:
+        """Record a finished window; return those now releasable, oldest first."""
+        self._ready[window.index] = (window, scores, dropped)
+        out: list[tuple[Window, Scores]] = []
+        while self.next_index in self._ready:
+            w, sc, gone = self._ready.pop(self.next_index)
+            self.next_index += 1
+            if not gone:
+                out.append((w, sc))
+        return out
+
+    def flush(self) -> list[tuple[Window, Scores]]:
+        """Release whatever is held, in order, skipping windows that never finished."""
+        out = [(w, sc) for i, (w, sc, gone) in sorted(self._ready.items()) if not gone]
+        if self._ready:
+            self.next_index = max(self._ready) + 1
+        self._ready.clear()
+        return out
+
+
 class CallSession:
     """A live call.
 
@@ -86,6 +123,7 @@ class CallSession:
             for i, role in enumerate(start.roles)
         ]
         self.alerts = {role: RoleAlerts(start.call_id, role, alerts) for role in start.roles}
+        self.order = [ResultOrder() for _ in start.roles]
         self.windows = 0
         self.silent = 0
         self.scored = 0
@@ -101,6 +139,39 @@ class CallSession:
             w.reset()
         for a in self.alerts.values():
             a.reset()
+        self.order = [ResultOrder() for _ in self.start.roles]
+
+    def decide(self, window: Window, scores: Scores, *, node: str = ""
+               ) -> tuple[WindowResult, list[Alert]]:
+        """One released window → its result message and the alerts it raises or clears.
+
+        Must be called in window order per channel (see :class:`ResultOrder`); the
+        monitor and ``callmon bench alerts`` both decide through here.
+        """
+        role_alerts = self.alerts[window.role]
+        alerts = role_alerts.update(scores=scores, window_index=window.index, end_s=window.end_s)
+        latency_ms = 1000 * (time.monotonic() - window.ready_at)
+        frustration = role_alerts.smoothed("frustration")
+        distress = role_alerts.smoothed("distress")
+        result = WindowResult(
+            call_id=self.call_id, role=window.role, channel=window.channel,
+            window_index=window.index, start_s=window.start_s, end_s=window.end_s,
+            speech=window.speech, speech_ratio=round(window.speech_ratio, 3), scores=scores,
+            frustration=None if frustration is None else round(frustration, 4),
+            distress=None if distress is None else round(distress, 4),
+            latency_ms=round(latency_ms, 1), node=node,
+        )
+        return result, alerts
+
+    def close_alerts(self) -> list[Alert]:
+        """At the end of the call: a ``cleared`` (reason ``call_ended``) for every alert
+        still active, so no consumer is left holding an alert that never ends."""
+        out: list[Alert] = []
+        for channel, role in enumerate(self.start.roles):
+            windower = self.windowers[channel]
+            out += self.alerts[role].close(window_index=max(windower.index - 1, 0),
+                                           end_s=round(windower.duration_s, 3))
+        return out
 
     def feed(self, frames: np.ndarray) -> list[Window]:
         """Interleaved ``(samples, channels)`` audio → completed windows."""

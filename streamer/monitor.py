@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +15,7 @@ from streamer.metrics import Histogram
 from streamer.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError, StreamStart
 from streamer.publisher import RedisPublisher
 from streamer.scheduler import InferenceScheduler
-from streamer.schema import Alert, CallEvent, WindowResult, dumps, new_id
+from streamer.schema import Alert, CallEvent, dumps, new_id
 from streamer.windowing import Window
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,8 @@ class Monitor:
         return session
 
     async def close_call(self, session: CallSession, reason: str) -> CallEvent:
-        """Flush the call's last audio, wait for its windows, publish ``call_ended``."""
+        """Flush the call's last audio, wait for its windows, clear its active alerts and
+        publish ``call_ended``."""
         if session.ended:
             raise RuntimeError(f"call {session.call_id} already ended")
         session.ended = True
@@ -99,6 +99,11 @@ class Monitor:
         if not await session.wait_idle(self.drain_timeout_s):
             log.warning("call %s ended with %d windows still in inference", session.call_id,
                         session.in_flight)
+        for order in session.order:
+            for window, scores in order.flush():
+                self._emit(session, window, scores)
+        for alert in session.close_alerts():
+            self._alert(session, alert)
         event = CallEvent(id=new_id(), type="call_ended", call_id=session.call_id,
                           roles=session.start.roles, sample_rate=session.start.sample_rate,
                           encoding=session.start.encoding, protocol=session.protocol,
@@ -133,33 +138,28 @@ class Monitor:
             else:
                 session.silent += 1
                 self.stats.silent_windows += 1
-                self._emit(session, window, None)
+                self._release(session, window, None)
 
     def _on_scored(self, session: CallSession, window: Window, probs: np.ndarray | None) -> None:
         session.window_done()
         if probs is None:
             session.dropped += 1
+            self._release(session, window, None, dropped=True)
             return
         session.scored += 1
         scores = {label: round(float(p), 5) for label, p in zip(self.labels, probs, strict=True)}
-        self._emit(session, window, scores)
+        self._release(session, window, scores)
+
+    def _release(self, session: CallSession, window: Window, scores: dict[str, float] | None,
+                 *, dropped: bool = False) -> None:
+        """Results leave in window order per channel (see streamer.calls.ResultOrder)."""
+        for w, sc in session.order[window.channel].put(window, scores, dropped=dropped):
+            self._emit(session, w, sc)
 
     def _emit(self, session: CallSession, window: Window, scores: dict[str, float] | None) -> None:
-        role_alerts = session.alerts[window.role]
-        alerts = role_alerts.update(scores=scores, window_index=window.index, end_s=window.end_s)
-        latency_ms = 1000 * (time.monotonic() - window.ready_at)
-        if scores is not None:
-            self.stats.latency_ms.observe(latency_ms)
-        frustration = role_alerts.smoothed("frustration")
-        distress = role_alerts.smoothed("distress")
-        result = WindowResult(
-            call_id=session.call_id, role=window.role, channel=window.channel,
-            window_index=window.index, start_s=window.start_s, end_s=window.end_s,
-            speech=window.speech, speech_ratio=round(window.speech_ratio, 3), scores=scores,
-            frustration=None if frustration is None else round(frustration, 4),
-            distress=None if distress is None else round(distress, 4),
-            latency_ms=round(latency_ms, 1), node=self.node,
-        )
+        result, alerts = session.decide(window, scores, node=self.node)
+        if scores is not None and result.latency_ms is not None:
+            self.stats.latency_ms.observe(result.latency_ms)
         self.publisher.publish_result(result)
         if session.send_results:
             session.outbox.put(dumps(result))

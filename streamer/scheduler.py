@@ -163,6 +163,11 @@ class InferenceScheduler:
             except Exception:  # a model failure must not kill the scheduler
                 log.exception("inference failed on a batch of %d windows", len(batch))
                 self.stats.errors += len(batch)
+                for entry in batch:  # the windows are lost: tell their calls, as for a drop
+                    try:
+                        entry.callback(entry.window, None)
+                    except Exception:
+                        log.exception("result callback failed for %s", entry.window.call_id)
                 continue
             self.stats.inference_ms.observe(1000 * (time.perf_counter() - started))
             self.stats.batches += 1

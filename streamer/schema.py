@@ -98,6 +98,7 @@ class Alert:
     window_index: int
     call_time_s: float  # position in the call (end of the deciding window)
     raised_id: str | None = None  # on "cleared": the id of the alert it clears
+    reason: str | None = None  # on "cleared": "score" (fell below off) or "call_ended"
     ts: float = field(default_factory=time.time)
     node: str = ""
     v: int = SCHEMA_VERSION

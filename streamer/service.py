@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from streamer import redis_client
-from streamer.alerts import AlertConfig, AlertRule
+from streamer.alerts import AlertConfig, alert_config_from
 from streamer.calls import WindowingConfig
 from streamer.monitor import Monitor
 from streamer.nodes import Heartbeat, Reaper
@@ -27,16 +27,15 @@ from streamer.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def alert_config(settings: Settings) -> AlertConfig:
-    return AlertConfig(
+def alert_config(settings: Settings, card_alerts: dict | None = None) -> AlertConfig:
+    """The alert rules: the model card's thresholds, overridden by explicit settings."""
+    return alert_config_from(
+        card_alerts,
         smoothing=settings.alert_smoothing,
         alert_roles=tuple(r.strip() for r in settings.alert_roles.split(",") if r.strip()),
-        frustration=AlertRule(on=settings.frustration_on, off=settings.frustration_off,
-                              consecutive=settings.alert_consecutive,
-                              cooldown_s=settings.alert_cooldown_s),
-        distress=AlertRule(on=settings.distress_on, off=settings.distress_off,
-                           consecutive=settings.alert_consecutive,
-                           cooldown_s=settings.alert_cooldown_s),
+        consecutive=settings.alert_consecutive, clear_hold_s=settings.alert_clear_hold_s,
+        frustration_on=settings.frustration_on, frustration_off=settings.frustration_off,
+        distress_on=settings.distress_on, distress_off=settings.distress_off,
     )
 
 
@@ -110,7 +109,8 @@ class Service:
         self.monitor = Monitor(labels=self.model.labels, scheduler=self.scheduler,
                                publisher=self.publisher,
                                windowing=WindowingConfig(window_s=card.window_s, hop_s=s.hop_s),
-                               alerts=alert_config(s), max_calls=s.max_calls, node=s.node)
+                               alerts=alert_config(s, self.model.card.alerts),
+                               max_calls=s.max_calls, node=s.node)
         self.ingest = IngestServer(self.monitor, ingest_config(s), health=self.health)
         await self.ingest.start()
         if self.with_dashboard:

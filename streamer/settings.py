@@ -45,13 +45,16 @@ class Settings(BaseSettings):
     max_call_s: float = Field(4 * 3600.0, gt=0, description="longest call (seconds of audio)")
     max_connections_per_address: int = Field(200, ge=1, description="open sockets per client IP")
     ping_interval_s: float = Field(20.0, gt=0, description="keep-alive ping; dead peers dropped")
-    frustration_on: float = 0.55
-    frustration_off: float = 0.3
-    distress_on: float = 0.6
-    distress_off: float = 0.35
-    alert_consecutive: int = 2
-    alert_cooldown_s: float = 30.0
-    alert_smoothing: float = 0.6
+    # Alert rules: unset means the thresholds stored in the model card (chosen on validation
+    # calls for a target false-alert rate), or streamer.alerts' defaults without them.
+    frustration_on: float | None = Field(None, gt=0, le=1)
+    frustration_off: float | None = Field(None, ge=0, lt=1)
+    distress_on: float | None = Field(None, gt=0, le=1)
+    distress_off: float | None = Field(None, ge=0, lt=1)
+    alert_consecutive: int | None = Field(None, ge=1)
+    alert_clear_hold_s: float | None = Field(
+        None, ge=0, description="seconds a score must stay below 'off' before an alert clears")
+    alert_smoothing: float | None = Field(None, gt=0, le=1)
     alert_roles: str = Field("customer", description="comma-separated roles that raise alerts")
     supervisor_user: str = Field("supervisor", description="dashboard HTTP basic user name")
     supervisor_password: str | None = Field(

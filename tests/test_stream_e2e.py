@@ -213,3 +213,58 @@ def test_stream_and_alerts_commands(shipped_model, held_out_actors, ravdess_dir,
     assert [e["call_id"] for e in events if e["type"] == "call_started"] == ["cli-native",
                                                                               "cli-twilio"]
     assert bad.returncode != 0 and "missing.wav" in bad.stderr
+
+
+class SlowModel:
+    """The shipped model, made to take ``delay_s`` per batch (a busy inference worker)."""
+
+    def __init__(self, model, delay_s: float) -> None:
+        self._model = model
+        self.delay_s = delay_s
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def run_windows(self, windows: np.ndarray) -> np.ndarray:
+        import time
+
+        time.sleep(self.delay_s)
+        return self._model.run_windows(windows)
+
+
+def test_silent_windows_wait_for_earlier_speech_and_alerts_end_with_the_call(
+        shipped_model, held_out_actors, ravdess_dir, redis_server):
+    """Two alert-engine defects, through the real server: a silent window used to be
+    published before earlier speech windows were scored (carrying a stale smoothed score),
+    and an alert still active at the end of a call was never cleared."""
+    from .streaming import actor_clips
+
+    angry = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "angry", 4,
+                                       intensity="02"))
+    hush = (1e-5 * np.random.default_rng(1).standard_normal(16_000 * 6)).astype(np.float32)
+    audio = np.concatenate([angry, hush])
+
+    async def main():
+        async with running_service(SlowModel(shipped_model, 0.3), redis_server.url,
+                                   max_speed=64.0, max_pending_per_stream=64) as service:
+            outcome = await stream_native(
+                f"ws://127.0.0.1:{service.ingest.port}/v1/stream", audio[:, None], rate=16_000,
+                call_id="ends-angry", speed=32.0)
+            await service.publisher.flush(5)
+            return outcome
+
+    outcome = asyncio.run(main())
+    indices = [w["window_index"] for w in outcome.windows]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices)
+    speech = [w for w in outcome.windows if w["speech"]]
+    silent = [w for w in outcome.windows if not w["speech"]]
+    assert speech and silent and outcome.ended["dropped"] == 0
+    assert silent[0]["window_index"] > speech[-1]["window_index"]
+    assert silent[0]["frustration"] == speech[-1]["frustration"]  # the score after all speech
+    raised = [a for a in outcome.alerts if a["state"] == "raised"]
+    assert any(a["kind"] == "frustration" for a in raised)
+    log = stream_entries(redis_server.url)
+    cleared = {e["raised_id"]: e for e in log if e.get("state") == "cleared"}
+    assert {a["id"] for a in raised} <= set(cleared), "an alert outlived its call"
+    assert {cleared[a["id"]]["reason"] for a in raised} == {"call_ended"}
+    assert log[-1]["type"] == "call_ended"

@@ -12,12 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.alerts import AlertConfig, AlertRule, RoleAlerts
+from streamer.calls import CallSession, ResultOrder, WindowingConfig
 from streamer.protocol import (
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
     TWILIO_TRACKS,
     ProtocolError,
+    StreamStart,
     decode_frame,
     parse_json_object,
     parse_start,
@@ -198,27 +200,33 @@ def test_vad_marks_silence_and_speech(ravdess_dir) -> None:
     assert out[-1].speech is False
 
 
-def test_alert_hysteresis_cooldown_and_roles() -> None:
+ANGRY = {"neutral": 0.1, "angry": 0.9}
+CALM = {"neutral": 0.9, "angry": 0.05}
+
+
+def test_alert_hysteresis_clear_hold_and_roles() -> None:
     cfg = AlertConfig(smoothing=1.0, frustration=AlertRule(on=0.6, off=0.3, consecutive=2,
-                                                           cooldown_s=10))
+                                                           clear_hold_s=3))
     a = RoleAlerts("c", "customer", cfg)
-    angry = {"neutral": 0.1, "angry": 0.9}
-    calm = {"neutral": 0.9, "angry": 0.05}
-    assert a.update(scores=angry, window_index=0, end_s=3) == []  # 1 of 2
+    assert a.update(scores=ANGRY, window_index=0, end_s=3) == []  # 1 of 2
     assert a.update(scores=None, window_index=1, end_s=4) == []  # silence: no break, no count
-    raised = a.update(scores=angry, window_index=2, end_s=5)
+    raised = a.update(scores=ANGRY, window_index=2, end_s=5)
     assert [(x.kind, x.state) for x in raised] == [("frustration", "raised")]
     assert a.update(scores={"angry": 0.5}, window_index=3, end_s=6) == []  # between off and on
-    cleared = a.update(scores=calm, window_index=4, end_s=7)
-    assert cleared[0].state == "cleared" and cleared[0].raised_id == raised[0].id
-    # Cooldown: anger again 2 s later does not re-raise until 10 s after the clear.
-    assert a.update(scores=angry, window_index=5, end_s=8) == []
-    assert a.update(scores=angry, window_index=6, end_s=9) == []
-    again = a.update(scores=angry, window_index=12, end_s=17.5)
-    assert [x.state for x in again] == ["raised"] and a.raised == 2
+    # Below off, but not for clear_hold_s yet; back up again: the same alert goes on.
+    assert a.update(scores=CALM, window_index=4, end_s=7) == []
+    assert a.update(scores=CALM, window_index=5, end_s=8) == []
+    assert a.update(scores=ANGRY, window_index=6, end_s=9) == []
+    assert a.raised == 1 and a.active()["frustration"] == raised[0].id
+    # Below off for 3 s: cleared.
+    assert a.update(scores=CALM, window_index=7, end_s=10) == []
+    assert a.update(scores=CALM, window_index=9, end_s=12) == []
+    cleared = a.update(scores=CALM, window_index=10, end_s=13)
+    assert [x.state for x in cleared] == ["cleared"]
+    assert cleared[0].raised_id == raised[0].id and cleared[0].reason == "score"
     agent = RoleAlerts("c", "agent", cfg)
     for i in range(5):
-        assert agent.update(scores=angry, window_index=i, end_s=3 + i) == []
+        assert agent.update(scores=ANGRY, window_index=i, end_s=3 + i) == []
     assert agent.smoothed("frustration") == pytest.approx(0.9)
     distress = RoleAlerts("c", "customer", AlertConfig(smoothing=1.0))
     out = []
@@ -227,6 +235,54 @@ def test_alert_hysteresis_cooldown_and_roles() -> None:
     assert [x.kind for x in out] == ["distress"]
     with pytest.raises(ValueError):
         AlertRule(on=0.3, off=0.5)
+
+
+def test_false_alert_does_not_hold_back_a_real_onset() -> None:
+    """Defect: the cooldown ran from the clear, so a false alert just before a real onset
+    held the real one back for up to 30 s. Now a raise is never held back."""
+    cfg = AlertConfig(smoothing=1.0, frustration=AlertRule(on=0.6, off=0.3, consecutive=2,
+                                                           clear_hold_s=2))
+    a = RoleAlerts("c", "customer", cfg)
+    t = 3.0
+    events = []
+    for scores in [ANGRY, ANGRY, CALM, CALM, CALM]:  # a false alert, then it clears
+        events += a.update(scores=scores, window_index=int(t), end_s=t)
+        t += 1
+    assert [x.state for x in events] == ["raised", "cleared"]
+    onset = t
+    real = []
+    for scores in [ANGRY, ANGRY]:  # the real anger, right after the clear
+        real += a.update(scores=scores, window_index=int(t), end_s=t)
+        t += 1
+    assert [x.state for x in real] == ["raised"]
+    assert real[0].call_time_s == onset + 1  # the second angry window, as for any raise
+
+
+def test_alerts_still_active_are_cleared_when_the_call_ends() -> None:
+    start = StreamStart(call_id="c-end", sample_rate=16_000, encoding="pcm_s16le", channels=2,
+                        roles=("customer", "agent"))
+    session = CallSession(start, protocol="native", windowing=WindowingConfig(),
+                          alerts=AlertConfig(smoothing=1.0), send_results=False)
+    session.feed(np.zeros((16_000 * 6, 2), dtype=np.float32))
+    raised = []
+    for i in range(3):
+        raised += session.alerts["customer"].update(scores=ANGRY, window_index=i, end_s=3 + i)
+    assert [x.state for x in raised] == ["raised"]
+    closing = session.close_alerts()
+    assert [(x.kind, x.state, x.reason, x.raised_id) for x in closing] == [
+        ("frustration", "cleared", "call_ended", raised[0].id)]
+    assert closing[0].call_time_s == 6.0 and closing[0].window_index == 3
+    assert session.alerts["customer"].active() == {} and session.close_alerts() == []
+
+
+def test_results_leave_in_window_order() -> None:
+    order = ResultOrder()
+    w = [_window("c", i) for i in range(5)]
+    assert order.put(w[1], None) == []  # silent window 1 waits for speech window 0
+    assert order.put(w[2], None, dropped=True) == []
+    assert [x.index for x, _ in order.put(w[0], {"angry": 1.0})] == [0, 1]  # 2 was dropped
+    assert [x.index for x, _ in order.put(w[3], None)] == [3]
+    assert [x.index for x, _ in order.put(w[4], None)] == [4] and order.flush() == []
 
 
 def _window(call: str, i: int, channel: int = 0) -> Window:

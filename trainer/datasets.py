@@ -6,7 +6,11 @@ Layouts understood:
 * RAVDESS as distributed: ``Actor_XX/03-01-EE-II-SS-RR-AA.wav`` at 48 kHz (song files,
   vocal channel 02, are skipped).
 * CREMA-D: ``AudioWAV/1001_DFA_ANG_XX.wav``.
-* Any folder with a ``manifest.csv`` of ``path,speaker,emotion`` (paths relative to it).
+* Any folder with a ``manifest.csv`` of ``path,speaker,emotion`` (paths relative to it);
+  EmoDB as shared here is one.
+
+Several corpora are read together with :func:`discover_corpora`; their speakers are then
+named ``corpus/speaker`` (``ravdess/03``, ``emodb/03``) so that ids never collide.
 """
 
 from __future__ import annotations
@@ -148,6 +152,41 @@ def discover(root: Path | str) -> list[Utterance]:
     return items
 
 
+def corpus_name(root: Path | str) -> str:
+    """The name a corpus folder goes by in speaker ids: its folder name, lower-case."""
+    return Path(root).resolve().name.lower()
+
+
+def discover_corpora(roots: str | Path | Sequence[str | Path]) -> list[Utterance]:
+    """Read one corpus, or several (a list, or one string of comma-separated folders).
+
+    One corpus keeps its own speaker ids; with several, each speaker becomes
+    ``corpus/speaker``.
+
+    Raises:
+        DatasetLayoutError: a folder is not a corpus, or two folders share a name.
+    """
+    if isinstance(roots, (str, Path)):
+        roots = [r for r in str(roots).split(",") if r.strip()]
+    roots = [Path(r.strip()) if isinstance(r, str) else Path(r) for r in roots]
+    if not roots:
+        raise DatasetLayoutError("no corpus folder given")
+    if len(roots) == 1:
+        return discover(roots[0])
+    names = [corpus_name(r) for r in roots]
+    if len(set(names)) != len(names):
+        raise DatasetLayoutError(f"two corpus folders share a name: {names}")
+    items: list[Utterance] = []
+    for root, name in zip(roots, names, strict=True):
+        items.extend(Utterance(u.path, f"{name}/{u.speaker}", u.emotion) for u in discover(root))
+    return items
+
+
+def corpus_of(speaker: str) -> str:
+    """``emodb/03`` → ``emodb``; a speaker of a lone corpus → ``""``."""
+    return speaker.rsplit("/", 1)[0] if "/" in speaker else ""
+
+
 def load_audio(path: Path | str, *, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
     """Decode any file soundfile reads to mono float32 at ``sample_rate_hz``."""
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
@@ -162,15 +201,24 @@ def speakers_of(items: Iterable[Utterance]) -> list[str]:
 
 
 def speaker_folds(speakers: Sequence[str], k: int) -> list[list[str]]:
-    """Split sorted speakers into ``k`` contiguous folds of near-equal size.
+    """Split sorted speakers into ``k`` contiguous folds of near-equal size, corpus by corpus.
 
     Contiguous blocks keep RAVDESS's alternating male/female actor numbering balanced
-    (each fold of four actors holds two of each) and make the folds easy to state.
+    (each fold of four actors holds two of each) and make the folds easy to state. With
+    several corpora (``corpus/speaker`` ids) each corpus is split on its own and fold ``i``
+    takes block ``i`` of every corpus, so every fold tests on every corpus.
     """
-    ordered = sorted(set(speakers))
-    if not 2 <= k <= len(ordered):
-        raise ValueError(f"need 2 <= k <= {len(ordered)} speakers, got k={k}")
-    return [list(block) for block in np.array_split(np.array(ordered, dtype=object), k)]
+    by_corpus: dict[str, list[str]] = {}
+    for s in sorted(set(speakers)):
+        by_corpus.setdefault(corpus_of(s), []).append(s)
+    smallest = min((len(v) for v in by_corpus.values()), default=0)
+    if not 2 <= k <= smallest:
+        raise ValueError(f"need 2 <= k <= {smallest} speakers per corpus, got k={k}")
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for ordered in by_corpus.values():
+        for i, block in enumerate(np.array_split(np.array(ordered, dtype=object), k)):
+            folds[i].extend(block)
+    return [sorted(f) for f in folds]
 
 
 def filter_labels(

@@ -14,7 +14,14 @@ import torch
 from models.backbones import build_backbone
 from models.network import EmotionNet
 from trainer.config import SAMPLE_RATE_HZ, TrainConfig
-from trainer.datasets import Utterance, discover, filter_labels, speaker_folds, speakers_of
+from trainer.datasets import (
+    Utterance,
+    corpus_of,
+    discover_corpora,
+    filter_labels,
+    speaker_folds,
+    speakers_of,
+)
 from trainer.evaluate import evaluate_items
 from trainer.metrics import summarise_folds
 
@@ -23,13 +30,15 @@ log = logging.getLogger(__name__)
 
 def split_speakers(speakers: list[str], cfg: TrainConfig) -> dict[str, list[str]]:
     """Test speakers are fold ``cfg.fold``; validation speakers are the first
-    ``cfg.val_speakers`` of the next fold; the rest train. No speaker is in two sets."""
+    ``cfg.val_speakers`` of each corpus in the next fold; the rest train. No speaker is in
+    two sets."""
     folds = speaker_folds(speakers, cfg.folds)
     if not 0 <= cfg.fold < len(folds):
         raise ValueError(f"fold must be in 0..{len(folds) - 1}")
     test = folds[cfg.fold]
     nxt = folds[(cfg.fold + 1) % len(folds)]
-    val = nxt[: cfg.val_speakers]
+    val = [s for corpus in sorted({corpus_of(s) for s in nxt})
+           for s in [s for s in nxt if corpus_of(s) == corpus][: cfg.val_speakers]]
     train = [s for s in sorted(speakers) if s not in test and s not in val]
     return {"train": train, "val": val, "test": test}
 
@@ -73,7 +82,7 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     labels = cfg.label_names
-    items = items if items is not None else discover(cfg.data)
+    items = items if items is not None else discover_corpora(cfg.data)
     if cfg.limit_items:
         rng = np.random.default_rng(cfg.seed)
         items = [items[i] for i in sorted(rng.permutation(len(items))[: cfg.limit_items])]
@@ -153,9 +162,14 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     test_audio = decoded(test_items)
     hop = int(round(cfg.eval_hop_s * SAMPLE_RATE_HZ))
 
-    def evaluate(telephone: bool) -> dict:
-        return evaluate_items(predict, test_items, labels, window_samples=cfg.window_samples,
-                              hop_samples=hop, audio=test_audio, telephone=telephone)
+    def evaluate(telephone: bool, corpus: str | None = None) -> dict:
+        pairs = [(u, a) for u, a in zip(test_items, test_audio, strict=True)
+                 if corpus is None or corpus_of(u.speaker) == corpus]
+        return evaluate_items(predict, [u for u, _ in pairs], labels,
+                              window_samples=cfg.window_samples, hop_samples=hop,
+                              audio=[a for _, a in pairs], telephone=telephone)
+
+    corpora = sorted({corpus_of(u.speaker) for u in test_items})
 
     metrics = {
         "config": asdict(cfg),
@@ -172,6 +186,9 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         "test": evaluate(telephone=False),
         "test_telephone": evaluate(telephone=True),
     }
+    if len(corpora) > 1:
+        metrics["test_by_corpus"] = {
+            c: {"clean": evaluate(False, c), "telephone": evaluate(True, c)} for c in corpora}
     save_checkpoint(net, cfg, metrics, out / "model.pt")
     metrics["checkpoint"] = str(out / "model.pt")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -194,7 +211,7 @@ def load_checkpoint(path: Path | str) -> tuple[EmotionNet, TrainConfig, dict]:
 
 def cross_validate(cfg: TrainConfig) -> dict:
     """Train and test every fold; the summary gives mean ± std over folds."""
-    items = discover(cfg.data)
+    items = discover_corpora(cfg.data)
     cache: dict[Path, np.ndarray] = {}
     per_fold = []
     for fold in range(cfg.folds):
