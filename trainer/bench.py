@@ -68,14 +68,16 @@ def run_model_bench(*, repeats: int = 10, include_wav2vec2: bool = True,
                     shipped: Path | None = None) -> dict:
     import torch
 
-    from models.backbones import Wav2Vec2Backbone, WhisperEncoderBackbone
+    from models.backbones import WHISPER_BASE, Wav2Vec2Backbone, WhisperEncoderBackbone
     from models.network import EmotionNet
 
     torch.manual_seed(0)
     results: dict = {"window_s": WINDOW / 16_000, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        models = {"whisper-tiny-encoder": EmotionNet(WhisperEncoderBackbone(), num_classes=5)}
+        models = {"whisper-tiny-encoder": EmotionNet(WhisperEncoderBackbone(), num_classes=5),
+                  "whisper-base-encoder": EmotionNet(WhisperEncoderBackbone(**WHISPER_BASE),
+                                                     num_classes=5)}
         if include_wav2vec2:
             w2v_dir = save_random_wav2vec2(tmp_path / "w2v")
             models["wav2vec2-base"] = EmotionNet(Wav2Vec2Backbone(w2v_dir), num_classes=5)

@@ -125,12 +125,15 @@ def export_checkpoint(
     name: str = "callmon-emotion",
     extra_card: dict | None = None,
     int8_scope: str = "ffn",
+    calibration: dict | None = None,
 ) -> ModelCard:
     """Export a ``model.pt`` from ``callmon train`` into ``out_dir`` with its model card.
 
     Args:
         parity_windows: ``(n, window_samples)`` audio to measure ONNX↔PyTorch agreement on;
             the figures go into the card.
+        calibration: a ``callmon calibrate`` report: its median temperature and chosen
+            alert configuration are stored in the card, its test figures quoted.
     """
     from trainer.train import load_checkpoint
 
@@ -169,7 +172,23 @@ def export_checkpoint(
             "held_out": _brief(metrics.get("test")),
             "held_out_telephone": _brief(metrics.get("test_telephone")),
             "onnx_parity": parity_report,
+            **({"alerts_cross_validated": {
+                "target_false_alerts_per_hour": calibration["target_false_alerts_per_hour"],
+                "test": {ch: v["overall"] for ch, v in calibration["test"].items()},
+                "per_corpus": {ch: v["per_corpus"] for ch, v in calibration["test"].items()},
+                "test_without_baseline": calibration["test_without_baseline"],
+                "test_default_rules_uncalibrated":
+                    calibration["test_default_rules_uncalibrated"],
+                "ece": [{k: f[k] for k in ("test_speakers", "temperature",
+                                           "test_window_ece_before", "test_window_ece_after")}
+                        for f in calibration["folds"]],
+            }} if calibration else {}),
         },
+        calibration=({"temperature": calibration["temperature"],
+                      "fitted_on": "validation speakers of each cross-validation fold (median)",
+                      "fold_temperatures": [f["temperature"] for f in calibration["folds"]]}
+                     if calibration else {}),
+        alerts=calibration["alerts"] if calibration else {},
     )
     card.save(out_dir)
     from trainer.model_card import write as write_model_card

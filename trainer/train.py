@@ -28,10 +28,17 @@ from trainer.metrics import summarise_folds
 log = logging.getLogger(__name__)
 
 
+#: ``fold`` value that trains on every speaker: no validation, no test (the shipped model,
+#: whose figures come from the cross-validation of the same recipe).
+ALL_SPEAKERS = -1
+
+
 def split_speakers(speakers: list[str], cfg: TrainConfig) -> dict[str, list[str]]:
     """Test speakers are fold ``cfg.fold``; validation speakers are the first
     ``cfg.val_speakers`` of each corpus in the next fold; the rest train. No speaker is in
     two sets."""
+    if cfg.fold == ALL_SPEAKERS:
+        return {"train": sorted(speakers), "val": [], "test": []}
     folds = speaker_folds(speakers, cfg.folds)
     if not 0 <= cfg.fold < len(folds):
         raise ValueError(f"fold must be in 0..{len(folds) - 1}")
@@ -51,6 +58,8 @@ def build_net(cfg: TrainConfig, *, pretrained: bool = True) -> EmotionNet:
 
 
 def _random_twin(name: str) -> str:
+    if name == "whisper-base":
+        return "whisper-base-random"
     return "whisper-random" if name.startswith("whisper") else name
 
 
@@ -142,10 +151,12 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         deterministic=False,
     )
     started = time.perf_counter()
-    trainer.fit(module, train_dl, val_dl)
+    trainer.fit(module, train_dl, val_dl if len(val_ds) else None)
     train_seconds = time.perf_counter() - started
     if cfg.select not in ("best_val", "last"):
         raise ValueError(f"select must be best_val or last, got {cfg.select!r}")
+    if cfg.select == "best_val" and not len(val_ds):
+        raise ValueError("select=best_val needs validation speakers; use select=last")
     if cfg.select == "best_val" and checkpoint.best_model_path and not cfg.fast_dev_run:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
@@ -183,8 +194,8 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         "last_val_uar": None if last_val is None else float(last_val),
         "selected_val_uar": best_val if cfg.select == "best_val" else (
             None if last_val is None else float(last_val)),
-        "test": evaluate(telephone=False),
-        "test_telephone": evaluate(telephone=True),
+        "test": evaluate(telephone=False) if test_items else {},
+        "test_telephone": evaluate(telephone=True) if test_items else {},
     }
     if len(corpora) > 1:
         metrics["test_by_corpus"] = {

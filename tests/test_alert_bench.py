@@ -1,0 +1,180 @@
+"""``callmon bench alerts`` and the calibration built on it, on real held-out speakers and
+the shipped model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamer.alerts import AlertConfig, AlertRule
+from trainer.alert_bench import (
+    AlertBenchError,
+    bench_alerts,
+    build_calls,
+    held_out_speakers,
+    load_corpora,
+    run_alerts,
+    score_calls,
+    seen_speakers,
+    summarise,
+)
+from trainer.calibrate import (
+    SearchSpace,
+    expected_calibration_error,
+    fit_temperature,
+    replay,
+    search_alert_config,
+    with_temperature,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def speaker(held_out_actors) -> str:
+    return f"ravdess/{held_out_actors[0]}"
+
+
+@pytest.fixture(scope="module")
+def scored(shipped_model, ravdess_dir, speaker):
+    items = load_corpora([ravdess_dir])
+    calls = build_calls(items, [speaker], shipped_model.labels, calm_minutes=1.0, seed=3)
+    return calls, score_calls(calls, shipped_model.run_windows, shipped_model.labels)
+
+
+def test_calls_are_calm_then_target(scored, speaker) -> None:
+    calls, _ = scored
+    kinds = [c.kind for c in calls]
+    assert kinds == ["calm", "angry", "sad", "fearful"]
+    calm = calls[0]
+    assert calm.onset_s is None and calm.seconds >= 60 and calm.rate_hz == 16_000
+    for c in calls[1:]:
+        assert 28 <= c.onset_s <= 40 and c.seconds - c.onset_s >= 20
+        assert c.speaker == speaker
+    assert all(np.isfinite(c.audio).all() and np.abs(c.audio).max() <= 1.0 for c in calls)
+
+
+def test_results_come_from_the_server_path(scored, shipped_model) -> None:
+    calls, scored_calls = scored
+    for call, sc in zip(calls, scored_calls, strict=True):
+        indices = [w.index for w, _ in sc.windows]
+        assert indices == list(range(len(indices)))
+        # One window per second of audio once the first 3 s are in, as serve produces.
+        assert abs(len(indices) - (call.seconds - 3 + 1)) <= 1
+        assert any(s is None for _, s in sc.windows)  # the voice gate finds the pauses
+        speech = [s for _, s in sc.windows if s is not None]
+        assert speech and set(speech[0]) == set(shipped_model.labels)
+    results = run_alerts(scored_calls, AlertConfig())
+    report = summarise(results)
+    overall = report["overall"]
+    assert overall["calm_hours"] == pytest.approx(sum(c.calm_seconds for c in calls) / 3600,
+                                                  abs=1e-3)
+    angry = overall["angry"]
+    assert angry["calls"] == 1 and angry["alert"] == "frustration" and angry["deadline_s"] == 10
+    # The shipped model hears this held-out actor's anger (if not always within 10 s).
+    assert angry["median_time_to_alert_s"] is not None and angry["missed"] == 0
+    assert angry["detected_within_deadline"] == int(angry["median_time_to_alert_s"] <= 10)
+    assert list(report["per_speaker"]) == [calls[0].speaker]
+
+
+def test_an_engine_that_never_alerts_detects_nothing(scored) -> None:
+    _, scored_calls = scored
+    never = AlertConfig(frustration=AlertRule(on=1.0, off=0.9),
+                        distress=AlertRule(on=1.0, off=0.9))
+    overall = summarise(run_alerts(scored_calls, never))["overall"]
+    assert overall["false_alerts"] == {"frustration": 0, "distress": 0}
+    assert all(overall[e]["detected_within_deadline"] == 0 and overall[e]["missed"] == 1
+               for e in ("angry", "sad", "fearful"))
+    assert replay(scored_calls, never)[1].raised == []
+
+
+def test_telephone_calls_arrive_at_8k(shipped_model, ravdess_dir, speaker) -> None:
+    items = load_corpora([ravdess_dir])
+    calls = build_calls(items, [speaker], shipped_model.labels, calm_minutes=0.5,
+                        telephone=True)
+    assert {c.rate_hz for c in calls} == {8000}
+    sc = score_calls(calls[:1], shipped_model.run_windows, shipped_model.labels)
+    assert abs(len(sc[0].windows) - (calls[0].seconds - 2)) <= 1
+
+
+def test_only_unseen_speakers_are_benchmarked(shipped_model, ravdess_dir, held_out_actors,
+                                              tmp_path) -> None:
+    items = load_corpora([ravdess_dir])
+    seen = seen_speakers(shipped_model.card)
+    assert "ravdess/03" in seen and not seen & {f"ravdess/{a}" for a in held_out_actors}
+    assert held_out_speakers(items, shipped_model.card) == [f"ravdess/{a}" for a in held_out_actors]
+    with pytest.raises(AlertBenchError, match="training or validation set"):
+        held_out_speakers(items, shipped_model.card, ["ravdess/03"])
+    with pytest.raises(AlertBenchError, match="not in the data"):
+        held_out_speakers(items, shipped_model.card, ["ravdess/99"])
+    # A corpus whose every speaker the model trained on is refused, not silently skipped.
+    only_seen = [u for u in items if u.speaker in seen]
+    with pytest.raises(AlertBenchError, match="no speaker the model did not train on"):
+        held_out_speakers(only_seen, shipped_model.card)
+    # A corpus without calm clips cannot give calm calls.
+    corpus = tmp_path / "angry_only"
+    corpus.mkdir()
+    rows = ["path,speaker,emotion"]
+    for i in range(3):
+        sf.write(corpus / f"a{i}.wav", 0.1 * np.ones(16_000, np.float32), 16_000)
+        rows.append(f"a{i}.wav,s1,angry")
+    (corpus / "manifest.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(AlertBenchError, match="no calm clips"):
+        bench_alerts(data=[corpus], model=shipped_model, alerts=AlertConfig())
+
+
+def test_bench_alerts_command(tmp_path, ravdess_dir, held_out_actors) -> None:
+    out = tmp_path / "alerts.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "callmon_cli.py"), "bench", "alerts", "--data",
+         str(ravdess_dir), "--speakers", f"ravdess/{held_out_actors[1]}", "--calm-minutes", "0.5",
+         "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "frustration FA/h" in proc.stdout and f"ravdess/{held_out_actors[1]}" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["speakers"] == [f"ravdess/{held_out_actors[1]}"]
+    assert report["alert_config"]["frustration"]["on"] > 0
+    assert len(report["calls"]) == 4 and out.with_suffix(".png").stat().st_size > 10_000
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "callmon_cli.py"), "bench", "alerts", "--data",
+         str(ravdess_dir), "--speakers", "ravdess/01", "--out", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "training or validation set" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_temperature_fit_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 4000, 5
+    logits = rng.normal(0, 1, (n, k))
+    targets = np.array([rng.choice(k, p=np.exp(z) / np.exp(z).sum()) for z in logits])
+    over = np.exp(3 * logits)  # over-confident by a factor of 3
+    over /= over.sum(axis=1, keepdims=True)
+    t = fit_temperature(over, targets)
+    assert 2.6 < t < 3.4
+    from models.inference import apply_temperature
+
+    assert expected_calibration_error(apply_temperature(over, t), targets) < (
+        expected_calibration_error(over, targets) / 3)
+
+
+def test_search_respects_the_false_alert_budget(scored, shipped_model) -> None:
+    _, scored_calls = scored
+    space = SearchSpace(smoothing=(0.5,), baseline=("none", "first"), consecutive=(2,),
+                        on=(0.5, 0.7, 0.9))
+    config, rows = search_alert_config(scored_calls, target_fa_per_hour=0.0, space=space)
+    assert len(rows) == 2 and rows[0]["baseline"] == config.baseline
+    overall = summarise(replay(scored_calls, config))["overall"]
+    for kind in ("frustration", "distress"):
+        if rows[0][kind]["within_target"]:
+            assert overall["false_alerts"][kind] == 0
+    hotter = with_temperature(scored_calls, 0.5, shipped_model.labels)
+    first = next(s for _, s in hotter[0].windows if s is not None)
+    raw = next(s for _, s in scored_calls[0].windows if s is not None)
+    assert max(first.values()) >= max(raw.values())
