@@ -11,12 +11,15 @@ from models.labels import EMOTIONS_5, EMOTIONS_8, map_to_label_set
 from trainer.config import TrainConfig
 from trainer.datasets import (
     DatasetLayoutError,
+    corpus_of,
     discover,
+    discover_corpora,
     filter_labels,
     load_audio,
     parse_crema_name,
     parse_ravdess_name,
     speaker_folds,
+    speakers_of,
 )
 from trainer.train import split_speakers
 
@@ -70,8 +73,8 @@ def test_bad_layouts(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text("file,label\nx.wav,angry\n")
     with pytest.raises(DatasetLayoutError, match="path,speaker,emotion"):
         discover(tmp_path)
-    (tmp_path / "manifest.csv").write_text("path,speaker,emotion\nx.wav,s1,bored\n")
-    with pytest.raises(ValueError, match="unknown emotion label 'bored'"):
+    (tmp_path / "manifest.csv").write_text("path,speaker,emotion\nx.wav,s1,sleepy\n")
+    with pytest.raises(ValueError, match="unknown emotion label 'sleepy'"):
         discover(tmp_path)
 
 
@@ -117,3 +120,31 @@ def test_train_val_test_speakers_disjoint() -> None:
     # RAVDESS numbers actors male (odd) / female (even): each test fold holds both.
     last = split_speakers(speakers, TrainConfig(fold=4))["test"]
     assert last == ["17", "18", "19", "20"]
+
+
+def test_two_corpora_fold_together(ravdess_dir: Path) -> None:
+    """RAVDESS + EmoDB: speakers are named corpus/speaker, and every fold tests (and
+    validates on) speakers of both corpora, none of them twice."""
+    emodb = ravdess_dir.parent / "emodb"
+    if not (emodb / "manifest.csv").is_file():
+        pytest.skip(f"{emodb} is not here")
+    items = discover_corpora(f"{ravdess_dir},{emodb}")
+    speakers = speakers_of(items)
+    assert len(speakers) == 25 and "emodb/03" in speakers and "ravdess/03" in speakers
+    assert {u.emotion for u in items if u.speaker.startswith("emodb/")} >= {"bored", "angry"}
+    kept, skipped = filter_labels([u for u in items if u.speaker.startswith("emodb/")],
+                                  ("neutral", "happy", "sad", "angry", "fearful"))
+    assert len(kept) == 194 and skipped == {"bored": 37, "disgust": 18}
+    tested = []
+    for fold in range(5):
+        split = split_speakers(speakers, TrainConfig(fold=fold))
+        train, val, test = (set(split[k]) for k in ("train", "val", "test"))
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert train | val | test == set(speakers)
+        assert {corpus_of(s) for s in test} == {corpus_of(s) for s in val} == {"ravdess", "emodb"}
+        tested += split["test"]
+    assert sorted(tested) == speakers
+    assert split_speakers(speakers, TrainConfig(fold=-1)) == {"train": speakers, "val": [],
+                                                              "test": []}
+    with pytest.raises(DatasetLayoutError, match="share a name"):
+        discover_corpora([ravdess_dir, ravdess_dir])

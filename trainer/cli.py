@@ -49,6 +49,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--fold", type=int, default=defaults["fold"],
                    help="test fold (0-based); -1 trains on every speaker (no validation, no test)")
     p.add_argument("--cv", action="store_true", help="train and test every fold")
+    p.add_argument("--summarise", default=None, metavar="DIRS",
+                   help="only write the cross-validation summary of folds already trained "
+                        "one by one (comma-separated run folders) to --out")
     p.add_argument("--seed", type=int, default=defaults["seed"])
     p.add_argument(
         "--precision",
@@ -133,7 +136,15 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
 
 def _train(args: argparse.Namespace) -> int:
     from trainer.config import TrainConfig
-    from trainer.train import cross_validate, train
+    from trainer.train import cross_validate, summarise_runs, train
+
+    if args.summarise:
+        summary = summarise_runs([Path(d) for d in args.summarise.split(",") if d.strip()])
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps({k: summary[k] for k in ("clean", "telephone", "by_corpus")
+                          if k in summary}, indent=2))
+        return 0
 
     cfg = TrainConfig(
         data=args.data,

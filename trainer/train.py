@@ -132,7 +132,8 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         class_weights=class_weights(train_targets, len(labels)),
         label_smoothing=cfg.label_smoothing,
     )
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor="val_uar", mode="max",
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", mode="max",
+                                 monitor="val_uar" if len(val_ds) else None,
                                  save_top_k=1, filename="best-{epoch:02d}-{val_uar:.3f}")
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
@@ -231,21 +232,47 @@ def cross_validate(cfg: TrainConfig) -> dict:
         per_fold.append(metrics)
         log.info("fold %d test UAR %.3f (telephone %.3f)", fold, metrics["test"]["uar"],
                  metrics["test_telephone"]["uar"])
+    summary = summarise_cv(cfg, per_fold)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "cv_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summarise_cv(cfg: TrainConfig, per_fold: list[dict]) -> dict:
+    """Mean ± std over folds of each fold's test figures, per corpus too when there are
+    several (the folds' ``metrics.json``)."""
     summary = {
         "config": asdict(cfg),
         "folds": [
-            {"fold": i, "test_speakers": m["split"]["test"], "val_speakers": m["split"]["val"],
+            {"fold": m["config"]["fold"], "test_speakers": m["split"]["test"],
+             "val_speakers": m["split"]["val"],
              "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
              "selected_val_uar": m["selected_val_uar"],
              "clean": {k: m["test"][k] for k in ("n", "accuracy", "uar", "macro_f1",
                                                  "per_class_recall")},
-             "telephone": {k: m["test_telephone"][k] for k in ("accuracy", "uar", "macro_f1")}}
-            for i, m in enumerate(per_fold)
+             "telephone": {k: m["test_telephone"][k] for k in ("accuracy", "uar", "macro_f1")},
+             **({"by_corpus": {c: {ch: {k: r[ch][k] for k in ("n", "accuracy", "uar")}
+                                   for ch in ("clean", "telephone")}
+                               for c, r in m["test_by_corpus"].items()}}
+                if "test_by_corpus" in m else {})}
+            for m in per_fold
         ],
         "validation_uar_mean": float(np.mean([m["selected_val_uar"] or 0.0 for m in per_fold])),
         "clean": summarise_folds([m["test"] for m in per_fold]),
         "telephone": summarise_folds([m["test_telephone"] for m in per_fold]),
     }
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "cv_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    corpora = sorted(set.intersection(*[set(m.get("test_by_corpus", {})) for m in per_fold]))
+    if corpora:
+        summary["by_corpus"] = {
+            c: {ch: summarise_folds([m["test_by_corpus"][c][ch] for m in per_fold])
+                for ch in ("clean", "telephone")}
+            for c in corpora}
     return summary
+
+
+def summarise_runs(fold_dirs: list[Path]) -> dict:
+    """The cross-validation summary of folds trained one by one (``--fold k``)."""
+    per_fold = [json.loads((Path(d) / "metrics.json").read_text()) for d in fold_dirs]
+    per_fold.sort(key=lambda m: m["config"]["fold"])
+    cfg = TrainConfig(**{**per_fold[0]["config"], "fold": 0, "out": str(Path(fold_dirs[0]).parent)})
+    return summarise_cv(cfg, per_fold)
