@@ -357,3 +357,59 @@ def test_token_bucket_and_audio_pacer_on_a_fake_clock() -> None:
     assert not limit.full("a")
     limit.release("a")
     assert limit.open == {}
+
+
+def test_caller_baseline_scores_relative_to_the_callers_own_level() -> None:
+    """A caller whose calm voice the model hears as 0.5 sad: with a baseline learned from
+    the first windows, that level is 0 and only a rise above it alerts."""
+    rule = AlertRule(on=0.5, off=0.2, consecutive=2, clear_hold_s=0)
+    cfg = AlertConfig(smoothing=1.0, baseline="first", baseline_windows=3, distress=rule,
+                      frustration=rule)
+    a = RoleAlerts("c", "customer", cfg)
+    usual = {"neutral": 0.5, "sad": 0.5}
+    out = []
+    for i in range(3):  # learning the reference: the absolute score decides meanwhile
+        out += a.update(scores=usual, window_index=i, end_s=3 + i)
+        assert a.value("distress") == pytest.approx(0.5)
+    out = [x for x in out if x.state == "raised"]
+    assert [x.kind for x in out] == ["distress"]  # 0.5 ≥ on while learning
+    a.reset()
+    for i in range(3):
+        a.update(scores={"neutral": 0.8, "sad": 0.2}, window_index=i, end_s=3 + i)
+    assert a.kinds["distress"].reference == pytest.approx(0.2)
+    # 0.2 is this caller's usual: value 0. 0.64 is (0.64 - 0.2) / 0.8 = 0.55 of the headroom.
+    assert a.update(scores={"neutral": 0.8, "sad": 0.2}, window_index=3, end_s=6) == []
+    assert a.value("distress") == pytest.approx(0.0)
+    a.update(scores={"neutral": 0.36, "sad": 0.64}, window_index=4, end_s=7)
+    assert a.value("distress") == pytest.approx(0.55)
+    raised = a.update(scores={"neutral": 0.36, "sad": 0.64}, window_index=5, end_s=8)
+    assert [(x.kind, x.state) for x in raised] == [("distress", "raised")]
+    # "running" keeps adapting while nothing is building: a slow drift is absorbed.
+    run = RoleAlerts("c", "customer", AlertConfig(smoothing=1.0, baseline="running",
+                                                  baseline_windows=1, baseline_rate=0.5))
+    for i, sad in enumerate([0.1, 0.3, 0.3, 0.3, 0.3]):
+        run.update(scores={"sad": sad}, window_index=i, end_s=3 + i)
+    assert run.kinds["distress"].reference == pytest.approx(0.3, abs=0.02)
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        AlertConfig(baseline="median")
+
+
+def test_alert_rules_come_from_the_card_under_explicit_settings() -> None:
+    from streamer.alerts import alert_config_dict, alert_config_from
+    from streamer.service import alert_config
+    from streamer.settings import Settings
+
+    card = {"smoothing": 0.35, "baseline": "first", "baseline_windows": 5,
+            "frustration": {"on": 0.7, "off": 0.4, "consecutive": 4, "clear_hold_s": 10},
+            "distress": {"on": 0.8, "off": 0.5, "consecutive": 4, "clear_hold_s": 10}}
+    cfg = alert_config_from(card)
+    assert alert_config_dict(cfg) == {**card, "baseline_rate": 0.02}
+    assert alert_config_from(None) == AlertConfig()
+    # Settings override the card field by field; unset settings leave it alone.
+    s = Settings(frustration_on=0.9, alert_consecutive=2, alert_roles="customer,agent")
+    cfg = alert_config(s, card)
+    assert (cfg.frustration.on, cfg.frustration.off) == (0.9, 0.4)
+    assert cfg.distress.on == 0.8 and cfg.frustration.consecutive == cfg.distress.consecutive == 2
+    assert cfg.smoothing == 0.35 and cfg.alert_roles == ("customer", "agent")
+    with pytest.raises(ValueError):
+        alert_config(Settings(frustration_on=0.2), card)  # on below the card's off

@@ -101,3 +101,24 @@ def test_load_model_rejects_mismatches(tiny_run: dict, tmp_path: Path) -> None:
     card_path.write_text("{not json")
     with pytest.raises(ModelCardError, match="not valid JSON"):
         ModelCard.load(tmp_path)
+
+
+def test_calibration_temperature_from_the_card(tiny_run: dict, tmp_path: Path) -> None:
+    """Serving divides the logits by the card's temperature; alerts come from its card."""
+    export_checkpoint(tiny_run["checkpoint"], tmp_path, variants=("fp32",))
+    card_path = tmp_path / "model_card.json"
+    good = json.loads(card_path.read_text())
+    x = (0.05 * np.random.default_rng(1).standard_normal((4, 48_000))).astype(np.float32)
+    plain = load_model(tmp_path).run_windows(x)
+    card_path.write_text(json.dumps(dict(good, calibration={"temperature": 2.0},
+                                         alerts={"smoothing": 0.4})))
+    model = load_model(tmp_path)
+    hot = model.run_windows(x)
+    assert model.card.temperature == 2.0 and model.card.alerts == {"smoothing": 0.4}
+    expected = np.sqrt(plain) / np.sqrt(plain).sum(axis=1, keepdims=True)
+    assert np.allclose(hot, expected, atol=1e-5)
+    assert (hot.argmax(1) == plain.argmax(1)).all() and hot.max() <= plain.max() + 1e-6
+    for bad in (0.0, -1, "warm", 100):
+        card_path.write_text(json.dumps(dict(good, calibration={"temperature": bad})))
+        with pytest.raises(ModelCardError, match="calibration temperature"):
+            load_model(tmp_path)

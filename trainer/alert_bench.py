@@ -264,13 +264,15 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
     def block(rs: Sequence[CallAlerts]) -> dict:
         calm_s = sum(r.call.calm_seconds for r in rs)
         false = {k: 0 for k in ("frustration", "distress")}
+        alerted_s = {k: 0.0 for k in ("frustration", "distress")}
         targets: dict[str, list[float | None]] = {e: [] for e in TARGETS}
         active_at_onset = {e: 0 for e in TARGETS}
         for r in rs:
             limit = r.call.calm_seconds
-            for kind, at, _ in r.raised:
+            for kind, at, cleared in r.raised:
                 if at <= limit:
                     false[kind] += 1
+                    alerted_s[kind] += min(limit, r.call.seconds if cleared is None else cleared) - at
             if r.call.onset_s is None:
                 continue
             kind, deadline = TARGETS[r.call.kind]
@@ -290,6 +292,9 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
             "false_alerts": false,
             "false_alerts_per_hour": {k: round(v / hours, 2) if hours else None
                                       for k, v in false.items()},
+            # How much of the calm speech a supervisor saw under a (false) alert.
+            "calm_time_alerted": {k: round(v / calm_s, 4) if calm_s else None
+                                  for k, v in alerted_s.items()},
         }
         for emotion, delays in targets.items():
             kind, deadline = TARGETS[emotion]

@@ -134,17 +134,17 @@ def replay(scored: Sequence[ScoredCall], config: AlertConfig) -> list[CallAlerts
 
 @dataclass(frozen=True, slots=True)
 class SearchSpace:
-    smoothing: tuple[float, ...] = (0.3, 0.5, 0.7)
+    smoothing: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7)
     baseline: tuple[str, ...] = BASELINES
-    consecutive: tuple[int, ...] = (2, 3)
-    on: tuple[float, ...] = tuple(round(x, 2) for x in np.arange(0.30, 0.96, 0.05))
+    consecutive: tuple[int, ...] = (2, 3, 4, 5, 6)
+    on: tuple[float, ...] = tuple(round(float(x), 2) for x in np.arange(0.30, 0.96, 0.05))
     off_ratio: float = 0.6
     clear_hold_s: float = 10.0
 
 
 def _config(space: SearchSpace, smoothing: float, baseline: str, consecutive: int,
             on: dict[str, float]) -> AlertConfig:
-    rules = {k: AlertRule(on=on[k], off=round(on[k] * space.off_ratio, 3),
+    rules = {k: AlertRule(on=float(on[k]), off=round(float(on[k]) * space.off_ratio, 3),
                           consecutive=consecutive, clear_hold_s=space.clear_hold_s)
              for k in KINDS}
     return AlertConfig(smoothing=smoothing, baseline=baseline, **rules)
