@@ -7,6 +7,7 @@ so the pooling head can learn which layers carry emotion.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +23,9 @@ from models.ct2 import (
 from models.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, mel_filterbank
 
 #: Encoder hyper-parameters of the Whisper sizes callmon loads.
-WHISPER_TINY = {"d_model": 384, "heads": 6, "ffn": 1536, "layers": 4}
-WHISPER_BASE = {"d_model": 512, "heads": 8, "ffn": 2048, "layers": 6}
-WHISPER_SIZES = {"whisper-tiny": WHISPER_TINY, "whisper-base": WHISPER_BASE}
+WHISPER_TINY: dict[str, Any] = {"d_model": 384, "heads": 6, "ffn": 1536, "layers": 4}
+WHISPER_BASE: dict[str, Any] = {"d_model": 512, "heads": 8, "ffn": 2048, "layers": 6}
+WHISPER_SIZES: dict[str, dict[str, Any]] = {"whisper-tiny": WHISPER_TINY, "whisper-base": WHISPER_BASE}
 WHISPER_SHA256 = {"whisper-tiny": WHISPER_TINY_EN_SHA256, "whisper-base": WHISPER_BASE_SHA256}
 #: Encoder positions for a 3 s window: 300 mel frames, halved by the stride-2 convolution.
 MAX_POSITIONS = 150

@@ -11,6 +11,7 @@ Silent windows neither move the scores nor break a run. Pure Python; no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamer.schema import Alert, new_id
 
@@ -79,7 +80,8 @@ def alert_config_from(card_alerts: dict | None = None, **overrides) -> AlertConf
     rules = {}
     for kind in KINDS:
         default: AlertRule = getattr(base, kind)
-        fields = {"on": default.on, "off": default.off, "consecutive": default.consecutive,
+        fields: dict[str, Any] = {"on": default.on, "off": default.off,
+                                  "consecutive": default.consecutive,
                   "clear_hold_s": default.clear_hold_s}
         fields.update({k: v for k, v in (card_alerts.get(kind) or {}).items() if k in fields})
         for name in ("consecutive", "clear_hold_s"):
@@ -95,7 +97,8 @@ def alert_config_from(card_alerts: dict | None = None, **overrides) -> AlertConf
         baseline=given.get("baseline", card_alerts.get("baseline", base.baseline)),
         baseline_windows=card_alerts.get("baseline_windows", base.baseline_windows),
         baseline_rate=card_alerts.get("baseline_rate", base.baseline_rate),
-        **rules,
+        frustration=rules["frustration"],
+        distress=rules["distress"],
     )
 
 

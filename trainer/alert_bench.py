@@ -33,6 +33,7 @@ from models.labels import map_to_label_set
 from streamer.alerts import AlertConfig, alert_config_dict
 from streamer.calls import CallSession, ResultOrder, WindowingConfig
 from streamer.protocol import StreamStart
+from streamer.schema import Alert
 from streamer.windowing import MODEL_RATE_HZ, Window
 from trainer.datasets import Utterance, corpus_name, discover, load_audio
 
@@ -122,7 +123,7 @@ def _calm_stretch(clips: list[np.ndarray], seconds: float, rng: np.random.Genera
 
 def _line(audio: np.ndarray, rng: np.random.Generator, telephone: bool) -> tuple[np.ndarray, int]:
     """Add the line's noise floor; through a telephone channel, return 8 kHz μ-law audio."""
-    noise = rng.standard_normal(audio.shape[0]).astype(np.float32) * 10 ** (NOISE_DBFS / 20)
+    noise = np.asarray(rng.standard_normal(audio.shape[0]), np.float32) * 10 ** (NOISE_DBFS / 20)
     audio = (audio + noise).astype(np.float32)
     if not telephone:
         return audio, MODEL_RATE_HZ
@@ -135,7 +136,7 @@ def _line(audio: np.ndarray, rng: np.random.Generator, telephone: bool) -> tuple
     narrow = soxr.resample(audio, MODEL_RATE_HZ, TELEPHONE_RATE_HZ, quality="HQ")
     narrow = sosfilt(_telephone_band(), narrow).astype(np.float32)
     coded = decode_mulaw(encode_mulaw(float_to_int16(narrow)).tobytes())
-    return (coded.astype(np.float32) / 32768.0), TELEPHONE_RATE_HZ
+    return np.asarray(coded, dtype=np.float32) / 32768.0, TELEPHONE_RATE_HZ
 
 
 def build_calls(items: Sequence[Utterance], speakers: Sequence[str], labels: Sequence[str], *,
@@ -225,6 +226,20 @@ class CallAlerts:
     raised: list[tuple[str, float, float | None]]  # (kind, raised at, cleared at)
 
 
+def pair_alerts(alerts: Sequence[Alert]) -> list[tuple[str, float, float | None]]:
+    """A call's raised/cleared messages → ``(kind, raised at, cleared at)``, by raise time."""
+    open_: dict[str, tuple[str, float]] = {}
+    out: list[tuple[str, float, float | None]] = []
+    for a in alerts:
+        if a.state == "raised":
+            open_[a.id] = (a.kind, a.call_time_s)
+        else:
+            kind, at = open_.pop(a.raised_id or "")
+            out.append((kind, at, a.call_time_s))
+    out += [(kind, at, None) for kind, at in open_.values()]
+    return sorted(out, key=lambda r: r[1])
+
+
 def run_alerts(scored: Sequence[ScoredCall], alerts: AlertConfig,
                windowing: WindowingConfig | None = None) -> list[CallAlerts]:
     """Replay scored windows through the alert engine in window order, as the monitor does."""
@@ -233,24 +248,14 @@ def run_alerts(scored: Sequence[ScoredCall], alerts: AlertConfig,
     for sc in scored:
         session = _session(sc.call, alerts, windowing)
         order = ResultOrder()
-        open_: dict[str, tuple[str, float]] = {}
-        raised: list[tuple[str, float, float | None]] = []
-
-        def note(alert) -> None:
-            if alert.state == "raised":
-                open_[alert.id] = (alert.kind, alert.call_time_s)
-            else:
-                kind, at = open_.pop(alert.raised_id)
-                raised.append((kind, at, alert.call_time_s))
-
+        messages: list[Alert] = []
         for window, scores in sc.windows:
             for w, s in order.put(window, scores):
-                for alert in session.decide(w, s)[1]:
-                    note(alert)
+                messages += session.decide(w, s)[1]
         last = max((win.index for win, _ in sc.windows), default=0)
-        for alert in session.alerts["customer"].close(window_index=last, end_s=sc.call.seconds):
-            note(alert)  # the call ends: what is still active is cleared, as in serve
-        out.append(CallAlerts(sc.call, sorted(raised, key=lambda r: r[1])))
+        # The call ends: what is still active is cleared, as in serve.
+        messages += session.alerts["customer"].close(window_index=last, end_s=sc.call.seconds)
+        out.append(CallAlerts(sc.call, pair_alerts(messages)))
     return out
 
 
@@ -278,9 +283,9 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
             kind, deadline = TARGETS[r.call.kind]
             onset = r.call.onset_s
             # An alert of the right kind active at the onset, or raised after it.
-            delays = [max(0.0, at - onset) for k, at, cleared in r.raised
-                      if k == kind and (cleared is None or cleared > onset)]
-            targets[r.call.kind].append(min(delays) if delays else None)
+            hits = [max(0.0, at - onset) for k, at, cleared in r.raised
+                    if k == kind and (cleared is None or cleared > onset)]
+            targets[r.call.kind].append(min(hits) if hits else None)
             # A false alert still active at the onset covers the target: counted as detected
             # at 0 s, and counted here so that nobody mistakes it for a fast detection.
             active_at_onset[r.call.kind] += any(
@@ -455,8 +460,8 @@ def plot_report(report: dict, path: Path) -> None:
                     if a["kind"] == kind and (a["cleared_s"] is None or a["cleared_s"] > c["onset_s"])]
             delays.append(min(hits) if hits else None)
         shown = [d if d is not None else deadline * 2.2 for d in delays]
-        jitter = np.linspace(-0.15, 0.15, len(shown)) if shown else []
-        ax2.scatter(i + np.asarray(jitter), shown,
+        jitter = np.linspace(-0.15, 0.15, len(shown))
+        ax2.scatter(i + jitter, shown,
                     c=["#1e8449" if d is not None and d <= deadline else "#c0392b" for d in delays],
                     s=18)
         ax2.hlines(deadline, i - 0.3, i + 0.3, colors="grey", linestyles="--", linewidth=1)

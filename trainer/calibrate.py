@@ -25,6 +25,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ from trainer.alert_bench import (
     ScoredCall,
     build_calls,
     load_corpora,
+    pair_alerts,
     score_calls,
     summarise,
 )
@@ -112,23 +114,17 @@ def with_temperature(scored: Sequence[ScoredCall], temperature: float,
 
 
 def replay(scored: Sequence[ScoredCall], config: AlertConfig) -> list[CallAlerts]:
-    """The alert engine over scored windows (in order), and the clears at the call's end."""
+    """The alert engine alone over scored windows (in order), and the clears at the call's
+    end: what :func:`trainer.alert_bench.run_alerts` does without building result
+    messages, fast enough to try hundreds of configurations."""
     results = []
     for sc in scored:
         engine = RoleAlerts(sc.call.call_id, "customer", config)
-        open_: dict[str, tuple[str, float]] = {}
-        raised: list[tuple[str, float, float | None]] = []
         alerts = []
         for w, s in sc.windows:
             alerts += engine.update(scores=s, window_index=w.index, end_s=w.end_s)
         alerts += engine.close(window_index=len(sc.windows), end_s=sc.call.seconds)
-        for a in alerts:
-            if a.state == "raised":
-                open_[a.id] = (a.kind, a.call_time_s)
-            else:
-                kind, at = open_.pop(a.raised_id)
-                raised.append((kind, at, a.call_time_s))
-        results.append(CallAlerts(sc.call, sorted(raised, key=lambda r: r[1])))
+        results.append(CallAlerts(sc.call, pair_alerts(alerts)))
     return results
 
 
@@ -147,7 +143,8 @@ def _config(space: SearchSpace, smoothing: float, baseline: str, consecutive: in
     rules = {k: AlertRule(on=float(on[k]), off=round(float(on[k]) * space.off_ratio, 3),
                           consecutive=consecutive, clear_hold_s=space.clear_hold_s)
              for k in KINDS}
-    return AlertConfig(smoothing=smoothing, baseline=baseline, **rules)
+    return AlertConfig(smoothing=smoothing, baseline=baseline,
+                       frustration=rules["frustration"], distress=rules["distress"])
 
 
 def _kind_figures(summary: dict, kind: str) -> tuple[int, int, float]:
@@ -173,7 +170,7 @@ def search_alert_config(scored: Sequence[ScoredCall], *, target_fa_per_hour: flo
     space = space or SearchSpace()
     calm_h = sum(sc.call.calm_seconds for sc in scored) / 3600
     allowed = int(np.floor(target_fa_per_hour * calm_h + 1e-9))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for smoothing, baseline, consecutive in itertools.product(
             space.smoothing, space.baseline, space.consecutive):
         per_on = {}

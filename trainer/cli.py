@@ -327,7 +327,7 @@ def _bench_alerts(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, "cpu", variant=args.variant, threads=args.threads)
     # The alert rules `callmon serve` would use: the card's, under any CALLMON_* setting.
-    alerts = alert_config(Settings(), model.card.alerts)
+    alerts = alert_config(Settings.model_validate({}), model.card.alerts)
     report = bench_alerts(
         data=[d for d in args.data.split(",") if d.strip()], model=model, alerts=alerts,
         speakers=[s.strip() for s in args.speakers.split(",")] if args.speakers else None,

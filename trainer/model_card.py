@@ -227,11 +227,12 @@ def render(card: ModelCard) -> str:
         rules = "; ".join(f"{k} on {a[k]['on']:g} / off {a[k]['off']:g}, {a[k]['consecutive']} "
                           f"windows, clear after {a[k]['clear_hold_s']:g} s"
                           for k in ("frustration", "distress"))
+        target = alerts_cv["target_false_alerts_per_hour"] if alerts_cv else 1
         lines.append(f"- Alert rules stored in this card (the server's defaults): smoothing "
                      f"{a['smoothing']:g}, caller baseline `{a.get('baseline', 'none')}`; "
                      f"{rules}. Chosen by `callmon calibrate` on the validation calls of all "
-                     f"folds for at most {alerts_cv['target_false_alerts_per_hour'] if alerts_cv else 1:g} "
-                     "false alert per hour of calm speech per kind.")
+                     f"folds for at most {target:g} false alert per hour of calm speech per "
+                     "kind.")
     if alerts_cv:
         lines += ["", "### Alert benchmark on the test speakers of every fold (`callmon bench "
                   "alerts` calls: ≥ 4 min calm per speaker, then calm → angry / sad / fearful)",
