@@ -82,6 +82,8 @@ class Monitor:
         event = CallEvent(id=new_id(), type="call_started", call_id=start.call_id,
                           roles=start.roles, sample_rate=start.sample_rate,
                           encoding=start.encoding, protocol=protocol, metadata=start.metadata,
+                          alert_thresholds={"frustration": self.alert_config.frustration.on,
+                                            "distress": self.alert_config.distress.on},
                           ts=session.started_at, node=self.node)
         self.publisher.publish_event(event)
         log.info("call %s started (%s, %d Hz %s, roles %s)", start.call_id, protocol,

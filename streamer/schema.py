@@ -123,6 +123,9 @@ class CallEvent:
     reason: str | None = None  # on call_ended, see EndReason
     duration_s: float | None = None
     alerts_raised: int | None = None
+    # On call_started: each alert kind's "on" threshold, on the scale of the published
+    # frustration/distress values (the dashboard draws them).
+    alert_thresholds: dict[str, float] | None = None
     ts: float = field(default_factory=time.time)
     node: str = ""
     v: int = SCHEMA_VERSION

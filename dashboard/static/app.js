@@ -100,12 +100,15 @@ function risk(c) {
   return (active ? 2 : 0) + Math.max(last.frustration || 0, last.distress || 0);
 }
 
-function spark(history) {
+function spark(history, thresholds) {
   if (history.length < 2) return '<svg class="spark"></svg>';
   const n = history.length, w = 260, h = 46;
   const pts = (key) => history.map((p, i) => `${(i / (n - 1) * w).toFixed(1)},${(h - 2 - p[key] * (h - 4)).toFixed(1)}`).join(" ");
+  // Each kind's alert threshold (from the call's start event), dashed in the kind's colour.
+  const line = (on, colour) => on == null ? "" : `<line x1="0" x2="${w}" y1="${(h - 2 - on * (h - 4)).toFixed(1)}" y2="${(h - 2 - on * (h - 4)).toFixed(1)}" stroke="${colour}" stroke-opacity="0.45" stroke-dasharray="3 3"><title>${colour === "var(--frus)" ? "frustration" : "distress"} alert threshold ${on}</title></line>`;
+  const t = thresholds || {};
   return `<svg class="spark" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img" aria-label="frustration and distress">
-    <line x1="0" x2="${w}" y1="${h - 2 - 0.55 * (h - 4)}" y2="${h - 2 - 0.55 * (h - 4)}" stroke="#eee" stroke-dasharray="3 3"/>
+    ${line(t.frustration, "var(--frus)")}${line(t.distress, "var(--dist)")}
     <polyline fill="none" stroke="var(--dist)" stroke-width="1.5" points="${pts("d")}"/>
     <polyline fill="none" stroke="var(--frus)" stroke-width="2" points="${pts("f")}"/></svg>`;
 }
@@ -142,7 +145,7 @@ function card(c) {
     <div class="agent">${s.agent ? "agent " + esc(s.agent) : "&nbsp;"}</div>
     <div class="emotion">${emotion}</div>
     <div>${badges(s)}</div>
-    ${spark(c.history)}
+    ${spark(c.history, s.start && s.start.alert_thresholds)}
     <div class="scores">${scores}</div></div>`;
 }
 
