@@ -31,7 +31,7 @@ def alert_config(settings: Settings, card_alerts: dict | None = None) -> AlertCo
     """The alert rules: the model card's thresholds, overridden by explicit settings."""
     return alert_config_from(
         card_alerts,
-        smoothing=settings.alert_smoothing,
+        smoothing=settings.alert_smoothing, baseline=settings.alert_baseline,
         alert_roles=tuple(r.strip() for r in settings.alert_roles.split(",") if r.strip()),
         consecutive=settings.alert_consecutive, clear_hold_s=settings.alert_clear_hold_s,
         frustration_on=settings.frustration_on, frustration_off=settings.frustration_off,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,8 @@ class Settings(BaseSettings):
     alert_clear_hold_s: float | None = Field(
         None, ge=0, description="seconds a score must stay below 'off' before an alert clears")
     alert_smoothing: float | None = Field(None, gt=0, le=1)
+    alert_baseline: Literal["none", "first", "running"] | None = Field(
+        None, description="score relative to the caller's own level: none, first or running")
     alert_roles: str = Field("customer", description="comma-separated roles that raise alerts")
     supervisor_user: str = Field("supervisor", description="dashboard HTTP basic user name")
     supervisor_password: str | None = Field(
