@@ -27,7 +27,7 @@ CLOSE_INTERNAL = 1011
 ENCODINGS = {"pcm_s16le": 2, "mulaw": 1, "alaw": 1, "f32le": 4}  # bytes per sample
 SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 ROLES = ("customer", "agent")
-_CALL_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_CALL_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # whole string: fullmatch, no trailing \n
 MAX_METADATA_BYTES = 4096
 
 
@@ -67,13 +67,15 @@ def parse_json_object(text: str | bytes) -> dict[str, Any]:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ProtocolError("bad_json", "message is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "message must be a JSON object")
     return data
 
 
 def validate_call_id(call_id: Any) -> str:
-    if not isinstance(call_id, str) or not _CALL_ID.match(call_id):
+    if not isinstance(call_id, str) or not _CALL_ID.fullmatch(call_id):
         raise ProtocolError(
             "bad_call_id", "call_id must be 1-128 characters of letters, digits and . _ : -"
         )
@@ -86,7 +88,7 @@ def parse_start(data: dict[str, Any]) -> StreamStart:
         raise ProtocolError("expected_start", 'the first message must be {"type": "start", ...}')
     call_id = validate_call_id(data.get("call_id"))
     encoding = data.get("encoding", "pcm_s16le")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ProtocolError("unsupported_encoding",
                             f"encoding {encoding!r} is not one of {sorted(ENCODINGS)}",
                             close_code=CLOSE_UNSUPPORTED)
@@ -99,18 +101,24 @@ def parse_start(data: dict[str, Any]) -> StreamStart:
         raise ProtocolError("unsupported_sample_rate", f"{encoding} audio must be 8000 Hz",
                             close_code=CLOSE_UNSUPPORTED)
     channels = data.get("channels", 1)
-    if channels not in (1, 2) or isinstance(channels, bool):
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels not in (1, 2):
         raise ProtocolError("unsupported_channels", "channels must be 1 or 2",
                             close_code=CLOSE_UNSUPPORTED)
     roles = data.get("roles", list(ROLES[:channels]))
     if (not isinstance(roles, list) or len(roles) != channels
-            or any(r not in ROLES for r in roles) or len(set(roles)) != len(roles)):
+            or any(not isinstance(r, str) or r not in ROLES for r in roles)
+            or len(set(roles)) != len(roles)):
         raise ProtocolError("bad_roles",
                             f"roles must list {channels} distinct roles from {list(ROLES)}")
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict):
         raise ProtocolError("bad_metadata", "metadata must be a JSON object")
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        raise ProtocolError("bad_metadata", "metadata must be valid UTF-8 text without lone "
+                            "surrogates, NaN or infinities") from None
+    if len(encoded) > MAX_METADATA_BYTES:
         raise ProtocolError("bad_metadata", f"metadata over {MAX_METADATA_BYTES} bytes")
     return StreamStart(call_id, rate, encoding, channels, tuple(roles), metadata)
 
@@ -206,8 +214,11 @@ def parse_twilio_media(data: dict[str, Any], *, max_payload_bytes: int) -> Twili
     try:
         chunk = int(media.get("chunk", data.get("sequenceNumber", 0)))
         timestamp = int(media.get("timestamp", 0))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError("bad_twilio_media", "chunk and timestamp must be integers") from exc
+    if not 0 <= timestamp < 2**53 or not 0 <= chunk < 2**53:
+        raise ProtocolError("bad_twilio_media", "chunk and timestamp must be integers in "
+                            "[0, 2^53)")
     track = media.get("track", "inbound")
     if not isinstance(track, str):
         raise ProtocolError("bad_twilio_media", "media.track must be a string")

@@ -25,6 +25,7 @@ from streamer.limits import AddressLimit, AudioPacer, TokenBucket
 from streamer.monitor import Monitor
 from streamer.protocol import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
     CLOSE_NORMAL,
     TWILIO_IGNORED,
     TWILIO_TRACKS,
@@ -239,6 +240,9 @@ class IngestServer:
             reason, error = _error_reason(exc), exc
         except ConnectionClosed:
             pass
+        except Exception:  # whatever a handler meets, the call ends cleanly
+            log.exception("call %s: unexpected error in the native handler", session.call_id)
+            reason, error = "error", _INTERNAL
         await self._end(connection, session, writer, reason, error)
 
     async def _twilio(self, connection: ServerConnection, guard: _Guard, *,
@@ -276,6 +280,9 @@ class IngestServer:
             reason, error = _error_reason(exc), exc
         except ConnectionClosed:
             pass
+        except Exception:  # whatever a handler meets, the call ends cleanly
+            log.exception("unexpected error in the Twilio handler")
+            reason, error = "error", _INTERNAL
         if session is None:
             if error is not None:
                 await self._refuse(connection, error)
@@ -373,6 +380,11 @@ class _Guard:
 
 
 LIMIT_CODES = frozenset({"rate_limited", "max_duration", "too_fast"})
+
+
+#: What a peer is told when the server itself failed on its message.
+_INTERNAL = ProtocolError("internal_error", "the server could not process a message; the call "
+                          "was ended", close_code=CLOSE_INTERNAL)
 
 
 def _error_reason(error: ProtocolError) -> str:

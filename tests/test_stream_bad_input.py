@@ -47,6 +47,12 @@ def run(coro):
         ([START, b"\x00\x01\x02"], "partial_frame", 1008),
         ([START, {"type": "dance"}], "unknown_message", 1008),
         ([START, START], "already_started", 1008),
+        # Inputs that used to crash the handler (issue 11): a clear refusal, no zombie call.
+        ([START, "[" * 20_000], "bad_json", 1008),
+        ([{**START, "encoding": ["x"]}], "unsupported_encoding", 1003),
+        ([{**START, "channels": 1.0}], "unsupported_channels", 1003),
+        ([{**START, "call_id": "bad-1\n"}], "bad_call_id", 1008),
+        ([{**START, "metadata": {"agent": "\ud800"}}], "bad_metadata", 1008),
     ],
 )
 def test_refusals(shipped_model, redis_server, messages, code, close) -> None:
@@ -125,3 +131,30 @@ def test_token_auth_health_and_unknown_paths(shipped_model, redis_server) -> Non
     assert missing == 404
     assert health["status"] == "ok" and health["redis"]["connected"] is True
     assert health["model"]["labels"] == list(shipped_model.labels)
+
+
+TWILIO_START = {"event": "start", "streamSid": "MZ1", "start": {
+    "streamSid": "MZ1", "callSid": "CA-inf", "tracks": ["inbound"],
+    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+
+
+@pytest.mark.parametrize("timestamp", ["Infinity", "-Infinity", "1e400", "-5"])
+def test_twilio_timestamps_that_are_not_integers_end_the_call(shipped_model, redis_server,
+                                                               timestamp) -> None:
+    """``"timestamp": Infinity`` raised OverflowError and left the call live for ever: in
+    the live set, its id refused as a duplicate, its slot counted against max_calls."""
+    media = '{"event":"media","media":{"payload":"","timestamp":%s}}' % timestamp
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url, max_calls=1) as service:
+            url = f"ws://127.0.0.1:{service.ingest.port}/v1/twilio?results=1"
+            answers, close_code = await refused(url, TWILIO_START, media)
+            await wait_for(lambda: not service.monitor.calls, 5, "the call to end")
+            # The slot is free again: the same call id starts and stops normally.
+            again, again_code = await refused(url, TWILIO_START, {"event": "stop"})
+            return answers, close_code, again_code, service.monitor.stats.calls_ended
+
+    answers, close_code, again_code, ended = run(main())
+    errors = [a for a in answers if a.get("type") == "error"]
+    assert close_code == 1008 and errors and errors[-1]["code"] == "bad_twilio_media"
+    assert again_code == 1000 and ended == 2
