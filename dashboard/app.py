@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -109,15 +109,13 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
 
     @app.get("/api/v1/calls/{call_id}", tags=["calls"])
     async def get_call(call_id: str, request: Request, _: Supervisor,
-                       tail: int | None = None) -> dict:
+                       tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict:
         """One call (live or ended in the last 24 h) with its window timeline (the last
         ``tail`` windows only, if given)."""
         redis = request.app.state.redis
         call = await store.call_summary(redis, call_id)
         if call is None:
             raise HTTPException(404, f"no call {call_id!r}")
-        if tail is not None and tail < 1:
-            raise HTTPException(422, "tail must be positive")
         call["timeline"] = await store.timeline(redis, call_id, tail=tail)
         return call
 

@@ -43,7 +43,10 @@ def decode_upload(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, int, 
     except AudioRejected:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioRejected(415, f"not a readable audio file: {exc}") from exc
+        # soundfile's message names the in-memory file object (a Python repr): keep only
+        # libsndfile's own reason.
+        reason = str(exc).split(":", 1)[-1].strip() if "<" in str(exc) else str(exc)
+        raise AudioRejected(415, f"not a readable audio file: {reason}") from exc
     if audio.shape[0] == 0:
         raise AudioRejected(422, "the file holds no audio samples")
     if audio.shape[0] > max_seconds * rate:

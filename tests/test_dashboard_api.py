@@ -52,6 +52,8 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, held_out_actors)
     assert call["live"] is False and call["end"]["reason"] == "stop"
     assert len(call["timeline"]) == len(outcome.windows)
     assert len(http.get("/api/v1/calls/api-call", params={"tail": 5}).json()["timeline"]) == 5
+    for tail in ("99999999999999999999", "0", "-3", "many"):  # a 500 before issue 11
+        assert http.get("/api/v1/calls/api-call", params={"tail": tail}).status_code == 422
 
     log = http.get("/api/v1/alerts", params={"since": "0"}).json()
     raised = [a for a in log if a["type"] == "alert" and a["state"] == "raised"]
@@ -106,6 +108,7 @@ def test_predict(service, ravdess_dir, held_out_actors):
 def test_predict_rejects_bad_uploads(service, payload, status, message):
     r = httpx.post(service.http_url + "/api/v1/predict", files={"file": ("x.wav", payload)})
     assert r.status_code == status and message in r.json()["detail"]
+    assert "object at 0x" not in r.json()["detail"]  # no Python reprs in error bodies
 
 
 def test_predict_rejects_nan_and_oversize(service):

@@ -39,3 +39,6 @@ def test_compose_file() -> None:
             == "redis://redis:6379/0"
     nginx = (DOCKER / "nginx.conf").read_text()
     assert "proxy_set_header Upgrade $http_upgrade" in nginx
+    # Ingest tokens travel in the query string: the access log must not record it.
+    assert "access_log /var/log/nginx/access.log no_query;" in nginx
+    assert "$request_uri" not in nginx and '"$request"' not in nginx and "$args" not in nginx
