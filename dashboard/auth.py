@@ -5,20 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 
 from fastapi import HTTPException, Request, status
 
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from streamer.settings import is_loopback  # noqa: F401  (the dashboard's own check)
 
 
 def _same(a: str, b: str) -> bool:

@@ -8,7 +8,8 @@ import logging
 import uvicorn
 
 from dashboard.app import create_app
-from dashboard.auth import SupervisorAuth, is_loopback
+from dashboard.auth import SupervisorAuth
+from streamer.settings import is_loopback
 
 log = logging.getLogger(__name__)
 

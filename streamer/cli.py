@@ -18,6 +18,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--hop", dest="hop_s", type=float, help="seconds between windows (default 1)")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--ingest-token", help="require this bearer token on ingest")
+    p.add_argument("--insecure-ingest", action="store_true", default=None,
+                   help="allow ingest beyond loopback without a token (auth in front of callmon)")
     p.add_argument("--dashboard-port", type=int, help="dashboard port (default 8000)")
     p.add_argument("--no-dashboard", action="store_true", help="ingest only")
     p.set_defaults(handler=_serve)

@@ -22,7 +22,7 @@ from streamer.publisher import RedisPublisher
 from streamer.redis_server import EmbeddedRedis
 from streamer.scheduler import InferenceScheduler
 from streamer.server import IngestConfig, IngestServer
-from streamer.settings import Settings
+from streamer.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,19 @@ class Service:
             self.embedded_redis.close()
 
 
+def check_exposure(settings: Settings) -> None:
+    """Refuse to open ingest beyond loopback without a token, unless told it is on purpose."""
+    if (not is_loopback(settings.host) and not settings.ingest_token
+            and not settings.insecure_ingest):
+        raise ValueError(
+            f"ingest would listen on {settings.host} without a token: set "
+            "CALLMON_INGEST_TOKEN, or pass --insecure-ingest if authentication happens in "
+            "front of callmon")
+
+
 async def run(settings: Settings, *, dashboard: bool = True) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    check_exposure(settings)
     if dashboard:
         from dashboard.server import supervisor_auth
 

@@ -3,12 +3,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_node_name() -> str:
@@ -27,7 +39,10 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("REDIS_URL", "CALLMON_REDIS_URL"),
         description="Redis to use; unset starts an embedded Redis server",
     )
-    ingest_token: str | None = Field(None, description="bearer token for ingest (optional)")
+    ingest_token: str | None = Field(
+        None, description="bearer token for ingest; required when binding beyond loopback")
+    insecure_ingest: bool = Field(
+        False, description="allow ingest beyond loopback without a token (auth done elsewhere)")
     max_calls: int = Field(500, ge=1)
     model_path: str | None = Field(None, description="model directory or .onnx; unset: shipped")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto")

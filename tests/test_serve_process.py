@@ -100,3 +100,28 @@ def test_killed_node_calls_are_marked_lost(shipped_model, redis_server, ravdess_
     log = [json.loads(f[b"data"]) for _, f in client.xrange(schema.ALERTS_STREAM)]
     ended = [e for e in log if e["type"] == "call_ended" and e["call_id"] == "doomed"]
     assert len(ended) == 1 and ended[0]["reason"] == "lost"
+
+
+def test_serve_beyond_loopback_needs_an_ingest_token(tmp_path) -> None:
+    """``serve --host 0.0.0.0`` used to open ingest to the network without a word."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from streamer.service import check_exposure
+    from streamer.settings import Settings
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CALLMON_SUPERVISOR_PASSWORD": "pw"}
+    env.pop("CALLMON_INGEST_TOKEN", None)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(root / "callmon_cli.py"), "serve", "--host",
+                           "0.0.0.0", "--port", str(free_port())], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "without a token" in proc.stderr and "CALLMON_INGEST_TOKEN" in proc.stderr
+    assert "--insecure-ingest" in proc.stderr and time.monotonic() - started < 30
+    check_exposure(Settings(host="0.0.0.0", ingest_token="t"))
+    check_exposure(Settings(host="0.0.0.0", insecure_ingest=True))
+    check_exposure(Settings(host="::1"))

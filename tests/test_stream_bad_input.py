@@ -143,7 +143,7 @@ def test_twilio_timestamps_that_are_not_integers_end_the_call(shipped_model, red
                                                                timestamp) -> None:
     """``"timestamp": Infinity`` raised OverflowError and left the call live for ever: in
     the live set, its id refused as a duplicate, its slot counted against max_calls."""
-    media = '{"event":"media","media":{"payload":"","timestamp":%s}}' % timestamp
+    media = '{"event":"media","media":{"payload":"","timestamp":' + timestamp + "}}"
 
     async def main():
         async with running_service(shipped_model, redis_server.url, max_calls=1) as service:
