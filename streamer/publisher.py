@@ -191,13 +191,35 @@ class RedisPublisher:
             publish(pipe, schema.call_channel(result.call_id), payload, sharded=self.sharded)
             pipe.rpush(timeline, payload)
             pipe.ltrim(timeline, -cfg.timeline_max, -1)
+            # Every per-call key expires: a result written after its call's end event (or
+            # a timeline it creates) must not live for ever.
+            pipe.expire(timeline, cfg.ended_ttl_s)
             pipe.hset(schema.call_state_key(result.call_id), mapping={f"last:{result.role}": payload})
         replies = await pipe.execute(raise_on_error=False)
         errors = [r for r in replies if isinstance(r, Exception)]
-        if any(isinstance(e, (ConnectionError, TimeoutError, OSError)) for e in errors):
-            raise next(e for e in errors if isinstance(e, (ConnectionError, TimeoutError, OSError)))
-        for error in errors:  # a command Redis refused (e.g. a key of the wrong type)
+        outage = next((e for e in errors if is_outage(e)), None)
+        if outage is not None:
+            raise outage  # held and retried, like a lost connection
+        for error in errors:  # a command Redis refused for good (e.g. a key of the wrong type)
             log.error("Redis refused a write: %s", error)
+
+
+#: Error replies that mean Redis cannot take writes *now* (out of memory, a read-only
+#: replica, a failed snapshot, loading, busy script, no master): an outage, not a bad command.
+OUTAGE_REPLIES = ("OOM", "READONLY", "MISCONF", "LOADING", "BUSY", "MASTERDOWN", "NOREPLICAS",
+                  "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_outage(error: Exception) -> bool:
+    """Whether a failed write should be held and retried (Redis cannot take writes now)."""
+    from redis import exceptions as rx
+
+    transient = (ConnectionError, TimeoutError, OSError, rx.ConnectionError, rx.TimeoutError,
+                 rx.OutOfMemoryError, rx.ReadOnlyError, rx.MasterDownError, rx.TryAgainError,
+                 rx.ClusterDownError)
+    if isinstance(error, transient):
+        return True
+    return isinstance(error, rx.ResponseError) and str(error).split(" ", 1)[0] in OUTAGE_REPLIES
 
 
 def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
@@ -211,9 +233,10 @@ def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
               maxlen=config.stream_maxlen, approximate=True)
     state_key = schema.call_state_key(item.call_id)
     if isinstance(item, CallEvent) and item.type == "call_started":
+        # A reused call id starts clean: no end state, alerts or timeline of the old call.
+        pipe.delete(state_key, schema.call_timeline_key(item.call_id))
         pipe.zadd(schema.LIVE_CALLS_KEY, {item.call_id: item.ts})
         pipe.hset(state_key, mapping={"start": payload})
-        pipe.persist(state_key)
     elif isinstance(item, CallEvent):
         pipe.zrem(schema.LIVE_CALLS_KEY, item.call_id)
         pipe.hset(state_key, mapping={"end": payload})

@@ -310,3 +310,56 @@ def _get(url: str) -> tuple[int, bytes]:
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
+
+
+def test_redis_refusing_writes_is_an_outage_and_loses_nothing(shipped_model, held_out_actors,
+                                                              ravdess_dir, redis_server):
+    """Redis at maxmemory with noeviction answers writes with OOM errors. That used to be
+    logged and dropped (health ``ok``, nothing undelivered). Now the events are held,
+    health says ``degraded``, and everything arrives once Redis takes writes again. A
+    reused call id then starts clean, and every per-call key expires."""
+    from streamer import schema
+
+    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[1])
+    admin = redis.Redis.from_url(redis_server.url)
+    seen: dict = {}
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url) as service:
+            url = f"ws://127.0.0.1:{service.ingest.port}/v1/stream"
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+            outcome = await stream_native(url, audio[:, None], rate=16_000, call_id="oom",
+                                          speed=8.0)
+            await wait_for(lambda: service.publisher.undelivered > 0, 10, "held events")
+            seen["health"] = service.health()
+            admin.config_set("maxmemory", "0")
+            await wait_for(lambda: service.publisher.connected
+                           and not service.publisher.undelivered, 30, "the held events")
+            seen["ttl"] = (admin.ttl(schema.call_state_key("oom")),
+                           admin.ttl(schema.call_timeline_key("oom")))
+            again = await stream_native(url, audio[: 16_000 * 6, None], rate=16_000,
+                                        call_id="oom", speed=8.0)
+            await service.publisher.flush(10)
+            return outcome, again
+
+    outcome, again = asyncio.run(main())
+    health = seen["health"]
+    assert health["status"] == "degraded" and health["redis"]["undelivered_events"] > 0
+    assert "OutOfMemory" in health["redis"]["last_error"]
+    log = stream_entries(redis_server.url)
+    ids = {e["id"] for e in log}
+    raised = assert_frustration_alert(outcome.alerts, onset)
+    assert {a["id"] for a in outcome.alerts} <= ids and raised["id"] in ids
+    first = [e for e in log if e["call_id"] == "oom"]
+    assert first[0]["type"] == "call_started"
+    assert sum(e["type"] == "call_ended" for e in first) == 2
+    # Every per-call key of the ended call expires.
+    assert all(0 < t <= 24 * 3600 for t in seen["ttl"])
+    # The reused id starts clean: its state has the new start and end, its timeline only
+    # the new call's windows.
+    state = admin.hgetall(schema.call_state_key("oom"))
+    assert json.loads(state[b"end"])["duration_s"] == again.ended["duration_s"]
+    timeline = admin.lrange(schema.call_timeline_key("oom"), 0, -1)
+    assert len(timeline) == len(again.windows) < len(outcome.windows)
+    assert not any(k.startswith(b"alert:") for k in state) or again.alerts
