@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -14,10 +15,31 @@ ACKS_KEY = "callmon:alerts:acks"  # hash: alert id → {"by", "at"}
 ACKS_CHANNEL = "callmon:acks"  # pub/sub: acknowledgements as they happen
 
 
+log = logging.getLogger(__name__)
+
+#: Stored messages a reader could not decode (or could not re-encode as UTF-8 JSON): skipped.
+undecodable = 0
+_warned = False
+
+
 def _decode(value: bytes | str | None) -> Any:
+    """A stored JSON message, or ``None`` if absent or unreadable. One bad message (a lone
+    surrogate, a truncated write) must never make a whole listing fail: it is skipped,
+    counted and logged once."""
+    global undecodable, _warned
     if value is None:
         return None
-    return json.loads(value)
+    try:
+        data = json.loads(value)
+        json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return data
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        undecodable += 1
+        if not _warned:
+            _warned = True
+            log.warning("skipping a stored message that cannot be decoded (%s); further ones "
+                        "are counted, not logged", exc)
+        return None
 
 
 def risk(call: dict) -> float:
@@ -36,7 +58,8 @@ async def call_summary(redis, call_id: str) -> dict | None:
     start = _decode(fields.get("start"))
     if start is None:
         return None
-    alerts = {k.split(":", 1)[1]: _decode(v) for k, v in fields.items() if k.startswith("alert:")}
+    alerts = {k.split(":", 1)[1]: a for k, v in fields.items()
+              if k.startswith("alert:") and (a := _decode(v)) is not None}
     if alerts:
         acks = await redis.hmget(ACKS_KEY, [a["id"] for a in alerts.values()])
         for alert, ack in zip(alerts.values(), acks, strict=True):
@@ -50,8 +73,8 @@ async def call_summary(redis, call_id: str) -> dict | None:
         "duration_s": end["duration_s"] if end else round(time.time() - start["ts"], 1),
         "agent": (start.get("metadata") or {}).get("agent"),
         "node": start.get("node"),
-        "last": {k.split(":", 1)[1]: _decode(v) for k, v in fields.items()
-                 if k.startswith("last:")},
+        "last": {k.split(":", 1)[1]: last for k, v in fields.items()
+                 if k.startswith("last:") and (last := _decode(v)) is not None},
         "alerts": alerts,
     }
 
@@ -66,7 +89,8 @@ async def live_calls(redis) -> list[dict]:
 
 async def timeline(redis, call_id: str, *, tail: int | None = None) -> list[dict]:
     start = -tail if tail else 0
-    return [json.loads(x) for x in await redis.lrange(schema.call_timeline_key(call_id), start, -1)]
+    rows = await redis.lrange(schema.call_timeline_key(call_id), start, -1)
+    return [d for d in map(_decode, rows) if d is not None]
 
 
 async def alerts_since(redis, since: str | None, *, limit: int = 500) -> list[dict]:
@@ -77,8 +101,8 @@ async def alerts_since(redis, since: str | None, *, limit: int = 500) -> list[di
     entries = await redis.xrange(schema.ALERTS_STREAM, min=start, max="+", count=limit)
     out, seen = [], set()
     for entry_id, fields in entries:
-        data = json.loads(fields[b"data"])
-        if data["id"] in seen:
+        data = _decode(fields.get(b"data"))
+        if not isinstance(data, dict) or "id" not in data or data["id"] in seen:
             continue
         seen.add(data["id"])
         data["stream_id"] = entry_id.decode()

@@ -144,3 +144,40 @@ def test_dashboard_refuses_to_open_beyond_loopback_without_credential():
     with pytest.raises(ValueError, match="without a credential"):
         supervisor_auth(Settings(host="0.0.0.0"))
     assert supervisor_auth(Settings(host="0.0.0.0", supervisor_password="x")).enabled
+
+
+def test_one_bad_stored_event_does_not_blind_the_dashboard(service, redis_server):
+    """A stored event the readers cannot decode (a lone surrogate, a truncated write) used
+    to make /api/v1/calls, /calls/{id} and /alerts answer 500 for an hour: now it is
+    skipped, and everything else is still listed."""
+    import json
+
+    import redis
+
+    from dashboard import store
+    from streamer import schema
+
+    r = redis.Redis.from_url(redis_server.url)
+    now = time.time()
+    good = {"v": 1, "type": "call_started", "id": "e1", "call_id": "good", "roles": ["customer"],
+            "sample_rate": 16000, "encoding": "pcm_s16le", "protocol": "native",
+            "metadata": {}, "ts": now, "node": "n"}
+    bad = json.dumps({**good, "id": "e2", "call_id": "bad", "metadata": {"agent": "\ud800"}})
+    r.hset(schema.call_state_key("good"), mapping={"start": json.dumps(good),
+                                                   "last:customer": "{truncated"})
+    r.hset(schema.call_state_key("bad"), mapping={"start": bad})
+    r.zadd(schema.LIVE_CALLS_KEY, {"good": now, "bad": now})
+    r.rpush(schema.call_timeline_key("good"), json.dumps({"window_index": 0}), bad, "[[[")
+    for data in (json.dumps(good), bad, "not json"):
+        r.xadd(schema.ALERTS_STREAM, {"id": "x", "type": "call_started", "data": data})
+    before = store.undecodable
+    http = httpx.Client(base_url=service.http_url)
+    calls = http.get("/api/v1/calls")
+    assert calls.status_code == 200 and [c["call_id"] for c in calls.json()] == ["good"]
+    one = http.get("/api/v1/calls/good")
+    assert one.status_code == 200 and one.json()["timeline"] == [{"window_index": 0}]
+    assert one.json()["last"] == {}
+    assert http.get("/api/v1/calls/bad").status_code == 404
+    log = http.get("/api/v1/alerts", params={"since": "0"})
+    assert log.status_code == 200 and [e["call_id"] for e in log.json()] == ["good"]
+    assert store.undecodable > before
