@@ -291,7 +291,8 @@ class IngestServer:
 
     def _twilio_media(self, session: CallSession, data: dict, expected_ms: dict[int, int]
                       ) -> float:
-        """Feed one media event; returns the seconds of audio it carried."""
+        """Feed one media event; returns the seconds of call audio it made, gap fill
+        included (silence filled in counts against the speed and length limits too)."""
         media = parse_twilio_media(data, max_payload_bytes=self.config.max_frame_bytes)
         role = self.config.twilio_track_roles.get(media.track)
         if role not in session.start.roles:
@@ -308,7 +309,7 @@ class IngestServer:
             self.monitor.feed_channel(session, channel, np.zeros(gap_ms * 8, dtype=np.float32))
         expected_ms[channel] = media.timestamp_ms + len(media.payload) // 8
         self.monitor.feed_channel(session, channel, samples)
-        return len(samples) / 8000
+        return max(gap_ms, 0) / 1000 + len(samples) / 8000
 
     async def _writer(self, connection: ServerConnection, session: CallSession) -> None:
         """Send the call's results; a stalled reader only loses its own oldest results."""

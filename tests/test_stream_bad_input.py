@@ -158,3 +158,29 @@ def test_twilio_timestamps_that_are_not_integers_end_the_call(shipped_model, red
     errors = [a for a in answers if a.get("type") == "error"]
     assert close_code == 1008 and errors and errors[-1]["code"] == "bad_twilio_media"
     assert again_code == 1000 and ended == 2
+
+
+def test_twilio_gap_fill_counts_against_the_speed_limit(shipped_model, redis_server) -> None:
+    """Timestamps 5 s apart made 15 055 s of call out of 20 s of wall time: the silence
+    filled into the gaps was not counted by the speed and length limits."""
+    import base64
+
+    payload = base64.b64encode(b"\xff" * 160).decode()  # 20 ms of μ-law silence
+
+    def media(i: int) -> dict:
+        return {"event": "media", "media": {"track": "inbound", "payload": payload,
+                                            "timestamp": str(5000 * i)}}
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url, max_speed=4.0,
+                                   speed_burst_s=10.0) as service:
+            url = f"ws://127.0.0.1:{service.ingest.port}/v1/twilio?results=1"
+            answers, close_code = await refused(url, TWILIO_START, *[media(i) for i in range(200)])
+            await wait_for(lambda: not service.monitor.calls, 5, "the call to end")
+            return answers, close_code
+
+    answers, close_code = run(main())
+    errors = [a for a in answers if a.get("type") == "error"]
+    assert close_code == 1008 and errors and errors[-1]["code"] == "too_fast"
+    ended = [a for a in answers if a.get("type") == "ended"]
+    assert ended and ended[0]["duration_s"] < 60  # refused within the 10 s head start + a gap
