@@ -38,7 +38,8 @@ class AckRequest(BaseModel):
 
 
 def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 20 * 2**20,
-               model=None, service=None, model_loader=None) -> FastAPI:
+               model=None, service=None, model_loader=None,
+               public_metrics: bool = False) -> FastAPI:
     """Build the app.
 
     Args:
@@ -48,6 +49,10 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
             streamer in ``callmon serve``); loaded by ``model_loader`` at start-up otherwise.
         service: the in-process streamer :class:`streamer.service.Service`, whose counters
             ``/metrics`` exposes; ``None`` for a dashboard-only process.
+        public_metrics: serve ``/metrics`` without the supervisor credential (scrapers).
+
+    With a credential configured, everything but ``/healthz``'s one-line status needs it:
+    the API, ``/metrics`` (unless public), ``/docs``, ``/redoc`` and ``/openapi.json``.
     """
 
     @contextlib.asynccontextmanager
@@ -68,10 +73,35 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
             await reaper.stop()
         await app.state.redis.aclose()
 
-    app = FastAPI(title="callmon", version="1", lifespan=lifespan,
+    app = FastAPI(title="callmon", version="1", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None,
                   description="Supervisor dashboard and REST API of the callmon speech-emotion "
                               "monitor. Message schemas: docs/schema.md.")
     Supervisor = Annotated[str, Depends(auth)]
+
+    def credentialed(request: Request) -> bool:
+        try:
+            auth(request)
+        except HTTPException:
+            return False
+        return True
+
+    # The API description and its viewers, behind the credential like the API itself.
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(_: Supervisor) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(_: Supervisor):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="callmon API")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(_: Supervisor):
+        from fastapi.openapi.docs import get_redoc_html
+
+        return get_redoc_html(openapi_url="/openapi.json", title="callmon API")
 
     @app.get("/", include_in_schema=False)
     async def index(_: Supervisor) -> FileResponse:
@@ -81,7 +111,8 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(request: Request) -> JSONResponse:
-        """Redis and model state; 503 when Redis is unreachable."""
+        """Redis and model state; 503 when Redis is unreachable. Without the supervisor
+        credential (where one is configured) only the status: no hosts, errors or counts."""
         redis_ok = True
         try:
             await asyncio.wait_for(request.app.state.redis.ping(), 2.0)
@@ -93,11 +124,17 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                           "variant": m.variant if m else None}}
         if service is not None:
             body["streamer"] = service.health()
+            if service.health()["status"] != "ok":
+                body["status"] = "degraded"
+        if not credentialed(request):
+            body = {"status": body["status"]}
         return JSONResponse(body, status_code=200 if redis_ok else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
-        """Prometheus text format."""
+        """Prometheus text format (needs the credential unless ``CALLMON_PUBLIC_METRICS``)."""
+        if not public_metrics:
+            auth(request)
         live = await request.app.state.redis.zcard(store.schema.LIVE_CALLS_KEY)
         return PlainTextResponse(render_metrics(service, live_calls=live),
                                  media_type="text/plain; version=0.0.4")

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     supervisor_password: str | None = Field(
         None, description="dashboard credential; required when binding beyond loopback")
     supervisor_token: str | None = Field(None, description="dashboard bearer token (API clients)")
+    public_metrics: bool = Field(False, description="serve /metrics without the credential")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest predict upload")
     node: str = Field(default_factory=default_node_name)
     heartbeat_s: float = Field(5.0, gt=0, description="node heartbeat interval")

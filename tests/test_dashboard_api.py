@@ -135,6 +135,17 @@ def test_supervisor_credential(shipped_model, redis_server):
         assert httpx.get(base + "/api/v1/calls",
                          headers={"Authorization": "Bearer tok"}).status_code == 200
         assert httpx.get(base + "/healthz").status_code == 200  # probes need no credential
+        # Without the credential: only the status; no Redis address, errors or counters.
+        assert httpx.get(base + "/healthz").json() == {"status": "ok"}
+        full = httpx.get(base + "/healthz", auth=("supervisor", "pw")).json()
+        assert "last_error" in full["streamer"]["redis"]
+        for path in ("/metrics", "/openapi.json", "/docs", "/redoc"):
+            assert httpx.get(base + path).status_code == 401, path
+            assert httpx.get(base + path, auth=("supervisor", "pw")).status_code == 200, path
+    with ServiceThread(shipped_model, redis_server.url, supervisor_password="pw",
+                       public_metrics=True) as svc:
+        assert httpx.get(svc.http_url + "/metrics").status_code == 200  # opted out: scrapers
+        assert httpx.get(svc.http_url + "/openapi.json").status_code == 401
 
 
 def test_dashboard_refuses_to_open_beyond_loopback_without_credential():
