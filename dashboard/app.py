@@ -37,6 +37,66 @@ class AckRequest(BaseModel):
     note: str | None = None
 
 
+PREDICT_PATH = "/api/v1/predict"
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
+
+
+class UploadGuard:
+    """ASGI middleware for the upload endpoint: the credential is checked and the size
+    limit applied *before* any of the body is read, and a body (chunked included) is cut
+    off as soon as it passes the limit, so nothing unauthenticated or oversized is ever
+    spooled to disk or memory."""
+
+    def __init__(self, app, *, auth: SupervisorAuth, max_bytes: int) -> None:
+        self.app = app
+        self.auth = auth
+        self.limit = max_bytes + MULTIPART_SLACK
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != PREDICT_PATH:
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.auth(Request(scope))
+        except HTTPException as exc:
+            await JSONResponse({"detail": exc.detail}, exc.status_code,
+                               headers=exc.headers)(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await self._too_big(scope, send)
+            return
+        received = 0
+        refused = False
+
+        async def limited():
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit and not refused:
+                    # Answer now and tell the app the client is gone; what it answers
+                    # to that is dropped.
+                    refused = True
+                    await self._too_big(scope, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited, guarded)
+
+    async def _too_big(self, scope, send) -> None:
+        async def nothing():
+            return {"type": "http.disconnect"}
+
+        await JSONResponse({"detail": f"upload over {self.max_bytes} bytes"}, 413,
+                           headers={"Connection": "close"})(scope, nothing, send)
+
+
 def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 20 * 2**20,
                model=None, service=None, model_loader=None,
                public_metrics: bool = False) -> FastAPI:
@@ -78,6 +138,7 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                   description="Supervisor dashboard and REST API of the callmon speech-emotion "
                               "monitor. Message schemas: docs/schema.md.")
     Supervisor = Annotated[str, Depends(auth)]
+    app.add_middleware(UploadGuard, auth=auth, max_bytes=max_upload_bytes)
 
     def credentialed(request: Request) -> bool:
         try:

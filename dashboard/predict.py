@@ -9,6 +9,8 @@ import soundfile as sf
 import soxr
 
 MODEL_RATE_HZ = 16_000
+MAX_CHANNELS = 8
+BLOCK_S = 1.0  # decoded, down-mixed and resampled one block at a time
 
 
 class AudioRejected(ValueError):
@@ -21,6 +23,10 @@ class AudioRejected(ValueError):
 
 def decode_upload(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, int, int]:
     """Bytes of any soundfile-readable file → 16 kHz mono float32.
+
+    The file is decoded in one-second blocks, each down-mixed and resampled before the
+    next is read, so memory follows the 16 kHz mono result (≤ 38 MB for 10 minutes),
+    never the rate or channel count a header declares.
 
     Returns:
         (audio, original sample rate, original channels)
@@ -36,10 +42,13 @@ def decode_upload(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, int, 
             rate, channels, frames = f.samplerate, f.channels, f.frames
             if rate <= 0 or channels <= 0:
                 raise AudioRejected(415, "the file's header has no valid rate or channel count")
+            if channels > MAX_CHANNELS:
+                raise AudioRejected(422, f"{channels} channels: at most {MAX_CHANNELS} are "
+                                    "accepted")
             if frames > max_seconds * rate * 1.01:
                 # A header may claim hours; read at most the limit and say so.
                 raise AudioRejected(422, f"audio longer than {max_seconds:g} s is not accepted")
-            audio = f.read(frames=int(max_seconds * rate) + 1, dtype="float32", always_2d=True)
+            mono, read = _decode_blocks(f, rate, limit=int(max_seconds * rate) + 1)
     except AudioRejected:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -47,16 +56,37 @@ def decode_upload(data: bytes, *, max_seconds: float) -> tuple[np.ndarray, int, 
         # libsndfile's own reason.
         reason = str(exc).split(":", 1)[-1].strip() if "<" in str(exc) else str(exc)
         raise AudioRejected(415, f"not a readable audio file: {reason}") from exc
-    if audio.shape[0] == 0:
+    if read == 0:
         raise AudioRejected(422, "the file holds no audio samples")
-    if audio.shape[0] > max_seconds * rate:
+    if read > max_seconds * rate:
         raise AudioRejected(422, f"audio longer than {max_seconds:g} s is not accepted")
-    if not np.isfinite(audio).all():
-        raise AudioRejected(422, "the audio contains NaN or infinite samples")
-    mono = audio.mean(axis=1)
-    if rate != MODEL_RATE_HZ:
-        mono = soxr.resample(mono, rate, MODEL_RATE_HZ, quality="HQ")
     return np.ascontiguousarray(np.clip(mono, -1, 1), dtype=np.float32), rate, channels
+
+
+def _decode_blocks(f: sf.SoundFile, rate: int, *, limit: int) -> tuple[np.ndarray, int]:
+    """Read up to ``limit`` frames block by block → (16 kHz mono, frames read).
+
+    Raises:
+        AudioRejected: NaN or infinite samples.
+    """
+    block = max(1, int(BLOCK_S * rate))
+    resampler = (soxr.ResampleStream(rate, MODEL_RATE_HZ, 1, dtype="float32", quality="HQ")
+                 if rate != MODEL_RATE_HZ else None)
+    parts: list[np.ndarray] = []
+    read = 0
+    while read < limit:
+        chunk = f.read(frames=min(block, limit - read), dtype="float32", always_2d=True)
+        if chunk.shape[0] == 0:
+            break
+        read += chunk.shape[0]
+        if not np.isfinite(chunk).all():
+            raise AudioRejected(422, "the audio contains NaN or infinite samples")
+        mono = chunk.mean(axis=1)
+        parts.append(mono if resampler is None else resampler.resample_chunk(mono))
+    if resampler is not None:
+        parts.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    out = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return out, read
 
 
 def predict(model, audio: np.ndarray, *, hop_s: float = 1.0) -> dict:

@@ -167,8 +167,10 @@ def test_openapi_no_server_errors(live_api) -> None:
     """schemathesis generates requests from the dashboard's own OpenAPI schema (valid and
     not), with and without the credential: none may get a 5xx."""
     # The SSE stream never ends by design; every other operation is fuzzed.
-    schema = schemathesis.openapi.from_url(live_api.http_url + "/openapi.json").exclude(
-        path="/api/v1/events")
+    # The schema is behind the credential too, like the API it describes.
+    schema = schemathesis.openapi.from_url(
+        live_api.http_url + "/openapi.json",
+        headers={"Authorization": "Bearer tok"}).exclude(path="/api/v1/events")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 7
     calls: list[tuple[str, int]] = []
@@ -187,3 +189,85 @@ def test_openapi_no_server_errors(live_api) -> None:
     assert {label for label, _ in calls} == {op.label for op in operations}
     assert any(status == 200 for _, status in calls)
     assert len(calls) >= 200
+
+
+def test_many_channels_at_a_high_rate_decode_in_bounded_memory(tmp_path) -> None:
+    """A small FLAC declaring 8 channels at 192 kHz (issue 11: 590 s of it took 4.7 GB):
+    decoded one second at a time, memory follows the 16 kHz mono result."""
+    import soundfile as sf
+
+    path = tmp_path / "bomb.flac"
+    seconds, rate = 60, 192_000
+    with sf.SoundFile(path, "w", samplerate=rate, channels=8, format="FLAC") as f:
+        block = np.zeros((rate, 8), np.float32)
+        block[::97, 3] = 0.01  # not pure silence
+        for _ in range(seconds):
+            f.write(block)
+    data = path.read_bytes()
+    assert len(data) < 3 * 2**20  # a few MB on the wire, 1.5 GB as float32 samples
+    tracemalloc.start()
+    audio, got_rate, channels = decode_upload(data, max_seconds=MAX_S)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (got_rate, channels) == (rate, 8) and abs(audio.shape[0] - seconds * 16_000) <= 16
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    with sf.SoundFile(tmp_path / "nine.wav", "w", samplerate=8000, channels=9) as f:
+        f.write(np.zeros((800, 9), np.float32))
+    with pytest.raises(AudioRejected, match="at most 8"):
+        decode_upload((tmp_path / "nine.wav").read_bytes(), max_seconds=MAX_S)
+
+
+def _raw_request(port: int, head: str, body_parts, *, wait_s: float = 5.0) -> bytes:
+    """Send a request head and then body parts on a raw socket, stopping as soon as the
+    server has answered; return the answer (empty if none came within ``wait_s``)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(head.encode())
+        sock.settimeout(0.05)
+        answer = b""
+        for part in body_parts:
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                pass
+            if answer:
+                return answer
+            try:
+                sock.sendall(part)
+            except OSError:  # the server closed on us: read what it said
+                break
+        sock.settimeout(wait_s)
+        try:
+            return answer or sock.recv(65536)
+        except TimeoutError:
+            return b""
+
+
+def test_uploads_are_refused_before_their_body_is_read(live_api) -> None:
+    """Without a credential, or past the size limit (declared or chunked), the answer comes
+    while the body is still arriving: nothing is spooled first (issue 11: a 300 MB body
+    without a credential was held on disk until the 401)."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(live_api.http_url).port
+    boundary = "b" + uuid.uuid4().hex
+    big = 300 * 2**20
+    head = (f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n")
+    parts = [b"\0" * 65536] * 200  # 12.5 MB of a declared 300 MB: never all sent
+    answer = _raw_request(port, head + "\r\n", parts)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+    answer = _raw_request(port, head + "Authorization: Bearer tok\r\n\r\n", parts)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    # Chunked, no declared length: cut off once past the limit (256 KiB + slack).
+    chunked = (f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+               f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+               "Authorization: Bearer tok\r\n\r\n")
+    part_head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                 'filename="x.wav"\r\nContent-Type: audio/wav\r\n\r\n').encode()
+    first = f"{len(part_head):x}\r\n".encode() + part_head + b"\r\n"
+    chunk = b"10000\r\n" + b"\0" * 65536 + b"\r\n"
+    answer = _raw_request(port, chunked, [first] + [chunk] * 200)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    assert post_file(live_api.http_url + "/api/v1/predict", SEEDS["wav16"])[0] == 200
