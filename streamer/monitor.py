@@ -12,6 +12,7 @@ import numpy as np
 from streamer.alerts import AlertConfig
 from streamer.calls import CallSession, WindowingConfig
 from streamer.metrics import Histogram
+from streamer.nodes import CallClaims
 from streamer.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError, StreamStart
 from streamer.publisher import RedisPublisher
 from streamer.scheduler import InferenceScheduler
@@ -47,7 +48,7 @@ class Monitor:
     def __init__(self, *, labels: tuple[str, ...], scheduler: InferenceScheduler,
                  publisher: RedisPublisher, windowing: WindowingConfig | None = None,
                  alerts: AlertConfig | None = None, max_calls: int = 500, node: str = "",
-                 drain_timeout_s: float = 5.0) -> None:
+                 drain_timeout_s: float = 5.0, claims: CallClaims | None = None) -> None:
         self.labels = labels
         self.scheduler = scheduler
         self.publisher = publisher
@@ -57,14 +58,30 @@ class Monitor:
         self.node = node
         self.drain_timeout_s = drain_timeout_s
         self.calls: dict[str, CallSession] = {}
+        self.claims = claims
         self.stats = MonitorStats()
         self.accepting = True
 
     # -- call lifecycle --------------------------------------------------------------------
 
-    def open_call(self, start: StreamStart, *, protocol: str, send_results: bool = True
-                  ) -> CallSession:
-        """Register a call, or refuse it with the right close code."""
+    async def start_call(self, start: StreamStart, *, protocol: str, send_results: bool = True
+                         ) -> CallSession:
+        """Claim the call id cluster-wide, then register the call (see :meth:`open_call`)."""
+        self._admit(start)
+        if self.claims is not None:
+            owner = await self.claims.claim(start.call_id)
+            if owner is not None:
+                raise ProtocolError("duplicate_call_id",
+                                    f"call {start.call_id!r} is live on node {owner}",
+                                    close_code=CLOSE_POLICY)
+        try:
+            return self.open_call(start, protocol=protocol, send_results=send_results)
+        except ProtocolError:
+            if self.claims is not None and start.call_id not in self.calls:
+                await self.claims.release(start.call_id)
+            raise
+
+    def _admit(self, start: StreamStart) -> None:
         if not self.accepting:
             raise ProtocolError("shutting_down", "the server is shutting down",
                                 close_code=CLOSE_TRY_LATER)
@@ -75,6 +92,11 @@ class Monitor:
             raise ProtocolError("at_capacity",
                                 f"the server is at its maximum of {self.max_calls} live calls",
                                 close_code=CLOSE_TRY_LATER)
+
+    def open_call(self, start: StreamStart, *, protocol: str, send_results: bool = True
+                  ) -> CallSession:
+        """Register a call, or refuse it with the right close code."""
+        self._admit(start)
         session = CallSession(start, protocol=protocol, windowing=self.windowing,
                               alerts=self.alert_config, send_results=send_results)
         self.calls[start.call_id] = session
@@ -120,6 +142,8 @@ class Monitor:
         log.info("call %s ended (%s): %.1f s, %d windows, %d dropped, %d alerts",
                  session.call_id, reason, session.duration_s, session.windows, session.dropped,
                  session.alerts_raised)
+        if self.claims is not None:
+            await self.claims.release(session.call_id)
         return event
 
     # -- audio → results -------------------------------------------------------------------

@@ -26,16 +26,66 @@ def reaped_key(call_id: str) -> str:
     return f"callmon:call:{{{call_id}}}:reaped"
 
 
+#: Longest wait for one claim step: a call start or end never waits on a stalled Redis longer.
+REDIS_STEP_S = 1.0
+
+
+class CallClaims:
+    """Cluster-wide ownership of call ids: ``callmon:call:{id}:owner`` holds the node of the
+    live call, set only if absent and expiring after ``ttl_s`` unless the node's heartbeat
+    renews it, so a crashed node's ids free themselves."""
+
+    def __init__(self, redis, node: str, *, ttl_s: float = 15.0) -> None:
+        self.redis = redis
+        self.node = node
+        self.ttl_ms = int(ttl_s * 1000)
+
+    async def claim(self, call_id: str) -> str | None:
+        """Claim ``call_id``; return the node that holds it already, or ``None`` when it is
+        ours now (also when Redis cannot be asked: a node does not refuse calls because
+        Redis is away; it says so in the log)."""
+        key = schema.call_owner_key(call_id)
+        try:
+            if await asyncio.wait_for(self.redis.set(key, self.node, nx=True, px=self.ttl_ms),
+                                      REDIS_STEP_S):
+                return None
+            owner = await asyncio.wait_for(self.redis.get(key), REDIS_STEP_S)
+        except Exception as exc:
+            log.warning("could not claim call id %s in Redis (%s): accepted unchecked",
+                        call_id, exc)
+            return None
+        owner = owner.decode() if isinstance(owner, bytes) else owner
+        if owner == self.node or owner is None:
+            return None
+        return owner
+
+    async def release(self, call_id: str) -> None:
+        key = schema.call_owner_key(call_id)
+        try:
+            owner = await asyncio.wait_for(self.redis.get(key), REDIS_STEP_S)
+            if owner is not None and owner.decode() == self.node:
+                await asyncio.wait_for(self.redis.delete(key), REDIS_STEP_S)
+        except Exception as exc:  # it expires by itself
+            log.debug("could not release call id %s: %s", call_id, exc)
+
+    async def renew(self, call_ids: list[str]) -> None:
+        for call_id in call_ids:  # one slot per call on a cluster: no cross-slot pipeline
+            await self.redis.set(schema.call_owner_key(call_id), self.node, px=self.ttl_ms)
+
+
 class Heartbeat:
-    """Refreshes ``callmon:node:{node}`` (expiring after ``ttl_s``) every ``interval_s``."""
+    """Refreshes ``callmon:node:{node}`` (expiring after ``ttl_s``) every ``interval_s``,
+    and the claims on the node's live call ids."""
 
     def __init__(self, redis, node: str, *, interval_s: float = 5.0, ttl_s: float = 15.0,
-                 info: Callable[[], dict] | None = None) -> None:
+                 info: Callable[[], dict] | None = None,
+                 claims: tuple[CallClaims, Callable[[], list[str]]] | None = None) -> None:
         self.redis = redis
         self.node = node
         self.interval_s = interval_s
         self.ttl_ms = int(ttl_s * 1000)
         self.info: Callable[[], dict] = info or dict
+        self.claims = claims
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -55,6 +105,9 @@ class Heartbeat:
                 await self.redis.set(node_key(self.node),
                                      json.dumps({"node": self.node, "ts": time.time(),
                                                  **self.info()}), px=self.ttl_ms)
+                if self.claims is not None:
+                    claims, live = self.claims
+                    await claims.renew(live())
             except Exception as exc:  # the publisher reports Redis health; keep beating
                 log.debug("heartbeat failed: %s", exc)
             await asyncio.sleep(self.interval_s)

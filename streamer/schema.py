@@ -31,6 +31,12 @@ def call_state_key(call_id: str) -> str:
     return f"callmon:call:{{{call_id}}}:state"
 
 
+def call_owner_key(call_id: str) -> str:
+    """The node that holds the live call (``SET NX``, expiring unless its heartbeat renews
+    it): a call id is live on one node of the cluster at a time."""
+    return f"callmon:call:{{{call_id}}}:owner"
+
+
 def call_timeline_key(call_id: str) -> str:
     """List of the call's window results, oldest first, capped."""
     return f"callmon:call:{{{call_id}}}:timeline"

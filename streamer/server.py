@@ -206,7 +206,7 @@ class IngestServer:
                 raise ProtocolError("audio_before_start",
                                     'send {"type": "start", ...} before any audio')
             start = parse_start(parse_json_object(first))
-            session = self.monitor.open_call(start, protocol="native")
+            session = await self.monitor.start_call(start, protocol="native")
         except ProtocolError as refusal:
             await self._refuse(connection, refusal)
             return
@@ -268,7 +268,7 @@ class IngestServer:
                     if session is not None:
                         raise ProtocolError("already_started", "a second start event")
                     start = parse_twilio_start(data, track_roles=self.config.twilio_track_roles)
-                    session = self.monitor.open_call(start, protocol="twilio",
+                    session = await self.monitor.start_call(start, protocol="twilio",
                                                      send_results=send_results)
                     writer = asyncio.create_task(self._writer(connection, session))
                 elif event == "stop":

@@ -17,7 +17,7 @@ from streamer import redis_client
 from streamer.alerts import AlertConfig, alert_config_from
 from streamer.calls import WindowingConfig
 from streamer.monitor import Monitor
-from streamer.nodes import Heartbeat, Reaper
+from streamer.nodes import CallClaims, Heartbeat, Reaper
 from streamer.publisher import RedisPublisher
 from streamer.redis_server import EmbeddedRedis
 from streamer.scheduler import InferenceScheduler
@@ -89,10 +89,13 @@ class Service:
         if not await self.publisher.first_attempt(3.0):
             log.warning("Redis at %s is not reachable; starting degraded, alerts will be held",
                         url)
+        self.claims = CallClaims(self.redis, s.node, ttl_s=s.heartbeat_ttl_s)
         self.heartbeat = Heartbeat(self.redis, s.node, interval_s=s.heartbeat_s,
                                    ttl_s=s.heartbeat_ttl_s,
                                    info=lambda: {"calls": len(self.monitor.calls)
-                                                 if self.monitor else 0})
+                                                 if self.monitor else 0},
+                                   claims=(self.claims, lambda: list(self.monitor.calls)
+                                           if self.monitor else []))
         self.heartbeat.start()
         self.reaper = Reaper(self.redis, interval_s=s.heartbeat_s, own_node=s.node)
         self.reaper.start()
@@ -110,7 +113,7 @@ class Service:
                                publisher=self.publisher,
                                windowing=WindowingConfig(window_s=card.window_s, hop_s=s.hop_s),
                                alerts=alert_config(s, self.model.card.alerts),
-                               max_calls=s.max_calls, node=s.node)
+                               max_calls=s.max_calls, node=s.node, claims=self.claims)
         self.ingest = IngestServer(self.monitor, ingest_config(s), health=self.health)
         await self.ingest.start()
         if self.with_dashboard:

@@ -58,8 +58,8 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
 
 @contextlib.asynccontextmanager
 async def running_service(model, redis_url: str, **overrides) -> AsyncIterator[Service]:
-    settings = Settings(port=0, dashboard_port=0, redis_url=redis_url, node="test-node",
-                        **{**REPLAY, **overrides})
+    settings = Settings(port=0, dashboard_port=0, redis_url=redis_url,
+                        **{"node": "test-node", **REPLAY, **overrides})
     service = Service(settings, model=model)
     await service.start()
     try:

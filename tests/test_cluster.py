@@ -183,3 +183,40 @@ def test_two_nodes_one_dashboard_on_a_cluster(cluster, ravdess_dir, held_out_act
     ended = [e for e in log if e["type"] == "call_ended" and e["call_id"] == "doomed"]
     assert len(ended) == 1 and ended[0]["reason"] == "lost" and ended[0]["node"] == "node-a"
     assert lost_after < 10
+
+
+def test_a_call_id_is_live_on_one_node_only(shipped_model, redis_server, ravdess_dir,
+                                            held_out_actors):
+    """Two nodes on one Redis: node B used to accept a call id live on node A, and when B's
+    call ended the dashboard hid A's live call. Ids are claimed cluster-wide now."""
+    import asyncio
+
+    from streamer.client import stream_native
+
+    from .streaming import actor_clips, running_service, wait_for
+    from .test_stream_bad_input import START, refused
+
+    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "calm", 4))
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url, node="node-a") as a, \
+                running_service(shipped_model, redis_server.url, node="node-b") as b:
+            call = asyncio.create_task(stream_native(
+                f"ws://127.0.0.1:{a.ingest.port}/v1/stream", audio[:, None], rate=16_000,
+                call_id="dup-x", speed=2.0))
+            await wait_for(lambda: "dup-x" in a.monitor.calls, 10, "the call on node A")
+            answers, code = await refused(f"ws://127.0.0.1:{b.ingest.port}/v1/stream",
+                                          {**START, "call_id": "dup-x"})
+            live_on_b = dict(b.monitor.calls)
+            outcome = await call
+            # Ended on A: the id is free for any node again.
+            again, again_code = await refused(f"ws://127.0.0.1:{b.ingest.port}/v1/stream",
+                                              {**START, "call_id": "dup-x"}, {"type": "stop"})
+            return answers, code, live_on_b, outcome, again_code
+
+    answers, code, live_on_b, outcome, again_code = asyncio.run(main())
+    errors = [x for x in answers if x["type"] == "error"]
+    assert code == 1008 and errors[-1]["code"] == "duplicate_call_id"
+    assert "node-a" in errors[-1]["message"] and live_on_b == {}
+    assert outcome.close_code == 1000 and outcome.ended["reason"] == "stop"
+    assert again_code == 1000
