@@ -140,6 +140,16 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
     Supervisor = Annotated[str, Depends(auth)]
     app.add_middleware(UploadGuard, auth=auth, max_bytes=max_upload_bytes)
 
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_away(request: Request, exc: Exception) -> JSONResponse:
+        # The API reads Redis: while it is away, say so (503, retry), never a 500.
+        return JSONResponse({"detail": "Redis is unavailable; retry shortly"}, 503,
+                            headers={"Retry-After": "2"})
+
     def credentialed(request: Request) -> bool:
         try:
             auth(request)

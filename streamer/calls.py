@@ -14,7 +14,7 @@ import numpy as np
 from streamer.aio import wait_event
 from streamer.alerts import AlertConfig, RoleAlerts
 from streamer.protocol import StreamStart
-from streamer.schema import SCHEMA_VERSION, Alert, WindowResult
+from streamer.schema import SCHEMA_VERSION, Alert, CallEvent, WindowResult
 from streamer.windowing import ChannelWindower, VadConfig, Window
 
 #: A window's class probabilities by label; ``None`` for a silent (unscored) window.
@@ -133,6 +133,7 @@ class CallSession:
         self._idle.set()
         self.ended = False
         self.end_reason: str | None = None
+        self.start_event: CallEvent | None = None  # as published, re-announced after outages
 
     def reset(self) -> None:
         for w in self.windowers:

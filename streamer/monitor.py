@@ -107,6 +107,7 @@ class Monitor:
                           alert_thresholds={"frustration": self.alert_config.frustration.on,
                                             "distress": self.alert_config.distress.on},
                           ts=session.started_at, node=self.node)
+        session.start_event = event
         self.publisher.publish_event(event)
         log.info("call %s started (%s, %d Hz %s, roles %s)", start.call_id, protocol,
                  start.sample_rate, start.encoding, ",".join(start.roles))

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamer import schema
@@ -79,6 +80,10 @@ class RedisPublisher:
         self.events_dropped = 0
         self.results_published = 0
         self.results_dropped = 0
+        #: The ``call_started`` events of this node's live calls, re-announced after every
+        #: outage: a Redis that came back empty (restarted without its data) learns them again.
+        self.live_calls: Callable[[], list[CallEvent]] = list
+        self.reannounced = 0
 
     # -- enqueueing (never blocks) -------------------------------------------------------
 
@@ -170,12 +175,31 @@ class RedisPublisher:
             if not self.connected:
                 if self.degraded_since is not None:
                     log.info("Redis back; delivered %d held alerts/events", len(events))
+                    await self._reannounce()
                 self.connected = True
                 self.degraded_since = None
                 self.last_error = None
             delay = self.config.retry_initial_s
             self.events_published += len(events)
             self.results_published += len(results)
+
+    async def _reannounce(self) -> None:
+        """Put this node's live calls back in the live set and their state (idempotent: the
+        same start event as before, nothing published again)."""
+        starts = [e for e in self.live_calls() if e.type == "call_started"]
+        if not starts:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for event in starts:
+                pipe.zadd(schema.LIVE_CALLS_KEY, {event.call_id: event.ts})
+                pipe.hset(schema.call_state_key(event.call_id),
+                          mapping={"start": schema.dumps(event)})
+            await pipe.execute()
+            self.reannounced += len(starts)
+            log.info("re-announced %d live calls to Redis", len(starts))
+        except Exception as exc:  # the next outage and reconnect will try again
+            log.warning("could not re-announce live calls: %s", exc)
 
     async def _write(self, events: list, results: list[WindowResult]) -> None:
         if not events and not results:

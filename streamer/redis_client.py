@@ -27,9 +27,16 @@ def connect(url: str, *, timeout_s: float | None = 2.0, connect_timeout_s: float
                                      socket_timeout=timeout_s,
                                      socket_connect_timeout=connect_timeout_s)
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
+    # One retry on a fresh connection: after Redis restarts, every pooled connection is
+    # stale and would otherwise fail its next command once.
     return aioredis.Redis.from_url(url, socket_timeout=timeout_s,
                                    socket_connect_timeout=connect_timeout_s,
+                                   retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+                                   retry_on_error=[RedisConnectionError],
                                    retry_on_timeout=False, health_check_interval=10)
 
 

@@ -85,6 +85,9 @@ class Service:
             url = self.embedded_redis.url
         self.redis = redis_client.connect(url)
         self.publisher = RedisPublisher(self.redis, node=s.node)
+        self.publisher.live_calls = lambda: [
+            c.start_event for c in (self.monitor.calls.values() if self.monitor else [])
+            if c.start_event is not None and not c.ended]
         self.publisher.start()
         if not await self.publisher.first_attempt(3.0):
             log.warning("Redis at %s is not reachable; starting degraded, alerts will be held",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import redis
@@ -268,3 +269,48 @@ def test_silent_windows_wait_for_earlier_speech_and_alerts_end_with_the_call(
     assert {a["id"] for a in raised} <= set(cleared), "an alert outlived its call"
     assert {cleared[a["id"]]["reason"] for a in raised} == {"call_ended"}
     assert log[-1]["type"] == "call_ended"
+
+
+def test_redis_restarted_empty_mid_call_gets_the_live_call_back(
+        shipped_model, held_out_actors, ravdess_dir, tmp_path):
+    """Redis restarted *without* its data mid-call: the call vanished from the live set and
+    its state (404 even after it ended). On reconnect each node re-announces its live calls,
+    and the dashboard API answers 503, not 500, while Redis is away."""
+    import httpx
+
+    from streamer.redis_server import EmbeddedRedis
+
+    from .streaming import ServiceThread, actor_clips
+
+    server = EmbeddedRedis(data_dir=tmp_path / "r", persist=False)
+    (tmp_path / "r").mkdir()
+    server.start()
+    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "calm", 8))
+    seen: dict = {}
+    try:
+        with ServiceThread(shipped_model, server.url) as svc:
+            call = svc.submit(stream_native(f"{svc.ingest_url}/v1/stream", audio[:, None],
+                                            rate=16_000, call_id="amnesia", speed=2.0))
+            http = httpx.Client(base_url=svc.http_url, timeout=10)
+            deadline = time.monotonic() + 20
+            while not http.get("/api/v1/calls").json() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            server.kill()
+            deadline = time.monotonic() + 20
+            while svc.service.publisher.connected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            seen["during"] = http.get("/api/v1/calls")
+            server.start()  # same port, nothing kept
+            deadline = time.monotonic() + 30
+            while svc.service.publisher.reannounced == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            seen["after"] = http.get("/api/v1/calls").json()
+            outcome = call.result(120)
+            svc.run(svc.service.publisher.flush(10))
+            seen["ended"] = http.get("/api/v1/calls/amnesia")
+    finally:
+        server.close()
+    assert seen["during"].status_code == 503 and "Redis" in seen["during"].json()["detail"]
+    assert [c["call_id"] for c in seen["after"]] == ["amnesia"]
+    assert outcome.ended["reason"] == "stop"
+    assert seen["ended"].status_code == 200 and seen["ended"].json()["end"]["reason"] == "stop"
