@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from streamer.logfilter import install
+
+    install()  # a storm of one repeated error line must not fill the disk
     level = logging.DEBUG if args.verbose else logging.INFO
     for name in ("models", "trainer", "streamer", "dashboard"):
         logging.getLogger(name).setLevel(level)

@@ -25,13 +25,65 @@ def supervisor_auth(settings) -> SupervisorAuth:
     return auth
 
 
-class DashboardServer:
-    """uvicorn in the current event loop."""
+def header_timeout_protocol(timeout_s: float):
+    """uvicorn's HTTP/1.1 protocol with a deadline on request headers.
 
-    def __init__(self, app, *, host: str, port: int) -> None:
+    uvicorn times out idle keep-alive connections but not a peer that sends half a request
+    and waits: 300 such sockets held descriptors for minutes and starved ingest and the
+    health checks. Here a connection must finish its request headers within ``timeout_s``
+    of connecting (or of the first byte of its next request), or it is closed.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._waiting_for_headers():
+                self._arm()
+            super().data_received(data)
+            if not self._waiting_for_headers():
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+class DashboardServer:
+    """uvicorn in the current event loop, with a request-header deadline and a bound on
+    concurrent connections (beyond it: 503)."""
+
+    def __init__(self, app, *, host: str, port: int, header_timeout_s: float = 10.0,
+                 max_connections: int = 1000) -> None:
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                     lifespan="on", access_log=False,
-                                                    timeout_graceful_shutdown=2))
+                                                    timeout_graceful_shutdown=2,
+                                                    http=header_timeout_protocol(header_timeout_s),
+                                                    limit_concurrency=max_connections))
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -57,7 +109,9 @@ def build_dashboard(settings, *, redis_url: str, model=None, service=None) -> Da
                      max_upload_bytes=settings.max_upload_bytes, model=model, service=service,
                      model_loader=None if model is not None else _loader(settings),
                      public_metrics=settings.public_metrics)
-    return DashboardServer(app, host=settings.host, port=settings.dashboard_port)
+    return DashboardServer(app, host=settings.host, port=settings.dashboard_port,
+                           header_timeout_s=settings.http_header_timeout_s,
+                           max_connections=settings.dashboard_max_connections)
 
 
 def _loader(settings):

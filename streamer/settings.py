@@ -79,6 +79,10 @@ class Settings(BaseSettings):
         None, description="dashboard credential; required when binding beyond loopback")
     supervisor_token: str | None = Field(None, description="dashboard bearer token (API clients)")
     public_metrics: bool = Field(False, description="serve /metrics without the credential")
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="dashboard: a request's headers must arrive within this")
+    dashboard_max_connections: int = Field(
+        1000, ge=1, description="dashboard: concurrent connections (beyond: 503)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest predict upload")
     node: str = Field(default_factory=default_node_name)
     heartbeat_s: float = Field(5.0, gt=0, description="node heartbeat interval")
