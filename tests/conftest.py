@@ -69,11 +69,15 @@ def shipped_model():
 
 
 @pytest.fixture(scope="session")
-def held_out_actors(shipped_model) -> list[str]:
-    """Actors the shipped model never saw in training or model selection."""
-    actors = shipped_model.card.evaluation["held_out_speakers"]
-    assert actors, "the shipped model card lists no held-out speakers"
-    return actors
+def call_actors(shipped_model) -> list[str]:
+    """Four RAVDESS actors whose clips the streaming tests build calls from: those the
+    shipped model's card lists as held out if it has them; for a model trained on every
+    speaker (the shipped one is: its estimate is the cross-validation's), actors 17-20, and
+    then these tests check the plumbing, not how the model does on unseen voices
+    (``callmon calibrate`` and ``callmon bench alerts`` measure that)."""
+    held = [s.split("/")[-1] for s in shipped_model.card.evaluation.get("held_out_speakers", [])
+            if s.startswith("ravdess/") or s.isdigit()]
+    return held if len(held) >= 4 else ["17", "18", "19", "20"]
 
 
 @pytest.fixture

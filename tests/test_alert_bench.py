@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def speaker(held_out_actors) -> str:
-    return f"ravdess/{held_out_actors[0]}"
+def speaker(call_actors) -> str:
+    return f"ravdess/{call_actors[0]}"
 
 
 @pytest.fixture(scope="module")
@@ -103,20 +103,31 @@ def test_telephone_calls_arrive_at_8k(shipped_model, ravdess_dir, speaker) -> No
     assert abs(len(sc[0].windows) - (calls[0].seconds - 2)) <= 1
 
 
-def test_only_unseen_speakers_are_benchmarked(shipped_model, ravdess_dir, held_out_actors,
-                                              tmp_path) -> None:
+def _card_trained_on(train: list[str], val: list[str], data: str):
+    from models.card import ModelCard
+
+    return ModelCard(name="t", labels=("neutral", "happy", "sad", "angry", "fearful"),
+                     sample_rate_hz=16_000, window_s=3.0, backbone="whisper-tiny",
+                     files={}, training={"config": {"data": data},
+                                         "split": {"train": train, "val": val, "test": []}})
+
+
+def test_only_unseen_speakers_are_benchmarked(ravdess_dir, tmp_path, shipped_model) -> None:
     items = load_corpora([ravdess_dir])
-    seen = seen_speakers(shipped_model.card)
-    assert "ravdess/03" in seen and not seen & {f"ravdess/{a}" for a in held_out_actors}
-    assert held_out_speakers(items, shipped_model.card) == [f"ravdess/{a}" for a in held_out_actors]
+    # A RAVDESS-only card names speakers without the corpus: they are ravdess/NN.
+    card = _card_trained_on([f"{i:02d}" for i in range(3, 17)], ["01", "02"], str(ravdess_dir))
+    seen = seen_speakers(card)
+    assert "ravdess/03" in seen and "ravdess/01" in seen and "ravdess/17" not in seen
+    assert held_out_speakers(items, card) == [f"ravdess/{a}" for a in range(17, 21)]
     with pytest.raises(AlertBenchError, match="training or validation set"):
-        held_out_speakers(items, shipped_model.card, ["ravdess/03"])
+        held_out_speakers(items, card, ["ravdess/03"])
     with pytest.raises(AlertBenchError, match="not in the data"):
-        held_out_speakers(items, shipped_model.card, ["ravdess/99"])
+        held_out_speakers(items, card, ["ravdess/99"])
     # A corpus whose every speaker the model trained on is refused, not silently skipped.
-    only_seen = [u for u in items if u.speaker in seen]
+    everyone = _card_trained_on([f"ravdess/{i:02d}" for i in range(1, 21)], [],
+                                f"{ravdess_dir},{ravdess_dir.parent / 'emodb'}")
     with pytest.raises(AlertBenchError, match="no speaker the model did not train on"):
-        held_out_speakers(only_seen, shipped_model.card)
+        held_out_speakers(items, everyone)
     # A corpus without calm clips cannot give calm calls.
     corpus = tmp_path / "angry_only"
     corpus.mkdir()
@@ -129,21 +140,45 @@ def test_only_unseen_speakers_are_benchmarked(shipped_model, ravdess_dir, held_o
         bench_alerts(data=[corpus], model=shipped_model, alerts=AlertConfig())
 
 
-def test_bench_alerts_command(tmp_path, ravdess_dir, held_out_actors) -> None:
+@pytest.fixture(scope="module")
+def fold_model(tmp_path_factory, ravdess_dir: Path) -> Path:
+    """A model exported from a real (fast) training run that holds RAVDESS speakers out:
+    small random-weight wav2vec2 from a local folder, so the command runs end to end."""
+    from trainer.bench import save_random_wav2vec2
+    from trainer.config import TrainConfig
+    from trainer.export import export_checkpoint
+    from trainer.train import train
+
+    tmp = tmp_path_factory.mktemp("fold")
+    w2v = save_random_wav2vec2(tmp / "w2v", base=False)
+    metrics = train(TrainConfig(data=str(ravdess_dir), out=str(tmp / "run"),
+                                backbone=f"wav2vec2:{w2v}", fast_dev_run=True, limit_items=60,
+                                batch_size=4, progress=False, precision="32"))
+    export_checkpoint(metrics["checkpoint"], tmp / "onnx", variants=("fp32",))
+    return tmp / "onnx"
+
+
+def test_bench_alerts_command(tmp_path, ravdess_dir, fold_model) -> None:
+    from models.card import ModelCard
+
+    held = ModelCard.load(fold_model).training["split"]["test"][0]
     out = tmp_path / "alerts.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "callmon_cli.py"), "bench", "alerts", "--data",
-         str(ravdess_dir), "--speakers", f"ravdess/{held_out_actors[1]}", "--calm-minutes", "0.5",
-         "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+         str(ravdess_dir), "--model", str(fold_model), "--variant", "fp32", "--speakers",
+         f"ravdess/{held}", "--calm-minutes", "0.5", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "frustration FA/h" in proc.stdout and f"ravdess/{held_out_actors[1]}" in proc.stdout
+    assert "frustration FA/h" in proc.stdout and f"ravdess/{held}" in proc.stdout
     report = json.loads(out.read_text())
-    assert report["speakers"] == [f"ravdess/{held_out_actors[1]}"]
+    assert report["speakers"] == [f"ravdess/{held}"]
     assert report["alert_config"]["frustration"]["on"] > 0
     assert len(report["calls"]) == 4 and out.with_suffix(".png").stat().st_size > 10_000
+    seen = ModelCard.load(fold_model).training["split"]["train"][0]
     bad = subprocess.run(
         [sys.executable, str(ROOT / "callmon_cli.py"), "bench", "alerts", "--data",
-         str(ravdess_dir), "--speakers", "ravdess/01", "--out", str(tmp_path / "x.json")],
+         str(ravdess_dir), "--model", str(fold_model), "--variant", "fp32", "--speakers",
+         f"ravdess/{seen}", "--out", str(tmp_path / "x.json")],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode == 2 and "training or validation set" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -74,10 +74,10 @@ def cluster_log(url: str) -> list[dict]:
     return asyncio.run(read())
 
 
-def test_two_nodes_one_dashboard_on_a_cluster(cluster, ravdess_dir, held_out_actors):
-    angry = np.concatenate(actor_clips(ravdess_dir, held_out_actors[2], "angry", 4,
+def test_two_nodes_one_dashboard_on_a_cluster(cluster, ravdess_dir, call_actors):
+    angry = np.concatenate(actor_clips(ravdess_dir, call_actors[2], "angry", 4,
                                        intensity="02"))
-    calm = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "calm", 4))
+    calm = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "calm", 4))
     nodes = [ServerProcess(redis_url=cluster.url, port=free_port(),
                            extra_env={**FAST_BEAT, "CALLMON_NODE": name})
              for name in ("node-a", "node-b")]
@@ -186,7 +186,7 @@ def test_two_nodes_one_dashboard_on_a_cluster(cluster, ravdess_dir, held_out_act
 
 
 def test_a_call_id_is_live_on_one_node_only(shipped_model, redis_server, ravdess_dir,
-                                            held_out_actors):
+                                            call_actors):
     """Two nodes on one Redis: node B used to accept a call id live on node A, and when B's
     call ended the dashboard hid A's live call. Ids are claimed cluster-wide now."""
     import asyncio
@@ -196,7 +196,7 @@ def test_a_call_id_is_live_on_one_node_only(shipped_model, redis_server, ravdess
     from .streaming import actor_clips, running_service, wait_for
     from .test_stream_bad_input import START, refused
 
-    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "calm", 4))
+    audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "calm", 4))
 
     async def main():
         async with running_service(shipped_model, redis_server.url, node="node-a") as a, \

@@ -36,8 +36,8 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_calls_alerts_and_acknowledgement(service, ravdess_dir, held_out_actors):
-    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[2])
+def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[2])
     http = httpx.Client(base_url=service.http_url, timeout=10)
     future = service.submit(stream_native(service.ingest_url + "/v1/stream", audio[:, None],
                                           rate=16000, call_id="api-call", speed=6,
@@ -79,9 +79,9 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, held_out_actors)
     assert "/api/v1/predict" in http.get("/openapi.json").json()["paths"]
 
 
-def test_predict(service, ravdess_dir, held_out_actors):
+def test_predict(service, ravdess_dir, call_actors):
     http = httpx.Client(base_url=service.http_url, timeout=30)
-    clips = actor_clips(ravdess_dir, held_out_actors[2], "angry", 3, intensity="02")
+    clips = actor_clips(ravdess_dir, call_actors[2], "angry", 3, intensity="02")
     ten_s = np.concatenate(clips)[: 10 * 16000]
     r = http.post("/api/v1/predict", files={"file": ("call.wav", wav_bytes(ten_s, 16000))})
     assert r.status_code == 200, r.text

@@ -39,9 +39,9 @@ def browser():
 
 
 def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, redis_server,
-                                                       ravdess_dir, held_out_actors):
-    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[2])
-    calm_audio, _ = calm_then_angry(ravdess_dir, held_out_actors[0])
+                                                       ravdess_dir, call_actors):
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[2])
+    calm_audio, _ = calm_then_angry(ravdess_dir, call_actors[0])
     with ServiceThread(shipped_model, redis_server.url) as svc:
         page = browser.new_page(viewport={"width": 1280, "height": 760})
         page.goto(svc.http_url + "/")

@@ -50,10 +50,10 @@ def replay_once(url: str, until_ended: str) -> list[dict]:
     return seen
 
 
-def test_redis_unavailable_at_start_up(shipped_model, held_out_actors, ravdess_dir, tmp_path):
+def test_redis_unavailable_at_start_up(shipped_model, call_actors, ravdess_dir, tmp_path):
     """The service starts degraded without Redis, holds the call's alerts and events in
     order, and delivers each exactly once when Redis appears."""
-    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[3])
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[3])
     port = free_port()
     later = EmbeddedRedis(port=port, data_dir=tmp_path)
 
@@ -83,11 +83,11 @@ def test_redis_unavailable_at_start_up(shipped_model, held_out_actors, ravdess_d
     assert raised["id"] in socket_alerts
 
 
-def test_redis_slow_debug_sleep(shipped_model, held_out_actors, ravdess_dir, tmp_path):
+def test_redis_slow_debug_sleep(shipped_model, call_actors, ravdess_dir, tmp_path):
     """Redis stalls for 4 s (``DEBUG SLEEP``, longer than the client's 2 s timeout) while the
     customer turns angry: results keep flowing on the socket, and a consumer that
     de-duplicates by id gets every alert exactly once (a timed-out write may be repeated)."""
-    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[3])
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[3])
     server = EmbeddedRedis(data_dir=tmp_path, extra_args=("--enable-debug-command", "local"))
     server.start()
     sleep: dict[str, float] = {}
@@ -133,13 +133,13 @@ def test_redis_slow_debug_sleep(shipped_model, held_out_actors, ravdess_dir, tmp
 
 
 def test_vanished_fast_and_stalled_clients_leave_other_calls_alone(
-        shipped_model, held_out_actors, ravdess_dir, redis_server, tmp_path):
+        shipped_model, call_actors, ravdess_dir, redis_server, tmp_path):
     """Beside one well-behaved call: a client process frozen mid-call (SIGSTOP: no close
     frame, no pongs), one killed outright, one sending as fast as it can, and one that
     never reads its results. The good call loses nothing; the frozen and killed calls are
     ended as ``disconnect`` within the ping timeout."""
-    good = np.concatenate(actor_clips(ravdess_dir, held_out_actors[1], "angry", 3))
-    noise = np.concatenate(actor_clips(ravdess_dir, held_out_actors[2], "sad", 6))
+    good = np.concatenate(actor_clips(ravdess_dir, call_actors[1], "angry", 3))
+    noise = np.concatenate(actor_clips(ravdess_dir, call_actors[2], "sad", 6))
     path = tmp_path / "call.wav"
     sf.write(path, noise, 16_000)
 
@@ -312,7 +312,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 
-def test_redis_refusing_writes_is_an_outage_and_loses_nothing(shipped_model, held_out_actors,
+def test_redis_refusing_writes_is_an_outage_and_loses_nothing(shipped_model, call_actors,
                                                               ravdess_dir, redis_server):
     """Redis at maxmemory with noeviction answers writes with OOM errors. That used to be
     logged and dropped (health ``ok``, nothing undelivered). Now the events are held,
@@ -320,7 +320,7 @@ def test_redis_refusing_writes_is_an_outage_and_loses_nothing(shipped_model, hel
     reused call id then starts clean, and every per-call key expires."""
     from streamer import schema
 
-    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[1])
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[1])
     admin = redis.Redis.from_url(redis_server.url)
     seen: dict = {}
 

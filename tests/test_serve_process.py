@@ -19,8 +19,8 @@ from streamer.redis_server import free_port
 from .streaming import actor_clips, wait_for
 
 
-def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, held_out_actors):
-    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "angry", 2))
+def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, call_actors):
+    audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "angry", 2))
     port = free_port()
     server = ServerProcess(redis_url=redis_server.url, port=port)
     try:
@@ -59,12 +59,12 @@ def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, held_out
 
 
 def test_killed_node_calls_are_marked_lost(shipped_model, redis_server, ravdess_dir,
-                                           held_out_actors):
+                                           call_actors):
     """SIGKILL a serve process mid-call: a surviving node ends the call as ``lost`` within
     the heartbeat TTL plus two reaper passes, instead of leaving it live forever."""
     from .streaming import ServiceThread
 
-    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "neutral", 2))
+    audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "neutral", 2))
     port = free_port()
     fast = {"CALLMON_HEARTBEAT_S": "0.5", "CALLMON_HEARTBEAT_TTL_S": "2"}
     server = ServerProcess(redis_url=redis_server.url, port=port, extra_env=fast)

@@ -22,37 +22,49 @@ def test_card_is_consistent(shipped_model) -> None:
     assert card.sample_rate_hz == 16_000 and card.window_samples == 48_000
     assert shipped_model.variant == "int8"
     split = card.training["split"]
-    # The held-out actors were used neither for training nor for early stopping.
-    assert not set(card.evaluation["held_out_speakers"]) & (set(split["train"]) | set(split["val"]))
+    # Held-out speakers (if any) were used neither for training nor for model selection.
+    held = set(card.evaluation.get("held_out_speakers", []))
+    assert not held & (set(split["train"]) | set(split["val"]))
+    # Its figures come from cross-validation over speakers of both corpora, and its
+    # temperature and alert rules were chosen on validation speakers.
+    cv = card.training["cross_validation"]
+    assert len(cv["folds"]) == 5 and set(cv["by_corpus"]) == {"emodb", "ravdess"}
+    tested = [s for f in cv["folds"] for s in f["test_speakers"]]
+    assert len(tested) == len(set(tested)) == 25
+    assert 0.5 < card.temperature < 5 and card.alerts["frustration"]["on"] > 0
+    assert card.evaluation["alerts_cross_validated"]["test"]["clean"]["calm_hours"] > 1
     for variant in ("int8", "fp16"):
         assert (ROOT / "models" / "weights" / card.files[variant]).is_file()
     size_mb = sum((ROOT / "models/weights" / f).stat().st_size for f in card.files.values()) / 2**20
     assert size_mb < 40
 
 
-def test_held_out_actors_score_well_above_chance(shipped_model, held_out_actors, ravdess_dir):
-    items = [u for u in discover(ravdess_dir) if u.speaker in set(held_out_actors)]
+def test_exported_model_scores_speech(shipped_model, call_actors, ravdess_dir):
+    """A check of the export (the speaker-independent estimate is the card's
+    cross-validation): RAVDESS clips score far above chance, every class is heard."""
+    items = [u for u in discover(ravdess_dir) if u.speaker in set(call_actors)]
     report = evaluate_items(shipped_model, items, shipped_model.labels, window_samples=48_000,
                             hop_samples=16_000)
-    assert report["n"] == 44 * len(held_out_actors)
+    assert report["n"] == 44 * len(call_actors)
     assert report["uar"] > 0.6  # chance is 0.2
     assert min(report["per_class_recall"].values()) > 0.3
-    # The card's figure is what this evaluation gives (within int8-vs-PyTorch noise).
-    assert abs(report["uar"] - shipped_model.card.evaluation["held_out"]["uar"]) < 0.05
+    held = shipped_model.card.evaluation.get("held_out")
+    if held:  # a model with held-out actors: the card's figure is what evaluation gives
+        assert abs(report["uar"] - held["uar"]) < 0.05
 
 
-def test_fp16_variant_agrees_with_int8(shipped_model, held_out_actors, ravdess_dir) -> None:
+def test_fp16_variant_agrees_with_int8(shipped_model, call_actors, ravdess_dir) -> None:
     fp16 = load_model(variant="fp16")
-    clips = sorted((ravdess_dir / f"Actor_{held_out_actors[0]}").glob("03-01-0[1-6]-*.flac"))[:12]
+    clips = sorted((ravdess_dir / f"Actor_{call_actors[0]}").glob("03-01-0[1-6]-*.flac"))[:12]
     x = np.stack([np.resize(load_audio(c), 48_000) for c in clips])
     a, b = shipped_model(x), fp16(x)
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
     assert np.abs(a - b).max() < 0.2
 
 
-def test_evaluate_command_writes_report(tmp_path: Path, held_out_actors, ravdess_dir) -> None:
+def test_evaluate_command_writes_report(tmp_path: Path, call_actors, ravdess_dir) -> None:
     out = tmp_path / "report.json"
-    actor = held_out_actors[0]
+    actor = call_actors[0]
     proc = subprocess.run(
         [sys.executable, "-m", "callmon_cli", "evaluate", "--data", str(ravdess_dir),
          "--speakers", actor, "--telephone", "--out", str(out)],

@@ -83,8 +83,8 @@ def test_oversized_frame_closes_1009(shipped_model, redis_server) -> None:
 
 
 def test_duplicate_call_and_capacity_do_not_disturb_the_live_call(
-        shipped_model, redis_server, ravdess_dir, held_out_actors) -> None:
-    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "angry", 3))
+        shipped_model, redis_server, ravdess_dir, call_actors) -> None:
+    audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "angry", 3))
 
     async def main():
         async with running_service(shipped_model, redis_server.url, max_calls=2) as service:

@@ -40,8 +40,8 @@ def assert_frustration_alert(alerts: list[dict], onset: float, role: str = "cust
     return first
 
 
-def test_calm_customer_turns_angry(shipped_model, held_out_actors, ravdess_dir, redis_server):
-    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[0])
+def test_calm_customer_turns_angry(shipped_model, call_actors, ravdess_dir, redis_server):
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[0])
 
     async def main():
         async with running_service(shipped_model, redis_server.url) as service:
@@ -78,15 +78,15 @@ def test_calm_customer_turns_angry(shipped_model, held_out_actors, ravdess_dir, 
     assert live == []  # ended calls leave the live set
 
 
-def test_twilio_endpoint_two_tracks_at_8k(shipped_model, held_out_actors, ravdess_dir,
+def test_twilio_endpoint_two_tracks_at_8k(shipped_model, call_actors, ravdess_dir,
                                          redis_server):
     import soxr
 
     # The shipped model recognises actor 18's strong anger late on an 8 kHz line (about
     # 15 s after it starts; see the model card's per-actor limits), so the angry customer
     # here is the third held-out actor and the second plays the agent.
-    customer, onset = calm_then_angry(ravdess_dir, held_out_actors[2])
-    agent, _ = calm_then_angry(ravdess_dir, held_out_actors[1])
+    customer, onset = calm_then_angry(ravdess_dir, call_actors[2])
+    agent, _ = calm_then_angry(ravdess_dir, call_actors[1])
     agent = agent[: len(customer)]
     agent = np.pad(agent, (0, len(customer) - len(agent)))
     stereo16 = np.stack([customer, agent], axis=1)
@@ -108,9 +108,9 @@ def test_twilio_endpoint_two_tracks_at_8k(shipped_model, held_out_actors, ravdes
     assert log[0]["roles"] == ["customer", "agent"]
 
 
-def test_redis_killed_and_restarted_mid_call(shipped_model, held_out_actors, ravdess_dir,
+def test_redis_killed_and_restarted_mid_call(shipped_model, call_actors, ravdess_dir,
                                              redis_server):
-    audio, onset = calm_then_angry(ravdess_dir, held_out_actors[3])
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[3])
 
     async def main():
         async with running_service(shipped_model, redis_server.url) as service:
@@ -165,7 +165,7 @@ def test_redis_killed_and_restarted_mid_call(shipped_model, held_out_actors, rav
     assert [d["id"] for d in seen] == list(dict.fromkeys(ids))
 
 
-def test_stream_and_alerts_commands(shipped_model, held_out_actors, ravdess_dir, redis_server,
+def test_stream_and_alerts_commands(shipped_model, call_actors, ravdess_dir, redis_server,
                                     tmp_path):
     """``callmon stream`` (native, stereo file → two roles; and Twilio mode) and
     ``callmon alerts --since 0`` as a user runs them."""
@@ -176,9 +176,9 @@ def test_stream_and_alerts_commands(shipped_model, held_out_actors, ravdess_dir,
 
     from .streaming import ServiceThread, actor_clips
 
-    customer = np.concatenate(actor_clips(ravdess_dir, held_out_actors[2], "angry", 3,
+    customer = np.concatenate(actor_clips(ravdess_dir, call_actors[2], "angry", 3,
                                           intensity="02"))
-    agent = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "neutral", 3))
+    agent = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "neutral", 3))
     n = min(len(customer), len(agent))
     path = tmp_path / "call.wav"
     sf.write(path, np.stack([customer[:n], agent[:n]], axis=1), 16_000)
@@ -234,13 +234,13 @@ class SlowModel:
 
 
 def test_silent_windows_wait_for_earlier_speech_and_alerts_end_with_the_call(
-        shipped_model, held_out_actors, ravdess_dir, redis_server):
+        shipped_model, call_actors, ravdess_dir, redis_server):
     """Two alert-engine defects, through the real server: a silent window used to be
     published before earlier speech windows were scored (carrying a stale smoothed score),
     and an alert still active at the end of a call was never cleared."""
     from .streaming import actor_clips
 
-    angry = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "angry", 4,
+    angry = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "angry", 4,
                                        intensity="02"))
     hush = (1e-5 * np.random.default_rng(1).standard_normal(16_000 * 6)).astype(np.float32)
     audio = np.concatenate([angry, hush])
@@ -272,7 +272,7 @@ def test_silent_windows_wait_for_earlier_speech_and_alerts_end_with_the_call(
 
 
 def test_redis_restarted_empty_mid_call_gets_the_live_call_back(
-        shipped_model, held_out_actors, ravdess_dir, tmp_path):
+        shipped_model, call_actors, ravdess_dir, tmp_path):
     """Redis restarted *without* its data mid-call: the call vanished from the live set and
     its state (404 even after it ended). On reconnect each node re-announces its live calls,
     and the dashboard API answers 503, not 500, while Redis is away."""
@@ -285,7 +285,7 @@ def test_redis_restarted_empty_mid_call_gets_the_live_call_back(
     server = EmbeddedRedis(data_dir=tmp_path / "r", persist=False)
     (tmp_path / "r").mkdir()
     server.start()
-    audio = np.concatenate(actor_clips(ravdess_dir, held_out_actors[0], "calm", 8))
+    audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "calm", 8))
     seen: dict = {}
     try:
         with ServiceThread(shipped_model, server.url) as svc:
