@@ -290,6 +290,54 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
     return report
 
 
-def write(report: dict, out: Path) -> None:
+def write(report: dict, out: Path) -> list[Path]:
+    """The report as JSON, and a Markdown summary beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    md = out.with_suffix(".md")
+    md.write_text(report_markdown(report))
+    return [out, md]
+
+
+def report_markdown(report: dict) -> str:
+    from trainer.model_card import _alert_rows
+
+    a = report["alerts"]
+    lines = [
+        "# Calibration and alert thresholds (`callmon calibrate`)", "",
+        f"Target: at most {report['target_false_alerts_per_hour']:g} false alert per hour of "
+        f"calm speech per kind, on the validation calls of every fold together "
+        f"({report['validation_calm_hours']:.2f} h of calm speech, clean and telephone).", "",
+        "## Temperature per fold (fitted on its validation speakers; ECE of its test "
+        "speakers' windows)", "",
+        "| test speakers | T | ECE before | ECE after | NLL before | NLL after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in report["folds"]:
+        lines.append(f"| {', '.join(f['test_speakers'])} | {f['temperature']:g} | "
+                     f"{f['test_window_ece_before']:.3f} | {f['test_window_ece_after']:.3f} | "
+                     f"{f['test_window_nll_before']:.3f} | {f['test_window_nll_after']:.3f} |")
+    lines += ["", f"Shipped temperature (median): {report['temperature']:g}", "",
+              "## Chosen alert rules", "", "```json", json.dumps(a, indent=2), "```", "",
+              "## On the test speakers of every fold (never used to choose anything)", "",
+              *_alert_rows({ch: v["overall"] for ch, v in report["test"].items()}), ""]
+    for ch, v in report["test"].items():
+        lines += [f"Per corpus, {ch}:", "",
+                  *_alert_rows(v["per_corpus"]), "",
+                  f"Per speaker, {ch}:", "", *_alert_rows(v["per_speaker"]), ""]
+    nb = report["test_without_baseline"]
+    lines += ["Best rules without a caller baseline "
+              f"(`{json.dumps(nb['alerts'])}`), same test calls:", "",
+              *_alert_rows({k: v for k, v in nb.items() if k != "alerts"}), "",
+              "The hand-set rules used before (on 0.55 / 0.60, 2 windows, no temperature), "
+              "same test calls:", "", *_alert_rows(report["test_default_rules_uncalibrated"]),
+              "", "## Search on the validation calls (best first; per kind: the lowest "
+              "threshold within the target)", "",
+              "| smoothing | baseline | windows | frustration on | FA | detected | distress on | "
+              "FA | detected |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["search"][:25]:
+        f, d = r["frustration"], r["distress"]
+        lines.append(f"| {r['smoothing']} | {r['baseline']} | {r['consecutive']} | {f['on']} | "
+                     f"{f['false_alerts']} | {f['detected']} | {d['on']} | {d['false_alerts']} | "
+                     f"{d['detected']} |")
+    return "\n".join(lines) + "\n"

@@ -64,7 +64,7 @@ def _speakers(ids: list[str]) -> str:
 
 def _alert_rows(block: dict) -> list[str]:
     """A table of an alert benchmark's overall figures per channel."""
-    lines = ["| channel | frustration false alerts / h | distress false alerts / h | angry ≤ 10 s "
+    lines = ["| calls | frustration false alerts / h | distress false alerts / h | angry ≤ 10 s "
              "| sad ≤ 15 s | fearful ≤ 15 s | median s to alert (angry / sad / fearful) |",
              "|---|---|---|---|---|---|---|"]
     for channel, b in block.items():
