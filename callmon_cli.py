@@ -41,11 +41,23 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"callmon {args.command}: error: {exc}", file=sys.stderr)
+        print(f"callmon {args.command}: error: {_reason(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # Connection and protocol failures of the Redis and websocket clients: one line.
+        if args.verbose or not type(exc).__module__.startswith(("redis", "websockets")):
+            raise
+        print(f"callmon {args.command}: error: {_reason(exc)}", file=sys.stderr)
+        return 2
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused ({exc}): is the server running and the address right?"
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

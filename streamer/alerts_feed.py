@@ -28,29 +28,45 @@ def stream_id_for(since: str | None) -> str:
 
 
 async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[dict], None],
-                        stop: asyncio.Event | None = None, block_ms: int = 1000) -> None:
+                        stop: asyncio.Event | None = None, block_ms: int = 1000,
+                        on_status: Callable[[str], None] | None = None) -> None:
     """Read ``callmon:alerts:log`` with XREAD from ``since`` onwards and call ``on_message``
     with each entry's decoded payload, de-duplicated by ``id``. Reading the stream (rather
     than pub/sub) is what lets a consumer that was away catch up; reconnects resume after
-    the last id seen."""
+    the last id seen.
+
+    Raises:
+        ConnectionError: Redis cannot be reached at the start (later outages are waited
+            out, and reported through ``on_status`` when it goes away and comes back).
+    """
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     last = stream_id_for(since)
     seen: dict[str, None] = {}  # insertion-ordered, trimmed to the most recent ids
     client = redis_client.connect(url, timeout_s=None)
+    away = False
     try:
+        try:
+            exists = await client.exists(schema.ALERTS_STREAM)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise ConnectionError(f"cannot reach Redis at {url}: {exc}") from None
         if last == "$":  # pin "now" to a concrete id so a reconnect does not skip entries
-            info = await client.xinfo_stream(schema.ALERTS_STREAM) if await client.exists(
-                schema.ALERTS_STREAM) else None
+            info = await client.xinfo_stream(schema.ALERTS_STREAM) if exists else None
             last = info["last-generated-id"].decode() if info else "0"
         while stop is None or not stop.is_set():
             reply: Any
             try:
                 reply = await client.xread({schema.ALERTS_STREAM: last}, block=block_ms, count=500)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if not away and on_status is not None:
+                    on_status(f"Redis at {url} went away ({exc}); waiting for it")
+                away = True
                 await asyncio.sleep(0.5)  # Redis away: retry from the same id
                 continue
+            if away and on_status is not None:
+                on_status(f"Redis at {url} is back; resuming after {last}")
+            away = False
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id.decode()

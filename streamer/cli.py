@@ -168,8 +168,11 @@ def _alerts(args: argparse.Namespace) -> int:
             print(f"{data['type']:>12} call={data['call_id']} "
                   + (f"reason={data.get('reason')}" if data.get("reason") else ""), flush=True)
 
+    def status(line: str) -> None:
+        print(f"callmon alerts: {line}", file=sys.stderr, flush=True)
+
     try:
-        asyncio.run(follow_alerts(url, since=args.since, on_message=show))
+        asyncio.run(follow_alerts(url, since=args.since, on_message=show, on_status=status))
     except KeyboardInterrupt:
         pass
     return 0

@@ -38,7 +38,13 @@ def load_for_streaming(path: Path | str, *, rate: int) -> np.ndarray:
     import soundfile as sf
     import soxr
 
-    audio, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        audio, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        raise ValueError(f"{path} is not an audio file soundfile can read "
+                         f"({exc.error_string})") from None
     if audio.shape[1] > 2:
         audio = audio[:, :2]
     if file_rate != rate:
