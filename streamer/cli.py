@@ -45,6 +45,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                         "CALLMON_MAX_SPEED, 4x real time, after 10 s of head start)")
     p.add_argument("--speed", type=float, default=1.0, help="pace at this multiple of real time")
     p.add_argument("--token", help="ingest bearer token")
+    p.add_argument("--agent", help="the agent's name (shown on the dashboard's call card)")
+    p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                   help="call metadata, e.g. --metadata queue=billing (repeatable)")
     p.set_defaults(handler=_stream)
 
     p = sub.add_parser("alerts", help="print alerts and call events as they happen")
@@ -124,30 +127,44 @@ def _stream(args: argparse.Namespace) -> int:
             print(line, flush=True)
 
     base = args.url.rstrip("/")
+    metadata = _metadata(args.metadata, agent=args.agent)
     if args.mic:
         from streamer.mic import stream_microphone
 
         return asyncio.run(stream_microphone(base + "/v1/stream", rate=args.rate,
                                              call_id=args.call_id, token=args.token,
-                                             on_message=show))
+                                             on_message=show, metadata=metadata))
     if not args.file:
         raise ValueError("give an audio FILE or --mic")
     if args.protocol == "twilio":
         audio = load_for_streaming(args.file, rate=8000)
         outcome = asyncio.run(stream_twilio(base + "/v1/twilio", audio, call_id=args.call_id,
                                             speed=None if args.fast else args.speed, token=args.token,
-                                            on_message=show))
+                                            on_message=show, custom_parameters=metadata))
     else:
         rate = 8000 if args.encoding in ("mulaw", "alaw") else args.rate
         audio = load_for_streaming(args.file, rate=rate)
         outcome = asyncio.run(stream_native(base + "/v1/stream", audio, rate=rate,
                                             call_id=args.call_id, encoding=args.encoding,
                                             speed=None if args.fast else args.speed, token=args.token,
-                                            on_message=show))
+                                            on_message=show, metadata=metadata))
     if outcome.errors:
         print(f"server refused: {outcome.errors[-1]['message']}", file=sys.stderr)
         return 1
     return 0
+
+
+def _metadata(pairs: list[str], *, agent: str | None) -> dict[str, str]:
+    """``["queue=billing"]`` and ``--agent`` → the start message's metadata."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--metadata takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value
+    if agent:
+        out["agent"] = agent
+    return out
 
 
 def _alerts(args: argparse.Namespace) -> int:

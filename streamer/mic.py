@@ -18,7 +18,8 @@ from streamer.client import StreamOutcome, _receive, encode
 
 async def stream_microphone(url: str, *, rate: int = 16000, call_id: str | None = None,
                             token: str | None = None,
-                            on_message: Callable[[dict], None] | None = None) -> int:
+                            on_message: Callable[[dict], None] | None = None,
+                            metadata: dict | None = None) -> int:
     try:
         import sounddevice as sd
     except (ImportError, OSError) as exc:
@@ -34,7 +35,7 @@ async def stream_microphone(url: str, *, rate: int = 16000, call_id: str | None 
     async with connect(url, additional_headers=headers, compression=None) as ws:
         await ws.send(json.dumps({"type": "start", "call_id": call_id or f"mic-{uuid.uuid4().hex[:8]}",
                                   "sample_rate": rate, "encoding": "pcm_s16le", "channels": 1,
-                                  "roles": ["customer"]}))
+                                  "roles": ["customer"], "metadata": metadata or {}}))
         receiver = asyncio.create_task(_receive(ws, outcome, on_message))
         with sd.InputStream(samplerate=rate, channels=1, dtype="float32",
                             blocksize=rate // 50, callback=callback):

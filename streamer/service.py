@@ -169,6 +169,27 @@ class Service:
             self.embedded_redis.close()
 
 
+def check_ports(settings: Settings, *, dashboard: bool) -> None:
+    """Refuse to start when a port is taken, before anything (an embedded Redis, the
+    model) is started that would then have to be cleaned up."""
+    import socket
+
+    wanted = [("ingest", settings.port)] + ([("dashboard", settings.dashboard_port)]
+                                           if dashboard else [])
+    for what, port in wanted:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((settings.host, port))
+            except OSError as exc:
+                raise ValueError(f"the {what} port {settings.host}:{port} is not free "
+                                 f"({exc.strerror}): is another callmon running? Choose "
+                                 f"another with --{'port' if what == 'ingest' else what + '-port'}"
+                                 ) from None
+
+
 def check_exposure(settings: Settings) -> None:
     """Refuse to open ingest beyond loopback without a token, unless told it is on purpose."""
     if (not is_loopback(settings.host) and not settings.ingest_token
@@ -186,8 +207,13 @@ async def run(settings: Settings, *, dashboard: bool = True) -> None:
         from dashboard.server import supervisor_auth
 
         supervisor_auth(settings)  # refuse an open dashboard beyond loopback before starting
+    check_ports(settings, dashboard=dashboard)
     service = Service(settings, dashboard=dashboard)
-    await service.start()
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()  # whatever started (an embedded Redis above all) is stopped
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -52,3 +52,35 @@ def test_alerts_says_when_redis_goes_away_and_comes_back(tmp_path) -> None:
         _, err = proc.communicate(timeout=10)
         server.close()
     assert "went away" in err and "is back" in err and "Traceback" not in err
+
+
+def test_serve_on_a_taken_port_says_so_and_leaves_nothing_running(tmp_path) -> None:
+    """It used to exit with a traceback and leave its embedded Redis running, orphaned."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    before = _redis_processes()
+    try:
+        proc = callmon("serve", "--port", str(port), "--dashboard-port", str(free_port()))
+    finally:
+        taken.close()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"ingest port 127.0.0.1:{port} is not free" in proc.stderr and "--port" in proc.stderr
+    after = _redis_processes()
+    assert after <= before  # no Redis left behind
+
+
+def _redis_processes() -> set[int]:
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"redis-server" in cmd or b"valkey" in cmd:
+                out.add(int(proc.name))
+    return out

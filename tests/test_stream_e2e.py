@@ -188,9 +188,9 @@ def test_stream_and_alerts_commands(shipped_model, call_actors, ravdess_dir, red
                                   capture_output=True, text=True, timeout=120)
 
         native = cli("stream", str(path), "--url", svc.ingest_url, "--speed", "8",
-                     "--call-id", "cli-native")
+                     "--call-id", "cli-native", "--agent", "Ann", "--metadata", "queue=billing")
         twilio = cli("stream", str(path), "--url", svc.ingest_url, "--speed", "8",
-                     "--protocol", "twilio", "--call-id", "cli-twilio")
+                     "--protocol", "twilio", "--call-id", "cli-twilio", "--agent", "Bo")
         alerts = subprocess.run(
             [sys.executable, "-c",
              "import asyncio, json, sys\n"
@@ -211,8 +211,10 @@ def test_stream_and_alerts_commands(shipped_model, call_actors, ravdess_dir, red
     assert twilio.returncode == 0, twilio.stderr
     assert any(line.startswith("cli-twilio customer") for line in twilio.stdout.splitlines())
     events = [json.loads(line) for line in alerts.stdout.splitlines()]
-    assert [e["call_id"] for e in events if e["type"] == "call_started"] == ["cli-native",
-                                                                              "cli-twilio"]
+    started = [e for e in events if e["type"] == "call_started"]
+    assert [e["call_id"] for e in started] == ["cli-native", "cli-twilio"]
+    assert started[0]["metadata"] == {"agent": "Ann", "queue": "billing"}
+    assert started[1]["metadata"]["agent"] == "Bo"
     assert bad.returncode != 0 and "missing.wav" in bad.stderr
 
 
