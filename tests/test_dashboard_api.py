@@ -95,6 +95,24 @@ def test_predict(service, ravdess_dir, call_actors):
     assert r8.status_code == 200 and r8.json()["sample_rate_in"] == 8000
     short = http.post("/api/v1/predict", files={"file": ("s.flac", wav_bytes(ten_s[:8000], 16000))})
     assert short.status_code == 200 and short.json()["windows"] == []
+    # Digital silence: no speech, so no emotion (it used to answer "sad" 0.52).
+    hush = http.post("/api/v1/predict",
+                     files={"file": ("z.wav", wav_bytes(np.zeros(5 * 16000, np.float32), 16000))})
+    assert hush.status_code == 200 and hush.json()["speech"] is False
+    assert hush.json()["label"] is None and "no speech" in hush.json()["message"]
+    assert all(w["speech"] is False and w["label"] is None for w in hush.json()["windows"])
+    # Stereo: each channel scored as the streamer does (customer left, agent right).
+    calm = np.concatenate(actor_clips(ravdess_dir, call_actors[2], "calm", 3))[: 10 * 16000]
+    stereo = np.stack([ten_s, np.zeros_like(ten_s)], axis=1)
+    stereo[: len(calm), 1] = calm
+    both = http.post("/api/v1/predict", files={"file": ("s.wav", wav_bytes(stereo, 16000))})
+    assert both.status_code == 200 and both.json()["channels_in"] == 2
+    channels = both.json()["channels"]
+    assert set(channels) == {"customer", "agent"}
+    assert channels["customer"]["label"] == body["label"] == both.json()["label"]
+    assert channels["customer"]["scores"] == body["scores"]
+    assert channels["agent"]["speech"] is True
+    assert channels["agent"]["scores"] != channels["customer"]["scores"]
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def check(data: bytes) -> int:
     except AudioRejected as exc:
         assert exc.status in (415, 422), exc.status
         return exc.status
-    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.dtype == np.float32 and audio.ndim == 2 and audio.shape[1] in (1, 2)
     assert np.isfinite(audio).all() and np.abs(audio).max(initial=0) <= 1.0
     assert audio.shape[0] <= MAX_S * 16_000 + 16
     assert rate > 0 and channels > 0
