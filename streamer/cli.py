@@ -41,8 +41,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--encoding", default="pcm_s16le",
                    choices=["pcm_s16le", "f32le", "mulaw", "alaw"])
     p.add_argument("--fast", action="store_true",
-                   help="send as fast as possible (a server refuses audio faster than its "
-                        "CALLMON_MAX_SPEED, 4x real time, after 10 s of head start)")
+                   help="send as fast as the server accepts (its CALLMON_MAX_SPEED after its "
+                        "head start, which it announces; 4x after 10 s by default)")
     p.add_argument("--speed", type=float, default=1.0, help="pace at this multiple of real time")
     p.add_argument("--token", help="ingest bearer token")
     p.add_argument("--agent", help="the agent's name (shown on the dashboard's call card)")
@@ -119,7 +119,13 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from streamer.client import format_result, load_for_streaming, stream_native, stream_twilio
+    from streamer.client import (
+        FASTEST,
+        format_result,
+        load_for_streaming,
+        stream_native,
+        stream_twilio,
+    )
 
     def show(data: dict) -> None:
         line = format_result(data)
@@ -139,14 +145,14 @@ def _stream(args: argparse.Namespace) -> int:
     if args.protocol == "twilio":
         audio = load_for_streaming(args.file, rate=8000)
         outcome = asyncio.run(stream_twilio(base + "/v1/twilio", audio, call_id=args.call_id,
-                                            speed=None if args.fast else args.speed, token=args.token,
+                                            speed=FASTEST if args.fast else args.speed, token=args.token,
                                             on_message=show, custom_parameters=metadata))
     else:
         rate = 8000 if args.encoding in ("mulaw", "alaw") else args.rate
         audio = load_for_streaming(args.file, rate=rate)
         outcome = asyncio.run(stream_native(base + "/v1/stream", audio, rate=rate,
                                             call_id=args.call_id, encoding=args.encoding,
-                                            speed=None if args.fast else args.speed, token=args.token,
+                                            speed=FASTEST if args.fast else args.speed, token=args.token,
                                             on_message=show, metadata=metadata))
     if outcome.errors:
         print(f"server refused: {outcome.errors[-1]['message']}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -67,12 +68,31 @@ def encode(audio: np.ndarray, encoding: str) -> bytes:
     raise ValueError(f"unknown encoding {encoding!r}")
 
 
-async def _paced(frames: int, frame_s: float, speed: float | None) -> AsyncIterator[int]:
-    """Yield frame numbers at ``speed`` × real time (``None``: as fast as possible)."""
+#: ``speed`` value meaning "as fast as the server accepts" (its max_speed after its head
+#: start, with a margin); a server that does not say uses callmon's defaults.
+FASTEST = -1.0
+DEFAULT_MAX_SPEED = 4.0
+DEFAULT_SPEED_BURST_S = 10.0
+MARGIN = 0.85
+
+
+def fastest_pace(started: dict | None) -> tuple[float, float]:
+    """(speed, head start in seconds) just inside what the server accepts."""
+    started = started or {}
+    max_speed = float(started.get("max_speed", DEFAULT_MAX_SPEED))
+    burst = float(started.get("speed_burst_s", DEFAULT_SPEED_BURST_S))
+    return MARGIN * max_speed, MARGIN * burst
+
+
+async def _paced(frames: int, frame_s: float, speed: float | None, *,
+                 head_start_s: float = 0.0) -> AsyncIterator[int]:
+    """Yield frame numbers at ``speed`` × real time (``None``: as fast as possible), the
+    first ``head_start_s`` seconds of audio at once."""
     started = time.monotonic()
     for i in range(frames):
         if speed:
-            delay = started + i * frame_s / speed - time.monotonic()
+            ahead = max(0.0, i * frame_s - head_start_s)
+            delay = started + ahead / speed - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)  # real-time pacing of the sender, not a wait on state
         yield i
@@ -122,11 +142,23 @@ async def stream_native(
             "sample_rate": rate, "encoding": encoding, "channels": channels,
             "roles": roles or ["customer", "agent"][:channels], "metadata": metadata or {},
         }))
-        receiver = asyncio.create_task(_receive(ws, outcome, on_message))
+        answered = asyncio.Event()
+
+        def on_any(data: dict) -> None:
+            answered.set()
+            if on_message is not None:
+                on_message(data)
+
+        receiver = asyncio.create_task(_receive(ws, outcome, on_any))
         step = rate * frame_ms // 1000
         n = (audio.shape[0] + step - 1) // step
+        head_start = 0.0
+        if speed == FASTEST:  # learn the server's pace from its "started" message
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(answered.wait(), 5.0)
+            speed, head_start = fastest_pace(outcome.started)
         try:
-            async for i in _paced(n, frame_ms / 1000, speed):
+            async for i in _paced(n, frame_ms / 1000, speed, head_start_s=head_start):
                 await ws.send(encode(audio[i * step : (i + 1) * step], encoding))
             await ws.send(json.dumps({"type": "stop"}))
         except Exception:
@@ -164,7 +196,10 @@ async def stream_twilio(
         receiver = asyncio.create_task(_receive(ws, outcome, on_message))
         step = 8000 * FRAME_MS // 1000
         n = (audio.shape[0] + step - 1) // step
-        async for i in _paced(n, FRAME_MS / 1000, speed):
+        head_start = 0.0
+        if speed == FASTEST:  # Twilio's protocol has no "started": callmon's defaults
+            speed, head_start = fastest_pace(None)
+        async for i in _paced(n, FRAME_MS / 1000, speed, head_start_s=head_start):
             for c, track in enumerate(tracks):
                 seq += 1
                 payload = encode(audio[i * step : (i + 1) * step, c : c + 1], "mulaw")

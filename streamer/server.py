@@ -217,6 +217,8 @@ class IngestServer:
             "v": SCHEMA_VERSION, "type": "started", "call_id": start.call_id,
             "labels": list(self.monitor.labels), "window_s": self.monitor.windowing.window_s,
             "hop_s": self.monitor.windowing.hop_s,
+            # The pace this server accepts: a client may send this fast (see --fast).
+            "max_speed": self.config.max_speed, "speed_burst_s": self.config.speed_burst_s,
         }))
         reason = "disconnect"
         error: ProtocolError | None = None

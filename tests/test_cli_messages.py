@@ -84,3 +84,26 @@ def _redis_processes() -> set[int]:
             if b"redis-server" in cmd or b"valkey" in cmd:
                 out.add(int(proc.name))
     return out
+
+
+def test_fast_streams_a_long_file_at_the_pace_the_server_accepts(shipped_model, redis_server,
+                                                                 ravdess_dir, tmp_path) -> None:
+    """``--fast`` used to be refused (too_fast) for any file over ~13 s; it now sends as
+    fast as the server says it accepts, native and Twilio."""
+    import numpy as np
+    import soundfile as sf
+
+    from .streaming import ServiceThread, actor_clips
+
+    audio = np.concatenate(actor_clips(ravdess_dir, "17", "calm", 8))  # ~30 s
+    path = tmp_path / "long.wav"
+    sf.write(path, audio, 16_000)
+    with ServiceThread(shipped_model, redis_server.url, max_speed=4.0, speed_burst_s=10.0,
+                       max_messages_per_s=500.0) as svc:
+        for protocol in ("native", "twilio"):
+            started = time.monotonic()
+            proc = callmon("stream", str(path), "--url", svc.ingest_url, "--fast",
+                           "--protocol", protocol, timeout=120)
+            took = time.monotonic() - started
+            assert proc.returncode == 0, proc.stderr
+            assert "too_fast" not in proc.stderr and took < len(audio) / 16_000 / 2, took
