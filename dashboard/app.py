@@ -112,7 +112,7 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         public_metrics: serve ``/metrics`` without the supervisor credential (scrapers).
 
     With a credential configured, everything but ``/healthz``'s one-line status needs it:
-    the API, ``/metrics`` (unless public), ``/docs``, ``/redoc`` and ``/openapi.json``.
+    the API, ``/metrics`` (unless public), ``/docs`` and ``/openapi.json``.
     """
 
     @contextlib.asynccontextmanager
@@ -162,17 +162,19 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
     async def openapi(_: Supervisor) -> JSONResponse:
         return JSONResponse(app.openapi())
 
+    from swagger_ui_bundle import swagger_ui_path
+
+    # Swagger UI from its wheel, not a CDN: the API docs work where the product runs.
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
     @app.get("/docs", include_in_schema=False)
     async def swagger(_: Supervisor):
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="callmon API")
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc(_: Supervisor):
-        from fastapi.openapi.docs import get_redoc_html
-
-        return get_redoc_html(openapi_url="/openapi.json", title="callmon API")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="callmon API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
 
     @app.get("/", include_in_schema=False)
     async def index(_: Supervisor) -> FileResponse:
