@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 
 def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
@@ -51,7 +52,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.set_defaults(handler=_stream)
 
     p = sub.add_parser("alerts", help="print alerts and call events as they happen")
-    p.add_argument("--redis-url", default=None, help="default: $REDIS_URL or redis://127.0.0.1")
+    p.add_argument("--redis-url", default=None,
+                   help="default: $REDIS_URL, else the Redis of a callmon serve on this "
+                        "machine, else redis://127.0.0.1")
     p.add_argument("--since", default=None,
                    help="replay from the alert log first: a stream id, 0 for everything, "
                         "or a duration like 10m")
@@ -160,6 +163,20 @@ def _stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_serve_redis() -> str | None:
+    """The Redis of a ``callmon serve`` running on this machine (its runtime file)."""
+    import os
+
+    from streamer.settings import runtime_file
+
+    try:
+        info = json.loads(runtime_file().read_text())
+        os.kill(int(info["pid"]), 0)  # still running?
+        return str(info["redis_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _metadata(pairs: list[str], *, agent: str | None) -> dict[str, str]:
     """``["queue=billing"]`` and ``--agent`` → the start message's metadata."""
     out: dict[str, str] = {}
@@ -178,17 +195,20 @@ def _alerts(args: argparse.Namespace) -> int:
 
     from streamer.alerts_feed import follow_alerts
 
-    url = args.redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    url = args.redis_url or os.environ.get("REDIS_URL") or _local_serve_redis() \
+        or "redis://127.0.0.1:6379/0"
 
     def show(data: dict) -> None:
         if args.json:
             print(json.dumps(data), flush=True)
-        elif data.get("type") == "alert":
-            print(f"{data['state']:>7} {data['kind']:<11} call={data['call_id']} "
+            return
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("ts", time.time())))
+        if data.get("type") == "alert":
+            print(f"{when} {data['state']:>7} {data['kind']:<11} call={data['call_id']} "
                   f"role={data['role']} score={data['score']:.2f} at={data['call_time_s']:.1f}s "
-                  f"id={data['id']}", flush=True)
+                  f"into the call id={data['id']}", flush=True)
         else:
-            print(f"{data['type']:>12} call={data['call_id']} "
+            print(f"{when} {data['type']:>12} call={data['call_id']} "
                   + (f"reason={data.get('reason')}" if data.get("reason") else ""), flush=True)
 
     def status(line: str) -> None:

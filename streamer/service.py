@@ -22,7 +22,7 @@ from streamer.publisher import RedisPublisher
 from streamer.redis_server import EmbeddedRedis
 from streamer.scheduler import InferenceScheduler
 from streamer.server import IngestConfig, IngestServer
-from streamer.settings import Settings, is_loopback
+from streamer.settings import Settings, is_loopback, runtime_file
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +218,35 @@ async def run(settings: Settings, *, dashboard: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    announced = announce(settings, service)
     print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}/v1/stream "  # type: ignore[union-attr]
           f"(Twilio: /v1/twilio) · Redis: {service.redis_url}", flush=True)
     if service.dashboard is not None:
         print(f"callmon dashboard: open http://{settings.host}:{service.dashboard.port}/",
               flush=True)
-    await stop.wait()
-    log.info("shutting down")
-    await service.stop()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+        await service.stop()
+    finally:
+        if announced is not None:
+            announced.unlink(missing_ok=True)
+
+
+def announce(settings: Settings, service: Service) -> Path | None:
+    """Write the runtime file (``streamer.settings.runtime_file``) of this serve process."""
+    import json
+    import os
+
+    path = runtime_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "pid": os.getpid(), "redis_url": service.redis_url,
+            "ingest": f"ws://{settings.host}:{service.ingest.port}",  # type: ignore[union-attr]
+            "dashboard": (f"http://{settings.host}:{service.dashboard.port}"
+                          if service.dashboard is not None else None)}) + "\n")
+    except OSError as exc:
+        log.warning("could not write %s: %s", path, exc)
+        return None
+    return path

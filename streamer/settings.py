@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field
@@ -21,6 +22,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def runtime_file() -> Path:
+    """Where a local ``callmon serve`` says how to reach it (its Redis above all), so that
+    ``callmon alerts`` finds an embedded Redis without a URL being copied around."""
+    base = os.environ.get("CALLMON_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR")
+    root = Path(base) / "callmon" if base else Path.home() / ".cache" / "callmon" / "run"
+    return root / "serve.json"
 
 
 def default_node_name() -> str:

@@ -125,3 +125,49 @@ def test_serve_beyond_loopback_needs_an_ingest_token(tmp_path) -> None:
     check_exposure(Settings(host="0.0.0.0", ingest_token="t"))
     check_exposure(Settings(host="0.0.0.0", insecure_ingest=True))
     check_exposure(Settings(host="::1"))
+
+
+def test_alerts_finds_the_embedded_redis_of_a_local_serve(tmp_path, ravdess_dir, call_actors):
+    """``callmon alerts`` with no URL follows the embedded Redis of a ``callmon serve`` on
+    this machine (its runtime file), with wall-clock times; the file goes with the server."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CALLMON_RUNTIME_DIR": str(tmp_path / "run")}
+    env.pop("REDIS_URL", None)
+    port, dport = free_port(), free_port()
+    serve = subprocess.Popen([sys.executable, str(root / "callmon_cli.py"), "serve", "--port",
+                              str(port), "--dashboard-port", str(dport)], env=env, cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runtime = tmp_path / "run" / "callmon" / "serve.json"
+    try:
+        deadline = time.monotonic() + 60
+        while not runtime.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info = json.loads(runtime.read_text())
+        assert info["pid"] == serve.pid and info["ingest"] == f"ws://127.0.0.1:{port}"
+        audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "neutral", 1))
+        sf_path = tmp_path / "c.wav"
+        import soundfile as sf
+
+        sf.write(sf_path, audio, 16_000)
+        done = subprocess.run([sys.executable, str(root / "callmon_cli.py"), "stream",
+                               str(sf_path), "--url", f"ws://127.0.0.1:{port}", "--speed", "8",
+                               "--call-id", "found-me"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        alerts = subprocess.Popen([sys.executable, str(root / "callmon_cli.py"), "alerts",
+                                   "--since", "0"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(4)
+        alerts.terminate()
+        out, err = alerts.communicate(timeout=10)
+        assert "call_started call=found-me" in out and "call_ended call=found-me" in out, err
+        assert time.strftime("%Y-%m-%d") in out
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
+    assert not runtime.exists()
