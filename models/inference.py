@@ -34,8 +34,57 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-class EmotionModel:
-    """A loaded emotion model.
+class WindowScorer:
+    """What every backend shares: a card, labels, and scoring clips of any length through
+    ``run_windows`` (implemented by the backend)."""
+
+    card: ModelCard
+    labels: tuple[str, ...]
+    variant: str
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.card.sample_rate_hz
+
+    @property
+    def window_samples(self) -> int:
+        return self.card.window_samples
+
+    def run_windows(self, windows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        x = np.asarray(waveform)
+        single = x.ndim == 1
+        batch = as_batch(x)
+        if batch.shape[1] <= self.window_samples:
+            probs = self.run_windows(fit_length(batch, self.window_samples))
+        else:
+            probs = np.stack([self.predict_windows(row)[1].mean(axis=0) for row in batch])
+        return probs[0] if single else probs
+
+    def predict_windows(
+        self, audio: np.ndarray, *, hop_s: float = 1.0, batch_size: int = PREDICT_BATCH
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score a long 1-D clip window by window.
+
+        Returns:
+            ``(start_s, probs)``: each window's start time and its ``(classes,)`` scores.
+        """
+        audio = as_batch(audio)[0]
+        hop = max(1, int(round(hop_s * self.sample_rate_hz)))
+        starts = window_starts(audio.shape[0], self.window_samples, hop)
+        windows = np.stack(
+            [fit_length(audio[s : s + self.window_samples], self.window_samples) for s in starts]
+        )
+        probs = np.concatenate(
+            [self.run_windows(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+        )
+        return np.asarray(starts, dtype=np.float64) / self.sample_rate_hz, probs
+
+
+class EmotionModel(WindowScorer):
+    """A loaded emotion model (ONNX Runtime).
 
     Calling it scores waveforms: ``model(x)`` with ``x`` float32 at ``card.sample_rate_hz``,
     shape ``(samples,)`` → ``(classes,)`` or ``(batch, samples)`` → ``(batch, classes)``.
@@ -71,49 +120,12 @@ class EmotionModel:
                 f"model outputs {width} classes but the card lists {len(self.labels)} labels"
             )
 
-    @property
-    def sample_rate_hz(self) -> int:
-        return self.card.sample_rate_hz
-
-    @property
-    def window_samples(self) -> int:
-        return self.card.window_samples
-
     def run_windows(self, windows: np.ndarray) -> np.ndarray:
         """Score a ``(batch, window_samples)`` float32 array exactly as given."""
         (probs,) = self.session.run(
             [self.card.output_name], {self.card.input_name: np.ascontiguousarray(windows)}
         )
         return apply_temperature(probs.astype(np.float32, copy=False), self.card.temperature)
-
-    def __call__(self, waveform: np.ndarray) -> np.ndarray:
-        x = np.asarray(waveform)
-        single = x.ndim == 1
-        batch = as_batch(x)
-        if batch.shape[1] <= self.window_samples:
-            probs = self.run_windows(fit_length(batch, self.window_samples))
-        else:
-            probs = np.stack([self.predict_windows(row)[1].mean(axis=0) for row in batch])
-        return probs[0] if single else probs
-
-    def predict_windows(
-        self, audio: np.ndarray, *, hop_s: float = 1.0, batch_size: int = PREDICT_BATCH
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Score a long 1-D clip window by window.
-
-        Returns:
-            ``(start_s, probs)``: each window's start time and its ``(classes,)`` scores.
-        """
-        audio = as_batch(audio)[0]
-        hop = max(1, int(round(hop_s * self.sample_rate_hz)))
-        starts = window_starts(audio.shape[0], self.window_samples, hop)
-        windows = np.stack(
-            [fit_length(audio[s : s + self.window_samples], self.window_samples) for s in starts]
-        )
-        probs = np.concatenate(
-            [self.run_windows(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
-        )
-        return np.asarray(starts, dtype=np.float64) / self.sample_rate_hz, probs
 
 
 def load_model(

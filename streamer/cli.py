@@ -16,6 +16,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL, else an embedded Redis)")
     p.add_argument("--model", dest="model_path", help="model directory or .onnx")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"],
+                   help="inference backend (default auto: torch on CUDA when available, else "
+                        "ONNX Runtime)")
     p.add_argument("--hop", dest="hop_s", type=float, help="seconds between windows (default 1)")
     p.add_argument("--max-calls", type=int)
     p.add_argument("--ingest-token", help="require this bearer token on ingest")

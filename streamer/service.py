@@ -71,13 +71,11 @@ class Service:
         self.started_at = time.time()
 
     async def start(self) -> None:
-        from models import load_model
         from models.inference import PREDICT_BATCH
 
         s = self.settings
         if self.model is None:
-            self.model = await asyncio.to_thread(
-                load_model, s.model_path, s.device, variant=s.model_variant, threads=s.threads)
+            self.model = await asyncio.to_thread(load_serving_model, s)
         url = s.redis_url
         if not url:
             self.embedded_redis = EmbeddedRedis(
@@ -167,6 +165,26 @@ class Service:
             await self.redis.aclose()
         if self.embedded_redis:
             self.embedded_redis.close()
+
+
+def load_serving_model(s: Settings):
+    """The model ``serve`` runs: ONNX Runtime, or PyTorch (``--backend``; see Settings)."""
+    from models import load_model
+    from models.card import ModelCard
+    from models.inference import DEFAULT_MODEL_DIR
+    from models.torch_backend import TORCH_VARIANT, load_torch_model, torch_available
+
+    backend = s.backend
+    if backend == "auto":
+        directory = Path(s.model_path) if s.model_path else DEFAULT_MODEL_DIR
+        has_weights = directory.is_dir() and TORCH_VARIANT in ModelCard.load(directory).files
+        wants_cuda = s.device.startswith("cuda") or s.device == "auto"
+        backend = "torch" if has_weights and wants_cuda and torch_available(cuda=True) else "onnx"
+    if backend == "torch":
+        device = "cuda" if s.device == "auto" else s.device
+        return load_torch_model(s.model_path, device, threads=s.threads,
+                                max_batch=max(s.max_batch, 32))
+    return load_model(s.model_path, s.device, variant=s.model_variant, threads=s.threads)
 
 
 def check_ports(settings: Settings, *, dashboard: bool) -> None:

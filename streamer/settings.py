@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_calls: int = Field(500, ge=1)
     model_path: str | None = Field(None, description="model directory or .onnx; unset: shipped")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="onnx (ONNX Runtime), torch (PyTorch), or auto: torch on a CUDA "
+                            "device when torch has CUDA and the model ships its weights, else onnx")
     model_variant: str | None = Field(None, description="fp32, int8 or fp16 (default by device)")
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads")
     hop_s: float = Field(1.0, gt=0, le=3.0)

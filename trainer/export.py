@@ -12,6 +12,7 @@ import torch
 
 from models.card import ModelCard, sha256_of
 from models.network import EmotionNet, ProbabilityModel
+from models.torch_backend import TORCH_FILE, TORCH_VARIANT, save_torch_weights
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,25 @@ def parity(net: EmotionNet, onnx_path: Path, windows: np.ndarray, *, batch_size:
     }
 
 
+def parity_half_weights(net: EmotionNet, windows: np.ndarray, *, batch_size: int = 16) -> dict:
+    """The PyTorch backend's weights (rounded to float16, as shipped) against the network."""
+    import copy
+
+    rounded = copy.deepcopy(net).float().eval()
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.half().float())
+    a, b = [], []
+    for i in range(0, len(windows), batch_size):
+        x = torch.from_numpy(windows[i : i + batch_size])
+        with torch.inference_mode():
+            a.append(torch.softmax(net.float()(x), -1).numpy())
+            b.append(torch.softmax(rounded(x), -1).numpy())
+    pa, pb = np.concatenate(a), np.concatenate(b)
+    return {"windows": int(len(pa)), "argmax_agreement": float((pa.argmax(-1) == pb.argmax(-1)).mean()),
+            "max_abs_prob_diff": float(np.abs(pa - pb).max())}
+
+
 def export_checkpoint(
     checkpoint: Path | str,
     out_dir: Path | str,
@@ -147,8 +167,12 @@ def export_checkpoint(
         files["int8"] = quantize_int8(fp32, out_dir / "emotion-int8.onnx", scope=int8_scope).name
     if "fp16" in variants:
         files["fp16"] = convert_fp16(fp32, out_dir / "emotion-fp16.onnx").name
+    if TORCH_VARIANT in variants:  # the PyTorch backend's weights (GPU hosts)
+        files[TORCH_VARIANT] = save_torch_weights(net, out_dir / TORCH_FILE).name
     parity_report = {}
     if parity_windows is not None:
+        if TORCH_VARIANT in files:
+            parity_report[TORCH_VARIANT] = parity_half_weights(net, parity_windows)
         for variant in ("fp32", "int8"):
             if variant in files:
                 parity_report[variant] = parity(net, out_dir / files[variant], parity_windows)

@@ -1,0 +1,192 @@
+"""A PyTorch inference backend beside ONNX Runtime: same interface, for hosts that have
+torch (GPU hosts usually do).
+
+The shipped weights travel as one float16 ``safetensors`` file listed in the card under
+the variant ``torch-fp16`` (its SHA-256 checked at load). On CUDA the network runs in
+half precision with the batch padded up to a bucket (1, 2, 4, … ``max_batch``); each
+bucket's forward pass is captured once as a CUDA graph and replayed, fed from a pinned host
+buffer on one stream. On CPU it runs in float32 (half-precision matmuls are slow there),
+eagerly. Outputs are the same probabilities, calibrated by the card's temperature.
+
+torch is imported here only: serving with ONNX Runtime stays torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from models.card import ModelCard, ModelCardError, sha256_of
+from models.inference import DEFAULT_MODEL_DIR, WindowScorer, apply_temperature
+
+log = logging.getLogger(__name__)
+
+TORCH_VARIANT = "torch-fp16"
+TORCH_FILE = "emotion-fp16.safetensors"
+
+#: Backbone of a card → the same architecture with random weights (the file has them all).
+_SKELETONS = {"whisper-tiny": "whisper-random", "whisper-base": "whisper-base-random"}
+
+
+def torch_available(cuda: bool = False) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() if cuda else True
+
+
+def _buckets(max_batch: int) -> list[int]:
+    out, b = [], 1
+    while b < max_batch:
+        out.append(b)
+        b *= 2
+    return out + [max_batch]
+
+
+class TorchEmotionModel(WindowScorer):
+    """An emotion model running in PyTorch (see the module docstring).
+
+    Args:
+        net: the network (an ``EmotionNet``) with its weights loaded.
+        card: the model card.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        max_batch: the largest batch scored in one pass (larger inputs are split).
+        cuda_graphs: capture each batch bucket as a CUDA graph (CUDA only).
+    """
+
+    def __init__(self, net, card: ModelCard, *, device: str = "cpu", max_batch: int = 256,
+                 cuda_graphs: bool = True) -> None:
+        import torch
+
+        self.card = card
+        self.labels: tuple[str, ...] = card.labels
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.dtype = torch.float16 if self.cuda else torch.float32
+        self.variant = "torch-fp16" if self.cuda else "torch-fp32"
+        self.net = net.to(self.device, self.dtype).eval()
+        self.max_batch = max_batch
+        self.buckets = _buckets(max_batch)
+        self.use_graphs = cuda_graphs and self.cuda
+        self._graphs: dict[int, tuple] = {}
+        self._host = (torch.empty((max_batch, card.window_samples), dtype=torch.float32,
+                                  pin_memory=True) if self.cuda else None)
+        self._stream = torch.cuda.Stream(self.device) if self.cuda else None
+
+    def _forward(self, x):
+        import torch
+
+        with torch.inference_mode():
+            return torch.softmax(self.net(x.to(self.dtype)).float(), dim=-1)
+
+    def _graph(self, bucket: int):
+        """The captured graph of one bucket: (graph, static input, static output)."""
+        import torch
+
+        if bucket not in self._graphs:
+            static_in = torch.zeros((bucket, self.card.window_samples), device=self.device)
+            static_in[:, ::7] = 0.01
+            with torch.cuda.stream(self._stream):  # type: ignore[arg-type]
+                for _ in range(2):  # warm-up on the side stream, as capture requires
+                    self._forward(static_in)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=self._stream):
+                    static_out = self._forward(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)  # type: ignore[arg-type]
+            self._graphs[bucket] = (graph, static_in, static_out)
+        return self._graphs[bucket]
+
+    def run_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Score a ``(batch, window_samples)`` float32 array exactly as given."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        if x.shape[0] > self.max_batch:
+            return np.concatenate([self.run_windows(x[i : i + self.max_batch])
+                                   for i in range(0, x.shape[0], self.max_batch)])
+        n = x.shape[0]
+        if not self.cuda:
+            import torch
+
+            probs = self._forward(torch.from_numpy(x)).numpy()
+        else:
+            probs = self._run_cuda(x)
+        return apply_temperature(probs[:n].astype(np.float32, copy=False), self.card.temperature)
+
+    def _run_cuda(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        n = x.shape[0]
+        bucket = next(b for b in self.buckets if b >= n)
+        host = self._host[:bucket]  # type: ignore[index]
+        host[:n].copy_(torch.from_numpy(x))
+        host[n:].zero_()
+        if self.use_graphs:
+            try:
+                graph, static_in, static_out = self._graph(bucket)
+            except RuntimeError as exc:  # capture unsupported here: eager from now on
+                log.warning("CUDA graph capture failed (%s); running eagerly", exc)
+                self.use_graphs = False
+            else:
+                static_in.copy_(host, non_blocking=True)
+                graph.replay()
+                return static_out.cpu().numpy()
+        out = self._forward(host.to(self.device, non_blocking=True))
+        return out.cpu().numpy()
+
+
+def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
+                     verify: bool = True, threads: int = 1, max_batch: int = 256,
+                     cuda_graphs: bool = True) -> TorchEmotionModel:
+    """Load the card's ``torch-fp16`` weights into the network its backbone names.
+
+    Raises:
+        ModelCardError: the card lists no PyTorch weights, the file is missing or its
+            digest differs, or the backbone cannot be rebuilt without a hub.
+        RuntimeError: torch is not installed (install callmon[train] or a CUDA build).
+    """
+    try:
+        import torch
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise RuntimeError("the torch backend needs PyTorch and safetensors (callmon[train], "
+                           "or the host's CUDA build of torch)") from exc
+    from models.backbones import build_backbone
+    from models.network import EmotionNet
+
+    directory = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    card = ModelCard.load(directory)
+    if TORCH_VARIANT not in card.files:
+        raise ModelCardError(f"{directory} has no PyTorch weights ({TORCH_VARIANT}); it lists "
+                             f"{sorted(card.files)}: use the onnx backend")
+    weights = directory / card.files[TORCH_VARIANT]
+    if not weights.is_file():
+        raise ModelCardError(f"{weights} is missing")
+    expected = card.sha256.get(weights.name)
+    if verify and expected is not None and sha256_of(weights) != expected:
+        raise ModelCardError(f"{weights} does not match the SHA-256 in its model card")
+    if card.backbone not in _SKELETONS:
+        raise ModelCardError(f"the torch backend rebuilds {sorted(_SKELETONS)}, not "
+                             f"{card.backbone!r}: use the onnx backend")
+    if not device.startswith("cuda"):
+        torch.set_num_threads(max(1, threads))
+    net = EmotionNet(build_backbone(_SKELETONS[card.backbone]), num_classes=len(card.labels))
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if not m.endswith((".dft", ".mel"))]:
+        raise ModelCardError(f"{weights} does not fit {card.backbone}: missing {missing}, "
+                             f"unexpected {unexpected}")
+    model = TorchEmotionModel(net, card, device=device, max_batch=max_batch,
+                              cuda_graphs=cuda_graphs)
+    log.info("loaded %s (%s) on %s", weights, model.variant, model.device)
+    return model
+
+
+def save_torch_weights(net, path: Path) -> Path:
+    """The network's weights as one float16 safetensors file (the export side)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").half().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path))
+    return path

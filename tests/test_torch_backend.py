@@ -1,0 +1,95 @@
+"""The PyTorch inference backend on CPU: same interface and outputs as ONNX Runtime (within
+the float16-weight tolerance the card states), and the serve path running on it. Its CUDA
+path (half precision, CUDA graphs, pinned buffers) needs a GPU and is not run here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import ModelCardError, load_model
+from models.torch_backend import TORCH_VARIANT, TorchEmotionModel, load_torch_model
+from streamer.client import stream_native
+from trainer.config import TrainConfig
+from trainer.export import export_checkpoint
+from trainer.train import train
+
+from .streaming import actor_clips, running_service
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, ravdess_dir: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("torch")
+    metrics = train(TrainConfig(data=str(ravdess_dir), out=str(tmp / "run"),
+                                backbone="whisper-tiny", fast_dev_run=True, limit_items=60,
+                                batch_size=2, progress=False, precision="32"))
+    rng = np.random.default_rng(0)
+    windows = (0.05 * rng.standard_normal((8, 48_000))).astype(np.float32)
+    export_checkpoint(metrics["checkpoint"], tmp / "model", variants=("fp32", TORCH_VARIANT),
+                      parity_windows=windows)
+    return tmp / "model"
+
+
+def test_same_outputs_as_onnx(exported: Path, ravdess_dir: Path) -> None:
+    onnx = load_model(exported, variant="fp32")
+    torch_model = load_torch_model(exported, "cpu")
+    assert isinstance(torch_model, TorchEmotionModel) and torch_model.variant == "torch-fp32"
+    assert torch_model.labels == onnx.labels and torch_model.window_samples == 48_000
+    clips = actor_clips(ravdess_dir, "17", "angry", 4) + actor_clips(ravdess_dir, "18", "sad", 4)
+    x = np.stack([np.resize(c, 48_000) for c in clips]).astype(np.float32)
+    a, b = onnx.run_windows(x), torch_model.run_windows(x)
+    stated = json.loads((exported / "model_card.json").read_text())
+    tolerance = stated["evaluation"]["onnx_parity"][TORCH_VARIANT]
+    assert tolerance["windows"] == 8 and tolerance["max_abs_prob_diff"] < 0.05
+    assert np.abs(a - b).max() < max(0.05, 3 * tolerance["max_abs_prob_diff"])
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.875
+    # The shared clip interface: padding, long clips, batches.
+    assert torch_model(x[0][:10_000]).shape == (5,)
+    starts, probs = torch_model.predict_windows(np.concatenate(clips[:3]))
+    assert len(starts) == len(probs) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    big = np.tile(x, (40, 1))  # beyond max_batch: split, same answers
+    small = TorchEmotionModel(torch_model.net, torch_model.card, max_batch=64)
+    assert np.allclose(small.run_windows(big)[:8], b, atol=1e-5)
+
+
+def test_serve_runs_on_the_torch_backend(exported, ravdess_dir, redis_server) -> None:
+    from streamer.service import load_serving_model
+    from streamer.settings import Settings
+
+    model = load_serving_model(Settings(model_path=str(exported), backend="torch",
+                                        device="cpu"))
+    assert isinstance(model, TorchEmotionModel)
+    onnx = load_serving_model(Settings(model_path=str(exported), backend="auto", device="cpu",
+                                       model_variant="fp32"))
+    assert not isinstance(onnx, TorchEmotionModel)  # auto: no CUDA here → ONNX Runtime
+    audio = np.concatenate(actor_clips(ravdess_dir, "19", "angry", 3))
+
+    async def main():
+        async with running_service(model, redis_server.url) as service:
+            return await stream_native(f"ws://127.0.0.1:{service.ingest.port}/v1/stream",
+                                       audio[:, None], rate=16_000, speed=8.0)
+
+    outcome = asyncio.run(main())
+    assert outcome.close_code == 1000 and outcome.ended["dropped"] == 0
+    assert outcome.windows and all(abs(sum(w["scores"].values()) - 1) < 1e-3
+                                   for w in outcome.windows if w["scores"])
+
+
+def test_bad_torch_weights_are_refused(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(exported, copy)
+    card = json.loads((copy / "model_card.json").read_text())
+    weights = copy / card["files"][TORCH_VARIANT]
+    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelCardError, match="SHA-256"):
+        load_torch_model(copy)
+    del card["files"][TORCH_VARIANT]
+    (copy / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelCardError, match="no PyTorch weights"):
+        load_torch_model(copy)
