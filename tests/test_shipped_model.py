@@ -36,7 +36,7 @@ def test_card_is_consistent(shipped_model) -> None:
     for variant in ("int8", "fp16"):
         assert (ROOT / "models" / "weights" / card.files[variant]).is_file()
     size_mb = sum((ROOT / "models/weights" / f).stat().st_size for f in card.files.values()) / 2**20
-    assert size_mb < 40
+    assert size_mb < 60  # int8 and fp16 ONNX, float16 safetensors for the torch backend
 
 
 def test_exported_model_scores_speech(shipped_model, call_actors, ravdess_dir):

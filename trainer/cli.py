@@ -90,13 +90,16 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p = sub.add_parser("export", help="checkpoint → ONNX fp32/int8/fp16 + model card")
     p.add_argument("--checkpoint", required=True, help="model.pt written by callmon train")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--variants", default="fp32,int8,fp16")
+    p.add_argument("--variants", default="fp32,int8,fp16",
+                   help="comma-separated: fp32, int8, fp16 (ONNX) and torch-fp16 (the PyTorch "
+                        "backend's safetensors)")
     p.add_argument("--int8-scope", choices=["ffn", "linear"], default="ffn",
                    help="int8: feed-forward layers only, or every linear layer of the encoder")
     p.add_argument(
         "--parity-data",
-        default=DEFAULT_DATA,
-        help="corpus whose held-out speakers' windows measure ONNX↔PyTorch parity",
+        default=None,
+        help="corpora whose windows measure ONNX↔PyTorch parity (default: the checkpoint's "
+             "training data; its held-out speakers, if any)",
     )
     p.add_argument("--cv-summary", default=None, help="cv_summary.json to quote in the card")
     p.add_argument("--calibration", default=None,
@@ -229,11 +232,15 @@ def _export(args: argparse.Namespace) -> int:
     _, cfg, metrics = load_checkpoint(args.checkpoint)
     held_out = set(metrics.get("split", {}).get("test", []))
     windows = None
-    if args.parity_data and held_out and Path(args.parity_data).is_dir():
+    data = args.parity_data or cfg.data
+    if data and all(Path(d).is_dir() for d in str(data).split(",")):
         from models.preprocessing import clip_windows
         from trainer.datasets import load_audio
 
-        items = [u for u in discover_corpora(args.parity_data) if u.speaker in held_out]
+        items = discover_corpora(data)
+        # Held-out speakers' clips; for a model trained on every speaker, every 8th clip
+        # (agreement between runtimes needs no unseen speakers).
+        items = [u for u in items if u.speaker in held_out] if held_out else items[::8]
         windows = np.concatenate(
             [clip_windows(load_audio(u.path), cfg.window_samples, 16_000) for u in items]
         )

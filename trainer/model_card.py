@@ -148,7 +148,7 @@ def render(card: ModelCard) -> str:
         + f", seed {cfg.get('seed')}. Took {t.get('train_seconds')} s on 2 CPU cores.",
         f"- Reproduce: `{train_command(cfg)} --data {cfg.get('data')} --out runs/shipped`, "
         "then `callmon export --checkpoint runs/shipped/model.pt --out models/weights "
-        f"--variants int8,fp16 --int8-scope {t.get('int8_scope', 'ffn')} "
+        f"--variants int8,fp16,torch-fp16 --int8-scope {t.get('int8_scope', 'ffn')} "
         "--cv-summary docs/results/cv5_both.json --calibration docs/results/calibration.json "
         "--extra-card docs/results/card_extra.json`. The cross-validation is the same command "
         "with `--fold 0` … `--fold 4`, summarised by `callmon train --summarise`; the "
