@@ -15,6 +15,21 @@ log = logging.getLogger(__name__)
 
 #: Where the shipped default model lives.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
+#: The shipped models by name: the default (Whisper tiny) and the larger Whisper base.
+SHIPPED_MODELS = {"whisper-tiny": DEFAULT_MODEL_DIR,
+                  "whisper-base": DEFAULT_MODEL_DIR / "whisper-base"}
+
+
+def resolve_model_path(path: Path | str | None) -> Path:
+    """``None`` → the default model; a shipped model's name → its folder; else the path."""
+    if path is None:
+        return DEFAULT_MODEL_DIR
+    if str(path) in SHIPPED_MODELS:
+        folder = SHIPPED_MODELS[str(path)]
+        if not (folder / "model_card.json").is_file():
+            raise ModelCardError(f"the shipped model {path!r} is not installed at {folder}")
+        return folder
+    return Path(path)
 
 
 PREDICT_BATCH = 32  # windows per run when scoring a long clip
@@ -140,7 +155,8 @@ def load_model(
 
     Args:
         path: a directory holding ``model_card.json`` and its ONNX files, or one ``.onnx``
-            file with the card beside it; ``None`` for the shipped model.
+            file with the card beside it; ``None`` for the default shipped model, or a
+            shipped model's name (``whisper-tiny``, ``whisper-base``).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         variant: ``fp32``, ``int8`` or ``fp16``; by default fp16 on CUDA and int8 on CPU,
             falling back to whatever the card lists.
@@ -151,7 +167,7 @@ def load_model(
         ModelCardError: missing card, unknown variant, digest mismatch, or a model whose
             inputs and outputs disagree with its card.
     """
-    target = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    target = resolve_model_path(path)
     directory = target.parent if target.suffix == ".onnx" else target
     card = ModelCard.load(directory)
     if target.suffix == ".onnx":

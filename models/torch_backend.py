@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from models.card import ModelCard, ModelCardError, sha256_of
-from models.inference import DEFAULT_MODEL_DIR, WindowScorer, apply_temperature
+from models.inference import WindowScorer, apply_temperature, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
     from models.backbones import build_backbone
     from models.network import EmotionNet
 
-    directory = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    directory = resolve_model_path(path)
     card = ModelCard.load(directory)
     if TORCH_VARIANT not in card.files:
         raise ModelCardError(f"{directory} has no PyTorch weights ({TORCH_VARIANT}); it lists "

@@ -171,12 +171,12 @@ def load_serving_model(s: Settings):
     """The model ``serve`` runs: ONNX Runtime, or PyTorch (``--backend``; see Settings)."""
     from models import load_model
     from models.card import ModelCard
-    from models.inference import DEFAULT_MODEL_DIR
+    from models.inference import resolve_model_path
     from models.torch_backend import TORCH_VARIANT, load_torch_model, torch_available
 
     backend = s.backend
     if backend == "auto":
-        directory = Path(s.model_path) if s.model_path else DEFAULT_MODEL_DIR
+        directory = resolve_model_path(s.model_path)
         has_weights = directory.is_dir() and TORCH_VARIANT in ModelCard.load(directory).files
         wants_cuda = s.device.startswith("cuda") or s.device == "auto"
         backend = "torch" if has_weights and wants_cuda and torch_available(cuda=True) else "onnx"
