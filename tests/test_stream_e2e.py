@@ -316,3 +316,32 @@ def test_redis_restarted_empty_mid_call_gets_the_live_call_back(
     assert [c["call_id"] for c in seen["after"]] == ["amnesia"]
     assert outcome.ended["reason"] == "stop"
     assert seen["ended"].status_code == 200 and seen["ended"].json()["end"]["reason"] == "stop"
+
+
+def test_shipped_alert_rules_end_to_end(shipped_model, call_actors, ravdess_dir, redis_server):
+    """The rules in the shipped card (not the tests' responsive ones) through the server:
+    the server announces them on call_started, and a strongly angry caller is alerted."""
+    from .streaming import RESPONSIVE, actor_clips
+
+    calm = actor_clips(ravdess_dir, call_actors[2], "calm", 6)
+    angry = actor_clips(ravdess_dir, call_actors[2], "angry", 8)
+    audio = np.concatenate(calm + angry)
+    onset = sum(len(c) for c in calm) / 16_000
+    card = shipped_model.card.alerts
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url,
+                                   **dict.fromkeys(RESPONSIVE)) as service:
+            outcome = await stream_native(f"ws://127.0.0.1:{service.ingest.port}/v1/stream",
+                                          audio[:, None], rate=16_000, call_id="shipped-rules",
+                                          speed=8.0)
+            await service.publisher.flush(5)
+            return outcome
+
+    outcome = asyncio.run(main())
+    started = [e for e in stream_entries(redis_server.url) if e["type"] == "call_started"]
+    assert started[-1]["alert_thresholds"] == {"frustration": card["frustration"]["on"],
+                                               "distress": card["distress"]["on"]}
+    raised = [a for a in outcome.alerts if a["state"] == "raised" and a["kind"] == "frustration"]
+    assert raised and raised[0]["threshold"] == card["frustration"]["on"]
+    assert raised[0]["call_time_s"] > onset

@@ -269,9 +269,26 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
             test_calls[channel] += with_temperature(f[f"test_{channel}"], t, labels)
             raw_test_calls[channel] += f[f"test_{channel}"]
     config, rows = search_alert_config(val_calls, target_fa_per_hour=target_fa_per_hour)
-    no_baseline = next(r for r in rows if r["baseline"] == "none")
-    config_nb = _config(SearchSpace(), no_baseline["smoothing"], "none",
-                        no_baseline["consecutive"], {k: no_baseline[k]["on"] for k in KINDS})
+
+    def best(pred) -> AlertConfig:
+        row = next(r for r in rows if pred(r))
+        return _config(SearchSpace(), row["smoothing"], row["baseline"], row["consecutive"],
+                       {k: row[k]["on"] for k in KINDS})
+
+    config_nb = best(lambda r: r["baseline"] == "none")
+    config_b = best(lambda r: r["baseline"] != "none")
+
+    def on_test(cfg: AlertConfig) -> dict:
+        return {"alerts": alert_config_dict(cfg),
+                **{ch: summarise(replay(calls, cfg))["overall"] for ch, calls in test_calls.items()}}
+
+    # Other operating points: the rules a looser false-alert budget would choose, on the
+    # same validation calls, and what they give on the test calls.
+    operating_points = []
+    for target in sorted({target_fa_per_hour, 3.0, 10.0}):
+        cfg = config if target == target_fa_per_hour else search_alert_config(
+            val_calls, target_fa_per_hour=target)[0]
+        operating_points.append({"target_false_alerts_per_hour": target, **on_test(cfg)})
     temps = [f["temperature"] for f in report["folds"]]
     report.update({
         "temperature": round(float(np.median(temps)), 3),
@@ -279,10 +296,9 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
         "search": rows,
         "validation_calm_hours": round(sum(c.call.calm_seconds for c in val_calls) / 3600, 3),
         "test": {ch: summarise(replay(calls, config)) for ch, calls in test_calls.items()},
-        "test_without_baseline": {
-            "alerts": alert_config_dict(config_nb),
-            **{ch: summarise(replay(calls, config_nb))["overall"]
-               for ch, calls in test_calls.items()}},
+        "test_without_baseline": on_test(config_nb),
+        "test_with_baseline": on_test(config_b),
+        "operating_points": operating_points,
         "test_default_rules_uncalibrated": {
             ch: summarise(replay(calls, replace(AlertConfig())))["overall"]
             for ch, calls in raw_test_calls.items()},
@@ -325,10 +341,20 @@ def report_markdown(report: dict) -> str:
         lines += [f"Per corpus, {ch}:", "",
                   *_alert_rows(v["per_corpus"]), "",
                   f"Per speaker, {ch}:", "", *_alert_rows(v["per_speaker"]), ""]
-    nb = report["test_without_baseline"]
-    lines += ["Best rules without a caller baseline "
-              f"(`{json.dumps(nb['alerts'])}`), same test calls:", "",
-              *_alert_rows({k: v for k, v in nb.items() if k != "alerts"}), "",
+    for key, title in (("test_without_baseline", "without a caller baseline"),
+                       ("test_with_baseline", "with a caller baseline (first or running)")):
+        block = report[key]
+        lines += [f"Best rules {title} on the validation calls (`{json.dumps(block['alerts'])}`), "
+                  "same test calls:", "",
+                  *_alert_rows({k: v for k, v in block.items() if k != "alerts"}), ""]
+    lines += ["## Operating points: looser false-alert budgets on the validation calls, "
+              "measured on the test calls", ""]
+    for point in report["operating_points"]:
+        lines += [f"Budget {point['target_false_alerts_per_hour']:g} per hour: "
+                  f"`{json.dumps(point['alerts'])}`", "",
+                  *_alert_rows({k: v for k, v in point.items()
+                                if k not in ("alerts", "target_false_alerts_per_hour")}), ""]
+    lines += [
               "The hand-set rules used before (on 0.55 / 0.60, 2 windows, no temperature), "
               "same test calls:", "", *_alert_rows(report["test_default_rules_uncalibrated"]),
               "", "## Search on the validation calls (best first; per kind: the lowest "

@@ -201,6 +201,8 @@ def export_checkpoint(
                 "test": {ch: v["overall"] for ch, v in calibration["test"].items()},
                 "per_corpus": {ch: v["per_corpus"] for ch, v in calibration["test"].items()},
                 "test_without_baseline": calibration["test_without_baseline"],
+                "test_with_baseline": calibration.get("test_with_baseline"),
+                "operating_points": calibration.get("operating_points", []),
                 "test_default_rules_uncalibrated":
                     calibration["test_default_rules_uncalibrated"],
                 "ece": [{k: f[k] for k in ("test_speakers", "temperature",

@@ -199,6 +199,21 @@ def render(card: ModelCard) -> str:
             lines.append(f"| {row['train']} | {row['test']} | {_pct(row['uar'])} | "
                          f"{_pct(row['uar_telephone'])} |")
         lines += ["", lco.get("note", ""), ""]
+    bc = t.get("backbone_comparison")
+    if bc:
+        lines += [f"### Whisper tiny against Whisper base (both fine-tuned the same way, fold "
+                  f"{bc['fold']}: {', '.join(bc['test_speakers'])})", "",
+                  "| backbone | UAR | UAR, telephone | per corpus | training on 2 cores | "
+                  "int8 ms per window (1 thread, batch 1) |", "|---|---|---|---|---|---|"]
+        speed = {r["model"].split("-encoder")[0]: r["ms_per_window"] for r in
+                 bc.get("speed", {}).get("rows", []) if r["variant"] == "int8-ffn"
+                 and r["threads"] == 1 and r["batch"] == 1}
+        for name in ("whisper-tiny", "whisper-base"):
+            b = bc[name]
+            per = ", ".join(f"{c} {_pct(v)}" for c, v in b["by_corpus"].items())
+            lines.append(f"| {name} | {_pct(b['uar'])} | {_pct(b['uar_telephone'])} | {per} | "
+                         f"{_minutes(b['train_seconds'])} min | {speed.get(name, '?')} |")
+        lines.append("")
     for key in ("eight_class", "baseline", "baseline_8", "recipe_a"):
         block = t.get(key)
         if block:
@@ -240,11 +255,28 @@ def render(card: ModelCard) -> str:
         for corpus_channel, blocks in (alerts_cv.get("per_corpus") or {}).items():
             lines += [f"Per corpus, {corpus_channel}:", "",
                       *_alert_rows({c: b for c, b in blocks.items()}), ""]
-        if alerts_cv.get("test_without_baseline"):
-            nb = alerts_cv["test_without_baseline"]
-            lines += ["The best configuration without a caller baseline, on the same test "
-                      "calls:", "", *_alert_rows({k: v for k, v in nb.items() if k != "alerts"}),
-                      ""]
+        for key, title in (("test_without_baseline", "without a caller baseline"),
+                           ("test_with_baseline", "with a caller baseline")):
+            block = alerts_cv.get(key)
+            if block:
+                lines += [f"The best rules {title} on the validation calls "
+                          f"(`{block['alerts']}`), on the same test calls:", "",
+                          *_alert_rows({k: v for k, v in block.items() if k != "alerts"}), ""]
+        points = alerts_cv.get("operating_points") or []
+        if len(points) > 1:
+            lines += ["Operating points — the rules `callmon calibrate` picks for a looser "
+                      "false-alert budget on the validation calls, on the same test calls "
+                      "(set them with the `CALLMON_*` alert settings to trade false alerts "
+                      "for detection):", ""]
+            for p in points:
+                a = p["alerts"]
+                lines += [f"- budget {p['target_false_alerts_per_hour']:g}/h: smoothing "
+                          f"{a['smoothing']}, baseline {a['baseline']}, "
+                          f"{a['frustration']['consecutive']} windows, frustration on "
+                          f"{a['frustration']['on']}, distress on {a['distress']['on']}", ""]
+                lines += [*_alert_rows({k: v for k, v in p.items()
+                                        if k not in ("alerts", "target_false_alerts_per_hour")}),
+                          ""]
         if alerts_cv.get("test_default_rules_uncalibrated"):
             lines += ["The old hand-set rules (on 0.55 / 0.60, no temperature), same test "
                       "calls:", "", *_alert_rows(alerts_cv["test_default_rules_uncalibrated"]),
