@@ -31,6 +31,10 @@ _SKELETONS = {"whisper-tiny": "whisper-random", "whisper-base": "whisper-base-ra
 
 
 def torch_available(cuda: bool = False) -> bool:
+    """Whether torch (with a usable CUDA device, if ``cuda``) can be had. Without an NVIDIA
+    device node torch is not even imported: a CPU server does not pay its ~170 MB."""
+    if cuda and not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
     try:
         import torch
     except ImportError:

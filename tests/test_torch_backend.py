@@ -93,3 +93,21 @@ def test_bad_torch_weights_are_refused(exported: Path, tmp_path: Path) -> None:
     (copy / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelCardError, match="no PyTorch weights"):
         load_torch_model(copy)
+
+
+def test_a_cpu_server_does_not_import_torch(tmp_path) -> None:
+    """``--backend auto`` on a machine without an NVIDIA device stays on ONNX Runtime and
+    never imports torch (it would cost a serving process ~170 MB)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from streamer.service import load_serving_model\n"
+            "from streamer.settings import Settings\n"
+            "m = load_serving_model(Settings())\n"
+            "print(type(m).__name__, 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        assert out.stdout.split() == ["EmotionModel", "False"]
