@@ -83,3 +83,19 @@ def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, r
         page.screenshot(path=str(ARTIFACTS / "call.png"))
         angry.result(120)
         calm.result(120)
+
+        # Once the calls end, every alert is resolved: one row per alert says how it ended and
+        # for how long it was active, no Acknowledge button is left, nothing is counted.
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector("#status.on", timeout=15_000)
+        page.wait_for_function(
+            "document.getElementById('summary').textContent.includes('0 live calls · 0 unacknowledged')",
+            timeout=20_000)
+        row = page.locator(f'#alerts li[data-alert="{alert_id}"]')
+        assert "resolved" in row.get_attribute("class")
+        text = row.inner_text()
+        assert ("call ended after" in text or "cleared after" in text) and "into the call" in text
+        assert page.locator("#alerts li.resolved button.ack").count() == 0
+        assert page.locator("#alerts li").count() == len(
+            [a for a in httpx.get(svc.http_url + "/api/v1/alerts", params={"since": "0"}).json()
+             if a.get("type") == "alert" and a["state"] == "raised"])

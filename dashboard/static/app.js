@@ -4,7 +4,7 @@
 const COLORS = { neutral: "#8a94a6", happy: "#e0a030", sad: "#3b7dd8", angry: "#d1453b", fearful: "#7b4fc9" };
 const SPARK_WINDOWS = 180;            // about three minutes at a one-second hop
 const calls = new Map();              // call_id -> {summary, history: [{t, f, d}]}
-const alerts = new Map();             // alert id -> alert (with .ack)
+const alerts = new Map();             // raised alert id -> alert (with .ack, and .cleared once it ends)
 let source = null;
 
 const $ = (id) => document.getElementById(id);
@@ -27,8 +27,19 @@ async function reload() {
     calls.set(c.call_id, { summary: c, history: historyOf(detail.timeline) });
   }
   alerts.clear();
-  for (const a of log) if (a.type === "alert") alerts.set(a.id, a);
+  for (const a of log) if (a.type === "alert") noteAlert(a);
   render();
+}
+
+// One row per alert: a "cleared" message (score fell, or the call ended) closes its raise.
+function noteAlert(m) {
+  if (m.state === "raised") {
+    const known = alerts.get(m.id);
+    alerts.set(m.id, known ? { ...m, ack: m.ack || known.ack, cleared: known.cleared } : m);
+  } else if (m.raised_id) {
+    const raised = alerts.get(m.raised_id);
+    if (raised) raised.cleared = m;
+  }
 }
 
 function historyOf(timeline) {
@@ -72,7 +83,7 @@ function handle(m) {
     }
     scheduleRender();
   } else if (m.type === "alert") {
-    alerts.set(m.id, m);
+    noteAlert(m);
     const c = calls.get(m.call_id);
     if (c) c.summary.alerts[`${m.role}:${m.kind}`] = m;
     scheduleRender();
@@ -121,7 +132,7 @@ function badges(summary) {
 function render() {
   if (location.hash.startsWith("#/call/")) return;
   const list = [...calls.values()].sort((a, b) => risk(b) - risk(a));
-  const raised = [...alerts.values()].filter((a) => a.state === "raised" && !a.ack).length;
+  const raised = [...alerts.values()].filter((a) => !a.ack && !a.cleared).length;
   $("summary").textContent = `${list.length} live call${list.length === 1 ? "" : "s"} · ${raised} unacknowledged alert${raised === 1 ? "" : "s"}`;
   setHTML("calls", list.length ? list.map(card).join("") : '<p class="empty">No live calls.</p>');
   const feed = [...alerts.values()].sort((a, b) => b.ts - a.ts).slice(0, 200);
@@ -150,12 +161,18 @@ function card(c) {
 }
 
 function alertItem(a) {
-  const ack = a.state === "raised" ? (a.ack
+  // Raised at (wall clock and call time), how long it has been or was active, how it ended,
+  // and who acknowledged it. A resolved alert needs no acknowledgement.
+  const c = a.cleared;
+  const status = c
+    ? `<span class="ended">${c.reason === "call_ended" ? "call ended" : "cleared"} after ${fmtDur(c.call_time_s - a.call_time_s)}</span>`
+    : `<span class="active">active ${fmtDur(Date.now() / 1000 - a.ts)}</span>`;
+  const ack = a.ack
     ? `<div class="acked-by">acknowledged by ${esc(a.ack.by)} at ${fmtTime(a.ack.at)}</div>`
-    : `<button class="ack" data-alert="${esc(a.id)}" onclick="event.stopPropagation(); ackAlert('${esc(a.id)}')">Acknowledge</button>`) : "";
-  return `<li class="${esc(a.kind)} ${esc(a.state)}" data-alert="${esc(a.id)}">
-    <span class="when">${fmtTime(a.ts)}</span> <span class="kind">${esc(a.kind)}</span> ${esc(a.state)}
-    · <a href="#/call/${encodeURIComponent(a.call_id)}">${esc(a.call_id)}</a> (${esc(a.role)}) · score ${a.score.toFixed(2)} at ${a.call_time_s.toFixed(0)} s${ack}</li>`;
+    : c ? "" : `<button class="ack" data-alert="${esc(a.id)}" onclick="event.stopPropagation(); ackAlert('${esc(a.id)}')">Acknowledge</button>`;
+  return `<li class="${esc(a.kind)} raised${c ? " resolved" : ""}" data-alert="${esc(a.id)}">
+    <span class="when">${fmtTime(a.ts)}</span> <span class="kind">${esc(a.kind)}</span>
+    · <a href="#/call/${encodeURIComponent(a.call_id)}">${esc(a.call_id)}</a> (${esc(a.role)}) · score ${a.score.toFixed(2)} at ${fmtDur(a.call_time_s)} into the call · ${status}${ack}</li>`;
 }
 
 async function ackAlert(id) {
