@@ -52,7 +52,8 @@ def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, r
                                         metadata={"agent": "Raj"}))
         angry = svc.submit(stream_native(svc.ingest_url + "/v1/stream", audio[:, None],
                                          rate=16000, call_id="angry-call", speed=2,
-                                         metadata={"agent": "Ann"}))
+                                         metadata={"agent": "Ann", "queue": "billing",
+                                                   "caller": "+44 20 7946 0018"}))
         page.wait_for_selector('.card[data-call="angry-call"]', timeout=20_000)
         page.wait_for_selector('.card[data-call="calm-call"]', timeout=20_000)
         # The alert shows in the feed and the card moves to the top of the grid.
@@ -62,6 +63,8 @@ def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, r
         first_card = page.locator("#calls .card").first
         assert first_card.get_attribute("data-call") == "angry-call"
         assert "frustration" in first_card.inner_text()
+        # Agent, queue and caller number from the call's metadata.
+        assert "agent Ann · queue billing · caller +44 20 7946 0018" in first_card.inner_text()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
         button.click()

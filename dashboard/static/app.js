@@ -145,6 +145,18 @@ function setHTML(id, html) {
   if (rendered[id] !== html) { rendered[id] = html; $(id).innerHTML = html; }
 }
 
+// Agent, queue and caller, where the platform (or `callmon stream --metadata`) sent them.
+function who(s) {
+  const m = (s.start && s.start.metadata) || {};
+  const parts = [];
+  const agent = s.agent || m.agent;
+  if (agent) parts.push("agent " + esc(agent));
+  if (m.queue) parts.push("queue " + esc(m.queue));
+  const caller = m.caller || m.from || m.caller_number;
+  if (caller) parts.push("caller " + esc(caller));
+  return parts.join(" · ");
+}
+
 function card(c) {
   const s = c.summary, last = (s.last || {}).customer;
   const started = s.start ? s.start.ts : Date.now() / 1000;
@@ -153,7 +165,7 @@ function card(c) {
   const scores = last && last.frustration !== null ? `frustration ${last.frustration.toFixed(2)} · distress ${last.distress.toFixed(2)}` : "";
   return `<div class="card${alerting ? " alerting" : ""}" data-call="${esc(s.call_id)}" onclick="location.hash='#/call/${encodeURIComponent(s.call_id)}'">
     <div class="top"><span class="id">${esc(s.call_id)}</span><span class="dur">${fmtDur(Date.now() / 1000 - started)}</span></div>
-    <div class="agent">${s.agent ? "agent " + esc(s.agent) : "&nbsp;"}</div>
+    <div class="agent">${who(s) || "&nbsp;"}</div>
     <div class="emotion">${emotion}</div>
     <div>${badges(s)}</div>
     ${spark(c.history, s.start && s.start.alert_thresholds)}
