@@ -264,6 +264,17 @@ class Wav2Vec2Backbone(Backbone):
         return torch.stack(out.hidden_states)
 
 
+#: Each pretrained Whisper backbone → the same architecture with random weights, for
+#: rebuilding a trained network whose weights all come from its own file.
+RANDOM_TWINS = {"whisper-tiny": "whisper-random", "whisper-base": "whisper-base-random"}
+
+
+def random_twin(name: str) -> str:
+    """The backbone name that builds ``name``'s architecture without reading pretrained
+    weights (a wav2vec2 ``from_pretrained`` folder is its own twin)."""
+    return RANDOM_TWINS.get(name, name)
+
+
 def build_backbone(
     name: str, *, weights: Path | str | None = None, verify_sha256: bool = True
 ) -> Backbone:

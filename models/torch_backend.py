@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 TORCH_VARIANT = "torch-fp16"
 TORCH_FILE = "emotion-fp16.safetensors"
 
-#: Backbone of a card → the same architecture with random weights (the file has them all).
-_SKELETONS = {"whisper-tiny": "whisper-random", "whisper-base": "whisper-base-random"}
-
 
 def torch_available(cuda: bool = False) -> bool:
     """Whether torch (with a usable CUDA device, if ``cuda``) can be had. Without an NVIDIA
@@ -156,7 +153,7 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
     except ImportError as exc:
         raise RuntimeError("the torch backend needs PyTorch and safetensors (callmon[train], "
                            "or the host's CUDA build of torch)") from exc
-    from models.backbones import build_backbone
+    from models.backbones import RANDOM_TWINS, build_backbone, random_twin
     from models.network import EmotionNet
 
     directory = resolve_model_path(path)
@@ -170,12 +167,12 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
     expected = card.sha256.get(weights.name)
     if verify and expected is not None and sha256_of(weights) != expected:
         raise ModelCardError(f"{weights} does not match the SHA-256 in its model card")
-    if card.backbone not in _SKELETONS:
-        raise ModelCardError(f"the torch backend rebuilds {sorted(_SKELETONS)}, not "
+    if card.backbone not in RANDOM_TWINS:
+        raise ModelCardError(f"the torch backend rebuilds {sorted(RANDOM_TWINS)}, not "
                              f"{card.backbone!r}: use the onnx backend")
     if not device.startswith("cuda"):
         torch.set_num_threads(max(1, threads))
-    net = EmotionNet(build_backbone(_SKELETONS[card.backbone]), num_classes=len(card.labels))
+    net = EmotionNet(build_backbone(random_twin(card.backbone)), num_classes=len(card.labels))
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if not m.endswith((".dft", ".mel"))]:

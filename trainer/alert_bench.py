@@ -127,16 +127,9 @@ def _line(audio: np.ndarray, rng: np.random.Generator, telephone: bool) -> tuple
     audio = (audio + noise).astype(np.float32)
     if not telephone:
         return audio, MODEL_RATE_HZ
-    import soxr
-    from scipy.signal import sosfilt
+    from trainer.augment import telephone_line
 
-    from streamer.codecs import decode_mulaw, encode_mulaw, float_to_int16
-    from trainer.augment import _telephone_band
-
-    narrow = soxr.resample(audio, MODEL_RATE_HZ, TELEPHONE_RATE_HZ, quality="HQ")
-    narrow = sosfilt(_telephone_band(), narrow).astype(np.float32)
-    coded = decode_mulaw(encode_mulaw(float_to_int16(narrow)).tobytes())
-    return np.asarray(coded, dtype=np.float32) / 32768.0, TELEPHONE_RATE_HZ
+    return telephone_line(audio), TELEPHONE_RATE_HZ
 
 
 def build_calls(items: Sequence[Utterance], speakers: Sequence[str], labels: Sequence[str], *,
@@ -262,6 +255,15 @@ def run_alerts(scored: Sequence[ScoredCall], alerts: AlertConfig,
 # -- figures --------------------------------------------------------------------------------
 
 
+def time_to_alert(raised: Sequence[tuple[str, float, float | None]], kind: str,
+                  onset: float) -> float | None:
+    """Seconds from ``onset`` until an alert of ``kind`` is active (0 if one already is),
+    or ``None`` if none ever is. ``raised``: ``(kind, raised at, cleared at or None)``."""
+    hits = [max(0.0, at - onset) for k, at, cleared in raised
+            if k == kind and (cleared is None or cleared > onset)]
+    return min(hits) if hits else None
+
+
 def summarise(results: Sequence[CallAlerts]) -> dict:
     """False alerts per hour of calm speech, detection and time to alert, overall and per
     speaker and corpus."""
@@ -283,9 +285,7 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
             kind, deadline = TARGETS[r.call.kind]
             onset = r.call.onset_s
             # An alert of the right kind active at the onset, or raised after it.
-            hits = [max(0.0, at - onset) for k, at, cleared in r.raised
-                    if k == kind and (cleared is None or cleared > onset)]
-            targets[r.call.kind].append(min(hits) if hits else None)
+            targets[r.call.kind].append(time_to_alert(r.raised, kind, onset))
             # A false alert still active at the onset covers the target: counted as detected
             # at 0 s, and counted here so that nobody mistakes it for a fast detection.
             active_at_onset[r.call.kind] += any(
@@ -452,13 +452,9 @@ def plot_report(report: dict, path: Path) -> None:
     ax1.legend(fontsize=8)
     for i, emotion in enumerate(TARGETS):
         kind, deadline = TARGETS[emotion]
-        delays: list[float | None] = []
-        for c in report["calls"]:
-            if c["kind"] != emotion:
-                continue
-            hits = [max(0.0, a["raised_s"] - c["onset_s"]) for a in c["alerts"]
-                    if a["kind"] == kind and (a["cleared_s"] is None or a["cleared_s"] > c["onset_s"])]
-            delays.append(min(hits) if hits else None)
+        delays = [time_to_alert([(a["kind"], a["raised_s"], a["cleared_s"]) for a in c["alerts"]],
+                                kind, c["onset_s"])
+                  for c in report["calls"] if c["kind"] == emotion]
         shown = [d if d is not None else deadline * 2.2 for d in delays]
         jitter = np.linspace(-0.15, 0.15, len(shown))
         ax2.scatter(i + jitter, shown,

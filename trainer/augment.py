@@ -31,12 +31,18 @@ def _telephone_band() -> np.ndarray:
     return butter(4, [300.0, 3400.0], btype="bandpass", fs=8000, output="sos")
 
 
-def telephone_channel(audio: np.ndarray) -> np.ndarray:
-    """Simulate a narrow-band telephone line: 16 kHz → 8 kHz, 300–3400 Hz band-pass,
-    G.711 μ-law, and back to 16 kHz."""
+def telephone_line(audio: np.ndarray) -> np.ndarray:
+    """16 kHz audio as it arrives from a narrow-band telephone line: 8 kHz, 300–3400 Hz
+    band-pass, G.711 μ-law (float32 at 8 kHz)."""
     narrow = soxr.resample(audio, SAMPLE_RATE_HZ, 8000, quality="HQ")
     narrow = sosfilt(_telephone_band(), narrow).astype(np.float32)
-    coded = decode_mulaw(encode_mulaw(float_to_int16(narrow)).tobytes()).astype(np.float32) / 32768.0
+    return decode_mulaw(encode_mulaw(float_to_int16(narrow)).tobytes()).astype(np.float32) / 32768.0
+
+
+def telephone_channel(audio: np.ndarray) -> np.ndarray:
+    """Simulate a narrow-band telephone line (:func:`telephone_line`) and come back to
+    16 kHz, same length."""
+    coded = telephone_line(audio)
     wide = soxr.resample(coded, 8000, SAMPLE_RATE_HZ, quality="HQ")
     out = np.zeros_like(audio)
     out[: min(len(wide), len(out))] = wide[: len(out)]

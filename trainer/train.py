@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.backbones import build_backbone
+from models.backbones import build_backbone, random_twin
 from models.network import EmotionNet
 from trainer.config import SAMPLE_RATE_HZ, TrainConfig
 from trainer.datasets import (
@@ -51,16 +51,10 @@ def split_speakers(speakers: list[str], cfg: TrainConfig) -> dict[str, list[str]
 
 
 def build_net(cfg: TrainConfig, *, pretrained: bool = True) -> EmotionNet:
-    backbone = build_backbone(cfg.backbone if pretrained else _random_twin(cfg.backbone))
+    backbone = build_backbone(cfg.backbone if pretrained else random_twin(cfg.backbone))
     if cfg.freeze_layers >= 0:
         backbone.freeze(cfg.freeze_layers)
     return EmotionNet(backbone, num_classes=len(cfg.label_names))
-
-
-def _random_twin(name: str) -> str:
-    if name == "whisper-base":
-        return "whisper-base-random"
-    return "whisper-random" if name.startswith("whisper") else name
 
 
 def _precision(cfg: TrainConfig) -> str:
