@@ -9,6 +9,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The composition root: the only place that knows every package. The dashboard mounts
+    itself on ``serve`` from here, so ``streamer`` never imports ``dashboard``."""
+    from dashboard.cli import add_commands as add_dashboard_commands
+    from dashboard.cli import add_serve_arguments, serve_mounts
     from streamer.cli import add_commands as add_streamer_commands
     from trainer.cli import add_commands as add_trainer_commands
 
@@ -20,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
         dest="bench", metavar="WHAT", required=True
     )
-    add_streamer_commands(sub, bench)
+    add_streamer_commands(sub, bench, serve_extensions=[(add_serve_arguments, serve_mounts)])
+    add_dashboard_commands(sub, bench)
     add_trainer_commands(sub, bench)
     return parser
 

@@ -107,8 +107,9 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         auth: the supervisor credential check.
         model: an :class:`models.EmotionModel` for ``/api/v1/predict`` (shared with the
             streamer in ``callmon serve``); loaded by ``model_loader`` at start-up otherwise.
-        service: the in-process streamer :class:`streamer.service.Service`, whose counters
-            ``/metrics`` exposes; ``None`` for a dashboard-only process.
+        service: the in-process streamer :class:`streamer.service.Service`, whose
+            ``stats()`` snapshot ``/metrics`` exposes and whose ``health()`` ``/healthz``
+            includes; ``None`` for a dashboard-only process.
         public_metrics: serve ``/metrics`` without the supervisor credential (scrapers).
 
     With a credential configured, everything but ``/healthz``'s one-line status needs it:
@@ -209,7 +210,8 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         if not public_metrics:
             auth(request)
         live = await request.app.state.redis.zcard(store.schema.LIVE_CALLS_KEY)
-        return PlainTextResponse(render_metrics(service, live_calls=live),
+        return PlainTextResponse(render_metrics(service.stats() if service is not None else None,
+                                                live_calls=live),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/api/v1/calls", tags=["calls"])

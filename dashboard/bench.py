@@ -13,26 +13,28 @@ from typing import Any
 
 import numpy as np
 
+from models.audio import MODEL_RATE_HZ
+
 
 def _clip(data: Path, seconds: float) -> np.ndarray:
-    from trainer.datasets import discover, load_audio
+    from models.corpora import discover, load_audio
 
     items = discover(data)
     pieces, total = [], 0
     for u in items[:: max(1, len(items) // 40)]:
         pieces.append(load_audio(u.path))
         total += len(pieces[-1])
-        if total >= seconds * 16_000:
+        if total >= seconds * MODEL_RATE_HZ:
             break
-    return np.concatenate(pieces)[: int(seconds * 16_000)]
+    return np.concatenate(pieces)[: int(seconds * MODEL_RATE_HZ)]
 
 
 def _wav(audio: np.ndarray, rate: int) -> bytes:
     import soundfile as sf
     import soxr
 
-    if rate != 16_000:
-        audio = soxr.resample(audio, 16_000, rate)
+    if rate != MODEL_RATE_HZ:
+        audio = soxr.resample(audio, MODEL_RATE_HZ, rate)
     buf = io.BytesIO()
     sf.write(buf, audio, rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
@@ -45,7 +47,7 @@ async def _run(data: Path, repeats: int, seconds: float) -> dict:
     from dashboard.auth import SupervisorAuth
     from dashboard.server import DashboardServer
     from models import load_model
-    from streamer.redis_server import EmbeddedRedis
+    from streamer.tools.redis_server import EmbeddedRedis
 
     model = load_model(threads=2)
     audio = _clip(data, seconds)
@@ -65,7 +67,7 @@ async def _run(data: Path, repeats: int, seconds: float) -> dict:
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}",
                                          timeout=30) as client:
-                for rate in (16_000, 8_000):
+                for rate in (MODEL_RATE_HZ, 8_000):
                     body = _wav(audio, rate)
                     times = []
                     for _ in range(repeats + 1):

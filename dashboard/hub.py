@@ -12,7 +12,6 @@ import json
 import logging
 from collections import deque
 
-from dashboard.store import ACKS_CHANNEL
 from streamer import schema
 from streamer.aio import cancel
 from streamer.redis_client import is_cluster
@@ -74,7 +73,7 @@ class LiveHub:
         pubsub = self.redis.pubsub()
         try:
             await pubsub.psubscribe(schema.call_channel("*"))
-            await pubsub.subscribe(schema.ALERTS_CHANNEL, ACKS_CHANNEL)
+            await pubsub.subscribe(schema.ALERTS_CHANNEL, schema.ACKS_CHANNEL)
             self.connected = True
             async for message in pubsub.listen():
                 if message["type"] in ("message", "pmessage"):
@@ -86,7 +85,7 @@ class LiveHub:
     async def _relay_sharded(self) -> None:
         pubsub = self.redis.pubsub()
         try:
-            await pubsub.ssubscribe(schema.ALERTS_CHANNEL, ACKS_CHANNEL)
+            await pubsub.ssubscribe(schema.ALERTS_CHANNEL, schema.ACKS_CHANNEL)
             for raw in await self.redis.zrange(schema.LIVE_CALLS_KEY, 0, -1):
                 await pubsub.ssubscribe(schema.call_channel(raw.decode()))
             self.connected = True

@@ -9,6 +9,7 @@ import uvicorn
 
 from dashboard.app import create_app
 from dashboard.auth import SupervisorAuth
+from streamer.service import Mount, Service
 from streamer.settings import is_loopback
 
 log = logging.getLogger(__name__)
@@ -139,3 +140,38 @@ async def run_dashboard(settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await dashboard.stop()
+
+
+class DashboardComponent:
+    """The dashboard inside ``callmon serve``: shares the service's model and Redis, and
+    shows its node's counters and health."""
+
+    def __init__(self, service: Service) -> None:
+        self.host = service.settings.host
+        self.server = build_dashboard(service.settings, redis_url=service.redis_url,
+                                      model=service.model, service=service)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def banner(self) -> str:
+        return f"callmon dashboard: open http://{self.host}:{self.port}/"
+
+    def runtime_info(self) -> dict:
+        return {"dashboard": f"http://{self.host}:{self.port}"}
+
+
+def _check(settings) -> list[tuple[str, int, str]]:
+    supervisor_auth(settings)  # refuse an open dashboard beyond loopback before starting
+    return [("dashboard", settings.dashboard_port, "--dashboard-port")]
+
+
+#: How the dashboard mounts itself on ``callmon serve``.
+MOUNT = Mount("dashboard", DashboardComponent, _check)

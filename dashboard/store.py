@@ -11,10 +11,6 @@ from streamer import schema
 from streamer.alerts_feed import stream_id_for
 from streamer.redis_client import is_cluster, publish
 
-ACKS_KEY = "callmon:alerts:acks"  # hash: alert id → {"by", "at"}
-ACKS_CHANNEL = "callmon:acks"  # pub/sub: acknowledgements as they happen
-
-
 log = logging.getLogger(__name__)
 
 #: Stored messages a reader could not decode (or could not re-encode as UTF-8 JSON): skipped.
@@ -61,7 +57,7 @@ async def call_summary(redis, call_id: str) -> dict | None:
     alerts = {k.split(":", 1)[1]: a for k, v in fields.items()
               if k.startswith("alert:") and (a := _decode(v)) is not None}
     if alerts:
-        acks = await redis.hmget(ACKS_KEY, [a["id"] for a in alerts.values()])
+        acks = await redis.hmget(schema.ACKS_KEY, [a["id"] for a in alerts.values()])
         for alert, ack in zip(alerts.values(), acks, strict=True):
             alert["ack"] = _decode(ack)
     end = _decode(fields.get("end"))
@@ -109,7 +105,7 @@ async def alerts_since(redis, since: str | None, *, limit: int = 500) -> list[di
         out.append(data)
     alert_ids = [d["id"] for d in out if d["type"] == "alert"]
     if alert_ids:
-        acks = dict(zip(alert_ids, await redis.hmget(ACKS_KEY, alert_ids), strict=True))
+        acks = dict(zip(alert_ids, await redis.hmget(schema.ACKS_KEY, alert_ids), strict=True))
         for d in out:
             if d["type"] == "alert":
                 d["ack"] = _decode(acks[d["id"]])
@@ -135,9 +131,9 @@ async def find_alert(redis, alert_id: str) -> dict | None:
 async def acknowledge(redis, alert_id: str, *, by: str) -> dict:
     """Record who acknowledged an alert (first acknowledgement wins) and announce it."""
     ack = {"alert_id": alert_id, "by": by, "at": time.time()}
-    created = await redis.hsetnx(ACKS_KEY, alert_id, json.dumps(ack))
+    created = await redis.hsetnx(schema.ACKS_KEY, alert_id, json.dumps(ack))
     if not created:
-        return json.loads(await redis.hget(ACKS_KEY, alert_id))
-    await publish(redis, ACKS_CHANNEL, json.dumps({"v": 1, "type": "ack", **ack}),
+        return json.loads(await redis.hget(schema.ACKS_KEY, alert_id))
+    await publish(redis, schema.ACKS_CHANNEL, json.dumps({"v": 1, "type": "ack", **ack}),
                   sharded=is_cluster(redis))
     return ack

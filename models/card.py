@@ -106,3 +106,32 @@ class ModelCard:
     @property
     def temperature(self) -> float:
         return float(self.calibration.get("temperature", 1.0))
+
+
+def percent(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def alert_rows(block: dict) -> list[str]:
+    """Markdown rows: an alert benchmark's overall figures per channel (the card and
+    ``callmon calibrate`` both show them)."""
+    lines = ["| calls | frustration false alerts / h | distress false alerts / h | angry ≤ 10 s "
+             "| sad ≤ 15 s | fearful ≤ 15 s | median s to alert (angry / sad / fearful) |",
+             "|---|---|---|---|---|---|---|"]
+    for channel, b in block.items():
+        if not isinstance(b, dict) or "false_alerts_per_hour" not in b:
+            continue
+        fa = b["false_alerts_per_hour"]
+
+        def det(e: str, b: dict = b) -> str:
+            t = b[e]
+            return (f"{t['detected_within_deadline']}/{t['calls']} "
+                    f"({percent(t['detection_rate'] or 0.0)})")
+
+        med = " / ".join("–" if b[e]["median_time_to_alert_s"] is None
+                         else f"{b[e]['median_time_to_alert_s']:g}"
+                         for e in ("angry", "sad", "fearful"))
+        lines.append(f"| {channel} ({b['calm_hours']:.2f} h calm) | {fa['frustration']} | "
+                     f"{fa['distress']} | {det('angry')} | {det('sad')} | {det('fearful')} | "
+                     f"{med} |")
+    return lines

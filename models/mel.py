@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16_000
+from models.audio import MODEL_RATE_HZ as SAMPLE_RATE_HZ
+
 N_FFT = 400
 HOP_LENGTH = 160
 N_MELS = 80

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE_HZ = 16_000
-
 
 def as_batch(waveform: np.ndarray) -> np.ndarray:
     """Accept ``(samples,)`` or ``(batch, samples)`` audio; return a float32 2-D batch.

@@ -4,7 +4,6 @@ state, its counters and the bounded queue of messages for its socket."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import numpy as np
 from streamer.aio import wait_event
 from streamer.alerts import AlertConfig, RoleAlerts
 from streamer.protocol import StreamStart
-from streamer.schema import SCHEMA_VERSION, Alert, CallEvent, WindowResult
+from streamer.schema import Alert, CallEvent, WindowResult, ended_message
 from streamer.windowing import ChannelWindower, VadConfig, Window
 
 #: A window's class probabilities by label; ``None`` for a silent (unscored) window.
@@ -210,12 +209,9 @@ class CallSession:
 
     def ended_message(self) -> str:
         """What the caller's socket gets when the call is over."""
-        return json.dumps({
-            "v": SCHEMA_VERSION, "type": "ended", "call_id": self.call_id,
-            "reason": self.end_reason, "duration_s": round(self.duration_s, 3),
-            "windows": self.windows, "scored": self.scored, "silent": self.silent,
-            "dropped": self.dropped, "alerts_raised": self.alerts_raised,
-        })
+        return ended_message(self.call_id, reason=self.end_reason, duration_s=self.duration_s,
+                             windows=self.windows, scored=self.scored, silent=self.silent,
+                             dropped=self.dropped, alerts_raised=self.alerts_raised)
 
     @property
     def alerts_raised(self) -> int:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+#: What else runs inside ``serve``: its options, and the mounts chosen from them (the
+#: dashboard registers itself here through the top-level ``callmon`` command).
+ServeExtension = tuple[Callable[[argparse.ArgumentParser], None],
+                       Callable[[argparse.Namespace], list]]
 
 
-def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction, *,
+                 serve_extensions: Sequence[ServeExtension] = ()) -> None:
     p = sub.add_parser("serve", help="run the monitor: ingest, model, alerts, Redis")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="websocket ingest port (default 8080)")
@@ -27,22 +36,21 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--ingest-token", help="require this bearer token on ingest")
     p.add_argument("--insecure-ingest", action="store_true", default=None,
                    help="allow ingest beyond loopback without a token (auth in front of callmon)")
-    p.add_argument("--dashboard-port", type=int, help="dashboard port (default 8000)")
-    p.add_argument("--no-dashboard", action="store_true", help="ingest only")
-    p.set_defaults(handler=_serve)
-
-    p = sub.add_parser("dashboard", help="run the supervisor dashboard alone on an existing Redis")
-    p.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL)")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--dashboard-port", type=int, help="port (default 8000)")
-    p.add_argument("--model", dest="model_path", help="model for /api/v1/predict")
-    p.set_defaults(handler=_dashboard)
+    p.add_argument("--audiosocket-port", type=int,
+                   help="also accept Asterisk AudioSocket calls on this TCP port (default off)")
+    for add_arguments, _ in serve_extensions:
+        add_arguments(p)
+    p.set_defaults(handler=functools.partial(_serve, extensions=tuple(serve_extensions)))
 
     p = sub.add_parser("stream", help="stream a file or the microphone to a callmon server")
     p.add_argument("file", nargs="?", help="audio file (anything soundfile reads; stereo → 2 roles)")
     p.add_argument("--mic", action="store_true", help="stream the default microphone")
-    p.add_argument("--url", default="ws://127.0.0.1:8080", help="server base URL")
-    p.add_argument("--protocol", choices=["native", "twilio"], default="native")
+    p.add_argument("--url", default="ws://127.0.0.1:8080",
+                   help="server base URL (audiosocket: tcp://HOST:PORT)")
+    p.add_argument("--protocol", default="native",
+                   choices=["native", "twilio", "audiohook", "audiofork", "audiosocket"],
+                   help="speak callmon's own protocol or a platform's (the platforms' results "
+                        "go to Redis only: watch them with callmon alerts or the dashboard)")
     p.add_argument("--call-id")
     p.add_argument("--rate", type=int, default=16000, help="sample rate to send (native)")
     p.add_argument("--encoding", default="pcm_s16le",
@@ -96,23 +104,49 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--data", default="../shared/data/ravdess")
     p.add_argument("--out", default=None, help="also write the rows and verdict as JSON")
     p.set_defaults(handler=_bench_soak)
+    p = sub.add_parser(
+        "calibrate", help="temperatures and alert thresholds chosen on the validation speakers "
+                          "of cross-validation folds, measured on their test speakers")
+    p.add_argument("--runs", required=True,
+                   help="comma-separated fold folders written by callmon train (model.pt)")
+    p.add_argument("--data", default="../shared/data/ravdess,../shared/data/emodb",
+                   help="comma-separated corpus folders the folds were trained on")
+    p.add_argument("--target-fa-per-hour", type=float, default=1.0,
+                   help="false alerts per hour of calm speech allowed per kind on validation")
+    p.add_argument("--calm-minutes", type=float, default=4.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="calibration.json")
+    p.set_defaults(handler=_calibrate)
 
-    p = bench.add_parser("predict", help="POST /api/v1/predict latency for a 10 s clip")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--data", default="../shared/data/ravdess")
-    p.set_defaults(handler=_bench_predict)
+    p = bench.add_parser(
+        "alerts", help="false alerts per hour of calm speech, detection and time to alert, "
+                       "on held-out speakers, through the server's windowing, gate and alerts")
+    p.add_argument("--data", default="../shared/data/ravdess,../shared/data/emodb",
+                   help="comma-separated corpus folders (manifest.csv or a known layout)")
+    p.add_argument("--model", default=None, help="model directory or .onnx (default: shipped)")
+    p.add_argument("--variant", default=None, help="int8, fp16 or fp32 (default: int8 on CPU)")
+    p.add_argument("--telephone", action="store_true",
+                   help="every call through an 8 kHz μ-law telephone channel")
+    p.add_argument("--speakers", default=None,
+                   help="comma-separated corpus/speaker ids (default: every speaker the model "
+                        "never trained or validated on)")
+    p.add_argument("--calm-minutes", type=float, default=4.0, help="length of each calm call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="bench_alerts.json", help="JSON report (a PNG beside it)")
+    p.set_defaults(handler=_bench_alerts)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, *, extensions: Sequence[ServeExtension]) -> int:
     from streamer.service import run
 
-    settings = _settings(args)
-    asyncio.run(run(settings, dashboard=not args.no_dashboard))
+    mounts = [mount for _, choose in extensions for mount in choose(args)]
+    asyncio.run(run(settings_from(args), mounts=mounts))
     return 0
 
 
-def _settings(args: argparse.Namespace):
+def settings_from(args: argparse.Namespace):
+    """Settings from the environment, under the options given on the command line."""
     from streamer.settings import Settings
 
     overrides = {k: v for k, v in vars(args).items()
@@ -120,15 +154,8 @@ def _settings(args: argparse.Namespace):
     return Settings(**overrides)
 
 
-def _dashboard(args: argparse.Namespace) -> int:
-    from dashboard.server import run_dashboard
-
-    asyncio.run(run_dashboard(_settings(args)))
-    return 0
-
-
 def _stream(args: argparse.Namespace) -> int:
-    from streamer.client import (
+    from streamer.tools.client import (
         FASTEST,
         format_result,
         load_for_streaming,
@@ -144,28 +171,76 @@ def _stream(args: argparse.Namespace) -> int:
     base = args.url.rstrip("/")
     metadata = _metadata(args.metadata, agent=args.agent)
     if args.mic:
-        from streamer.mic import stream_microphone
+        from streamer.tools.mic import stream_microphone
 
         return asyncio.run(stream_microphone(base + "/v1/stream", rate=args.rate,
                                              call_id=args.call_id, token=args.token,
                                              on_message=show, metadata=metadata))
     if not args.file:
         raise ValueError("give an audio FILE or --mic")
+    speed = FASTEST if args.fast else args.speed
+    if args.protocol in ("audiohook", "audiofork", "audiosocket"):
+        return _stream_platform(args, base, speed, metadata)
     if args.protocol == "twilio":
         audio = load_for_streaming(args.file, rate=8000)
         outcome = asyncio.run(stream_twilio(base + "/v1/twilio", audio, call_id=args.call_id,
-                                            speed=FASTEST if args.fast else args.speed, token=args.token,
+                                            speed=speed, token=args.token,
                                             on_message=show, custom_parameters=metadata))
     else:
         rate = 8000 if args.encoding in ("mulaw", "alaw") else args.rate
         audio = load_for_streaming(args.file, rate=rate)
         outcome = asyncio.run(stream_native(base + "/v1/stream", audio, rate=rate,
                                             call_id=args.call_id, encoding=args.encoding,
-                                            speed=FASTEST if args.fast else args.speed, token=args.token,
+                                            speed=speed, token=args.token,
                                             on_message=show, metadata=metadata))
     if outcome.errors:
         print(f"server refused: {outcome.errors[-1]['message']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _stream_platform(args: argparse.Namespace, base: str, speed: float,
+                     metadata: dict[str, str]) -> int:
+    """Stream as Genesys AudioHook, FreeSWITCH mod_audio_fork or Asterisk AudioSocket; these
+    platforms get no results back, so say what the server answered."""
+    import uuid
+    from urllib.parse import urlsplit
+
+    from streamer.tools.client import load_for_streaming
+    from streamer.tools.platforms import stream_audiofork, stream_audiohook, stream_audiosocket
+
+    call_id = args.call_id or str(uuid.uuid4())
+    rate = 16000 if args.protocol == "audiofork" and args.rate >= 16000 else 8000
+    if args.protocol == "audiohook":
+        audio = load_for_streaming(args.file, rate=8000)
+        outcome = asyncio.run(stream_audiohook(base + "/v1/audiohook", audio,
+                                               conversation_id=call_id, speed=speed,
+                                               api_key=args.token or ""))
+        errors = [m["parameters"].get("info", "") for m in outcome.of_type("disconnect")]
+    elif args.protocol == "audiofork":
+        audio = load_for_streaming(args.file, rate=rate)
+        mix = "stereo" if audio.shape[1] == 2 else "mono"
+        token = f"&token={args.token}" if args.token else ""
+        url = f"{base}/v1/audiofork?mix={mix}&rate={rate // 1000}k&call_id={call_id}{token}"
+        outcome = asyncio.run(stream_audiofork(url, audio, rate=rate, call_id=call_id,
+                                               metadata=metadata, speed=speed))
+        errors = [m["data"]["message"] for m in outcome.of_type("error")]
+    else:
+        where = urlsplit(base)
+        if where.scheme != "tcp" or not where.hostname or not where.port:
+            raise ValueError("AudioSocket needs --url tcp://HOST:PORT (callmon serve "
+                             "--audiosocket-port PORT)")
+        audio = load_for_streaming(args.file, rate=8000)[:, :1]
+        outcome = asyncio.run(stream_audiosocket(where.hostname, where.port, audio,
+                                                 call_uuid=call_id, speed=speed))
+        errors = [m["payload"].decode(errors="replace") for m in outcome.messages
+                  if isinstance(m, dict) and m.get("kind") == 0xFF]
+    if errors:
+        print(f"server refused: {errors[-1]}", file=sys.stderr)
+        return 1
+    print(f"streamed {len(audio) / rate:.1f} s as "
+          f"{args.protocol} call {call_id}; its windows and alerts are in Redis "
+          "(callmon alerts, the dashboard)", flush=True)
     return 0
 
 
@@ -228,9 +303,8 @@ def _alerts(args: argparse.Namespace) -> int:
 
 
 def _bench_load(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from streamer.bench import HEADER, bench_load, summarise
+    from streamer.tools.bench import HEADER, bench_load, summarise
 
     print(HEADER, flush=True)
     env = {"CALLMON_THREADS": str(args.threads)} if args.threads else None
@@ -244,9 +318,8 @@ def _bench_load(args: argparse.Namespace) -> int:
 
 
 def _bench_soak(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from streamer.soak import HEADER, bench_soak, format_interval, verdict
+    from streamer.tools.soak import HEADER, bench_soak, format_interval, verdict
 
     n = args.calls
     total = 60 * args.minutes
@@ -265,11 +338,38 @@ def _bench_soak(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _calibrate(args: argparse.Namespace) -> int:
+    from streamer.tools.calibrate import calibrate_cv, write
 
-    from dashboard.bench import bench_predict
+    report = calibrate_cv([Path(r) for r in args.runs.split(",") if r.strip()],
+                          [d for d in args.data.split(",") if d.strip()],
+                          target_fa_per_hour=args.target_fa_per_hour,
+                          calm_minutes=args.calm_minutes, threads=args.threads)
+    write(report, Path(args.out))
+    summary = {"temperature": report["temperature"], "alerts": report["alerts"],
+               "ece": [(f["test_window_ece_before"], f["test_window_ece_after"])
+                       for f in report["folds"]],
+               **{f"test_{ch}": {k: report["test"][ch]["overall"][k]
+                                 for k in ("false_alerts_per_hour", "angry", "sad", "fearful")}
+                  for ch in report["test"]}}
+    print(json.dumps(summary, indent=2))
+    return 0
 
-    print(json.dumps(bench_predict(data=Path(args.data), repeats=args.repeats,
-                                   seconds=args.seconds), indent=2))
+
+def _bench_alerts(args: argparse.Namespace) -> int:
+    from models import load_model
+    from streamer.service import alert_config
+    from streamer.settings import Settings
+    from streamer.tools.alert_bench import bench_alerts, format_report, write_report
+
+    model = load_model(args.model, "cpu", variant=args.variant, threads=args.threads)
+    # The alert rules `callmon serve` would use: the card's, under any CALLMON_* setting.
+    alerts = alert_config(Settings.model_validate({}), model.card.alerts)
+    report = bench_alerts(
+        data=[d for d in args.data.split(",") if d.strip()], model=model, alerts=alerts,
+        speakers=[s.strip() for s in args.speakers.split(",")] if args.speakers else None,
+        telephone=args.telephone, calm_minutes=args.calm_minutes, seed=args.seed)
+    paths = write_report(report, Path(args.out))
+    print(format_report(report))
+    print("written: " + ", ".join(str(p) for p in paths))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class Histogram:
@@ -36,3 +37,23 @@ class Histogram:
 
 def counter(name: str, help_text: str, value: float, kind: str = "counter") -> list[str]:
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    """One streamer node's counters at a moment (``Service.stats()``), as /metrics shows
+    them."""
+
+    live_calls: int
+    windows: int
+    silent_windows: int
+    scored: int
+    dropped: int
+    alerts_raised: int
+    alerts_cleared: int
+    calls_started: int
+    redis_connected: bool
+    undelivered_events: int
+    inference_ms: Histogram
+    batch_sizes: Histogram
+    latency_ms: Histogram

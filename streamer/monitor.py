@@ -212,5 +212,6 @@ class Monitor:
         for session in list(self.calls.values()):
             if not session.ended:
                 await self.close_call(session, "shutdown")
-                session.outbox.put(session.ended_message())
+                if session.send_results:
+                    session.outbox.put(session.ended_message())
                 session.outbox.close()

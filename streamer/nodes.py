@@ -17,15 +17,6 @@ from streamer.redis_client import is_cluster
 
 log = logging.getLogger(__name__)
 
-
-def node_key(node: str) -> str:
-    return f"callmon:node:{node}"
-
-
-def reaped_key(call_id: str) -> str:
-    return f"callmon:call:{{{call_id}}}:reaped"
-
-
 #: Longest wait for one claim step: a call start or end never waits on a stalled Redis longer.
 REDIS_STEP_S = 1.0
 
@@ -95,14 +86,14 @@ class Heartbeat:
         await cancel(self._task)
         self._task = None
         try:
-            await self.redis.delete(node_key(self.node))
+            await self.redis.delete(schema.node_key(self.node))
         except Exception:  # Redis away at shutdown: the key expires by itself
             pass
 
     async def _run(self) -> None:
         while True:
             try:
-                await self.redis.set(node_key(self.node),
+                await self.redis.set(schema.node_key(self.node),
                                      json.dumps({"node": self.node, "ts": time.time(),
                                                  **self.info()}), px=self.ttl_ms)
                 if self.claims is not None:
@@ -123,7 +114,7 @@ async def orphaned_calls(redis, *, own_node: str | None = None) -> list[tuple[st
         node = (start or {}).get("node")
         if node and node == own_node:
             continue  # we know our own calls are alive, whatever Redis lost
-        if start is not None and node and await redis.exists(node_key(node)):
+        if start is not None and node and await redis.exists(schema.node_key(node)):
             continue
         out.append((call_id, start))
     return out
@@ -151,7 +142,7 @@ async def reap_lost_calls(redis, *, own_node: str | None = None,
             if now - first < grace_s:
                 continue
         node = (start or {}).get("node")
-        if not await redis.set(reaped_key(call_id), "1", nx=True, ex=3600):
+        if not await redis.set(schema.reaped_key(call_id), "1", nx=True, ex=3600):
             continue  # another reaper has it
         event = schema.CallEvent(
             id=schema.new_id(), type="call_ended", call_id=call_id,

@@ -1,11 +1,10 @@
-"""Parsing and validation of what clients send: the native start/stop messages, binary
-audio frames, and Twilio Media Streams events. Pure functions; every refusal is a
-:class:`ProtocolError` carrying the websocket close code to use."""
+"""What every ingest protocol shares: the validated start of a call, call-id and metadata
+checks, decoding binary audio to float frames, and :class:`ProtocolError`, which carries
+the websocket close code of a refusal. Pure functions; the protocols themselves are the
+adapters in :mod:`streamer.ingest`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.codecs import decode_alaw, decode_mulaw
+from models.audio import decode_alaw, decode_mulaw
 
 # RFC 6455 close codes used by the server.
 CLOSE_NORMAL = 1000
@@ -82,35 +81,8 @@ def validate_call_id(call_id: Any) -> str:
     return call_id
 
 
-def parse_start(data: dict[str, Any]) -> StreamStart:
-    """Validate a native ``{"type": "start", ...}`` message."""
-    if data.get("type") != "start":
-        raise ProtocolError("expected_start", 'the first message must be {"type": "start", ...}')
-    call_id = validate_call_id(data.get("call_id"))
-    encoding = data.get("encoding", "pcm_s16le")
-    if not isinstance(encoding, str) or encoding not in ENCODINGS:
-        raise ProtocolError("unsupported_encoding",
-                            f"encoding {encoding!r} is not one of {sorted(ENCODINGS)}",
-                            close_code=CLOSE_UNSUPPORTED)
-    rate = data.get("sample_rate")
-    if isinstance(rate, bool) or not isinstance(rate, int) or rate not in SAMPLE_RATES:
-        raise ProtocolError("unsupported_sample_rate",
-                            f"sample_rate {rate!r} is not one of {list(SAMPLE_RATES)}",
-                            close_code=CLOSE_UNSUPPORTED)
-    if encoding in ("mulaw", "alaw") and rate != 8000:
-        raise ProtocolError("unsupported_sample_rate", f"{encoding} audio must be 8000 Hz",
-                            close_code=CLOSE_UNSUPPORTED)
-    channels = data.get("channels", 1)
-    if not isinstance(channels, int) or isinstance(channels, bool) or channels not in (1, 2):
-        raise ProtocolError("unsupported_channels", "channels must be 1 or 2",
-                            close_code=CLOSE_UNSUPPORTED)
-    roles = data.get("roles", list(ROLES[:channels]))
-    if (not isinstance(roles, list) or len(roles) != channels
-            or any(not isinstance(r, str) or r not in ROLES for r in roles)
-            or len(set(roles)) != len(roles)):
-        raise ProtocolError("bad_roles",
-                            f"roles must list {channels} distinct roles from {list(ROLES)}")
-    metadata = data.get("metadata", {})
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """A JSON object of at most 4 KiB that Redis and browsers can carry."""
     if not isinstance(metadata, dict):
         raise ProtocolError("bad_metadata", "metadata must be a JSON object")
     try:
@@ -120,106 +92,37 @@ def parse_start(data: dict[str, Any]) -> StreamStart:
                             "surrogates, NaN or infinities") from None
     if len(encoded) > MAX_METADATA_BYTES:
         raise ProtocolError("bad_metadata", f"metadata over {MAX_METADATA_BYTES} bytes")
-    return StreamStart(call_id, rate, encoding, channels, tuple(roles), metadata)
+    return metadata
 
 
-def decode_frame(data: bytes, start: StreamStart) -> np.ndarray:
+def decode_samples(data: bytes, encoding: str, channels: int = 1) -> np.ndarray:
     """Binary audio → float32 ``(samples, channels)`` in [-1, 1].
 
     Raises:
         ProtocolError: a byte count that is not a whole number of sample frames, or
             non-finite float samples.
     """
-    if len(data) % start.frame_bytes:
+    frame_bytes = ENCODINGS[encoding] * channels
+    if len(data) % frame_bytes:
         raise ProtocolError(
             "partial_frame",
-            f"{len(data)} bytes is not a whole number of {start.frame_bytes}-byte sample frames "
-            f"({start.encoding}, {start.channels} channel(s))",
+            f"{len(data)} bytes is not a whole number of {frame_bytes}-byte sample frames "
+            f"({encoding}, {channels} channel(s))",
         )
-    if start.encoding == "pcm_s16le":
+    if encoding == "pcm_s16le":
         samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    elif start.encoding == "f32le":
+    elif encoding == "f32le":
         samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
         if not np.isfinite(samples).all():
             raise ProtocolError("bad_samples", "f32le audio contains NaN or infinity")
         samples = np.clip(samples, -1.0, 1.0)
-    elif start.encoding == "mulaw":
+    elif encoding == "mulaw":
         samples = decode_mulaw(data).astype(np.float32) / 32768.0
     else:
         samples = decode_alaw(data).astype(np.float32) / 32768.0
-    return samples.reshape(-1, start.channels)
+    return samples.reshape(-1, channels)
 
 
-# --- Twilio Media Streams -------------------------------------------------------------
-
-TWILIO_TRACKS = {"inbound": "customer", "outbound": "agent"}
-TWILIO_IGNORED = {"connected", "mark", "dtmf", "clear"}
-
-
-@dataclass(frozen=True, slots=True)
-class TwilioMedia:
-    track: str
-    chunk: int
-    timestamp_ms: int
-    payload: bytes
-
-
-def parse_twilio_start(data: dict[str, Any], *, track_roles: dict[str, str]) -> StreamStart:
-    """Twilio's ``start`` event → a StreamStart (one channel per track)."""
-    start = data.get("start")
-    if not isinstance(start, dict):
-        raise ProtocolError("bad_twilio_start", "start event without a start object")
-    params = start.get("customParameters") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError("bad_twilio_start", "customParameters must be an object")
-    call_id = validate_call_id(params.get("call_id") or start.get("callSid")
-                               or data.get("streamSid") or start.get("streamSid"))
-    fmt = start.get("mediaFormat") or {}
-    if not isinstance(fmt, dict):
-        raise ProtocolError("bad_twilio_start", "mediaFormat must be an object")
-    encoding = fmt.get("encoding", "audio/x-mulaw")
-    rate = fmt.get("sampleRate", 8000)
-    if encoding != "audio/x-mulaw" or rate != 8000:
-        raise ProtocolError("unsupported_encoding",
-                            f"Twilio media must be audio/x-mulaw at 8000 Hz, got {encoding} {rate}",
-                            close_code=CLOSE_UNSUPPORTED)
-    tracks = start.get("tracks") or ["inbound"]
-    if (not isinstance(tracks, list) or not tracks
-            or any(not isinstance(t, str) or t not in track_roles for t in tracks)):
-        raise ProtocolError("bad_twilio_start",
-                            f"tracks must be a non-empty subset of {sorted(track_roles)}")
-    roles = tuple(track_roles[t] for t in tracks)
-    if len(set(roles)) != len(roles):
-        raise ProtocolError("bad_twilio_start", "two tracks map to the same role")
-    metadata = {k: v for k, v in params.items() if k != "call_id"}
-    metadata.update({"twilio_stream_sid": data.get("streamSid") or start.get("streamSid"),
-                     "twilio_call_sid": start.get("callSid"), "tracks": tracks})
-    return StreamStart(call_id, 8000, "mulaw", len(roles), roles, metadata)
-
-
-def parse_twilio_media(data: dict[str, Any], *, max_payload_bytes: int) -> TwilioMedia:
-    media = data.get("media")
-    if not isinstance(media, dict):
-        raise ProtocolError("bad_twilio_media", "media event without a media object")
-    payload = media.get("payload")
-    if not isinstance(payload, str):
-        raise ProtocolError("bad_twilio_media", "media.payload must be a base64 string")
-    if len(payload) > 4 * ((max_payload_bytes + 2) // 3):
-        raise ProtocolError("frame_too_big", f"media payload over {max_payload_bytes} bytes",
-                            close_code=CLOSE_TOO_BIG)
-    try:
-        raw = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProtocolError("bad_twilio_media", f"media.payload is not base64: {exc}") from exc
-    try:
-        chunk = int(media.get("chunk", data.get("sequenceNumber", 0)))
-        timestamp = int(media.get("timestamp", 0))
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError("bad_twilio_media", "chunk and timestamp must be integers") from exc
-    if not 0 <= timestamp < 2**53 or not 0 <= chunk < 2**53:
-        raise ProtocolError("bad_twilio_media", "chunk and timestamp must be integers in "
-                            "[0, 2^53)")
-    track = media.get("track", "inbound")
-    if not isinstance(track, str):
-        raise ProtocolError("bad_twilio_media", "media.track must be a string")
-    return TwilioMedia(track, chunk, timestamp, raw)
+def decode_frame(data: bytes, start: StreamStart) -> np.ndarray:
+    """One binary message of the call ``start`` describes → ``(samples, channels)``."""
+    return decode_samples(data, start.encoding, start.channels)

@@ -1,7 +1,10 @@
-"""The wire schema: every message the streamer sends over Redis or a websocket.
+"""The wire schema: every message callmon sends over Redis or a native websocket, and
+every Redis key and channel it uses.
 
 This module is the single definition; ``docs/schema.md`` describes it and the dashboard
-imports it. Every message is a JSON object with ``"v": 1`` and a ``"type"``.
+imports it. Every message is a JSON object with ``"v": 1`` and a ``"type"``. (The
+platforms' own messages — AudioHook, Twilio, mod_audio_fork — are their adapters' business,
+in ``streamer/ingest``.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,18 @@ SCHEMA_VERSION = 1
 ALERTS_CHANNEL = "callmon:alerts"
 ALERTS_STREAM = "callmon:alerts:log"
 LIVE_CALLS_KEY = "callmon:calls:live"  # sorted set: call_id → start time (unix s)
+ACKS_KEY = "callmon:alerts:acks"  # hash: alert id → {"by", "at"}
+ACKS_CHANNEL = "callmon:acks"  # pub/sub: acknowledgements as they happen
+
+
+def node_key(node: str) -> str:
+    """A streamer node's heartbeat (expires unless renewed)."""
+    return f"callmon:node:{node}"
+
+
+def reaped_key(call_id: str) -> str:
+    """Set once by the node that ends a dead node's call as ``lost``."""
+    return f"callmon:call:{{{call_id}}}:reaped"
 
 
 def call_channel(call_id: str) -> str:
@@ -124,7 +139,7 @@ class CallEvent:
     roles: tuple[str, ...]
     sample_rate: int
     encoding: str
-    protocol: str  # "native" | "twilio"
+    protocol: str  # "native", "twilio", "audiohook", "audiofork" or "audiosocket"
     metadata: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # on call_ended, see EndReason
     duration_s: float | None = None
@@ -151,3 +166,21 @@ def error_message(code: str, message: str, **extra: Any) -> str:
     """What the server sends before closing a socket it refuses."""
     return json.dumps({"v": SCHEMA_VERSION, "type": "error", "code": code, "message": message,
                        **extra})
+
+
+def started_message(call_id: str, *, labels: list[str], window_s: float, hop_s: float,
+                    max_speed: float, speed_burst_s: float) -> str:
+    """The native socket's answer to ``start``: the model's labels, the windowing, and the
+    pace the server accepts (a client may send this fast: ``callmon stream --fast``)."""
+    return json.dumps({"v": SCHEMA_VERSION, "type": "started", "call_id": call_id,
+                       "labels": labels, "window_s": window_s, "hop_s": hop_s,
+                       "max_speed": max_speed, "speed_burst_s": speed_burst_s})
+
+
+def ended_message(call_id: str, *, reason: str | None, duration_s: float, windows: int,
+                  scored: int, silent: int, dropped: int, alerts_raised: int) -> str:
+    """The native socket's last message of a call."""
+    return json.dumps({"v": SCHEMA_VERSION, "type": "ended", "call_id": call_id,
+                       "reason": reason, "duration_s": round(duration_s, 3),
+                       "windows": windows, "scored": scored, "silent": silent,
+                       "dropped": dropped, "alerts_raised": alerts_raised})

@@ -1,5 +1,6 @@
-"""Composition: build the model, Redis, scheduler, monitor and ingest server from Settings,
-run them, and shut down gracefully."""
+"""Composition: build the model, Redis, scheduler, monitor and ingest from Settings, run
+them with whatever mounts itself on the service (the dashboard does), and shut down
+gracefully."""
 
 from __future__ import annotations
 
@@ -8,21 +9,26 @@ import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from streamer import redis_client
 from streamer.alerts import AlertConfig, alert_config_from
 from streamer.calls import WindowingConfig
+from streamer.ingest.audiosocket import AudioSocketServer
+from streamer.ingest.config import IngestConfig
+from streamer.ingest.transport import IngestServer
+from streamer.metrics import NodeStats
 from streamer.monitor import Monitor
 from streamer.nodes import CallClaims, Heartbeat, Reaper
 from streamer.publisher import RedisPublisher
-from streamer.redis_server import EmbeddedRedis
 from streamer.scheduler import InferenceScheduler
-from streamer.server import IngestConfig, IngestServer
 from streamer.settings import Settings, is_loopback, runtime_file
+from streamer.tools.redis_server import EmbeddedRedis
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,39 @@ def ingest_config(settings: Settings) -> IngestConfig:
                         **{name: getattr(settings, name) for name in shared})
 
 
+class Component(Protocol):
+    """A part that runs on the service's lifecycle (the dashboard, mounted by the command
+    line that composes them)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def banner(self) -> str:
+        """One line for the console: where to reach it."""
+        ...
+
+    def runtime_info(self) -> dict[str, Any]:
+        """What it adds to the runtime file (streamer.settings.runtime_file)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Mount:
+    """How a component mounts itself on a :class:`Service`.
+
+    Attributes:
+        name: the component's name (``service.components[name]``).
+        build: makes the component once the service's model, Redis and monitor run.
+        check: validates settings before anything starts (raises ValueError) and returns
+            the ports it will bind, as ``(what, port, option)``.
+    """
+
+    name: str
+    build: Callable[[Service], Component]
+    check: Callable[[Settings], list[tuple[str, int, str]]] = field(default=lambda s: [])
+
+
 class Service:
     """Everything ``callmon serve`` runs, started and stopped in order.
 
@@ -53,9 +92,10 @@ class Service:
         settings: configuration.
         model: an already loaded :class:`models.EmotionModel` (tests inject one); loaded
             from ``settings`` when omitted.
+        mounts: components started after ingest and stopped before it (the dashboard).
     """
 
-    def __init__(self, settings: Settings, *, model=None, dashboard: bool = True) -> None:
+    def __init__(self, settings: Settings, *, model=None, mounts: Sequence[Mount] = ()) -> None:
         self.settings = settings
         self.model = model
         self.embedded_redis: EmbeddedRedis | None = None
@@ -64,8 +104,9 @@ class Service:
         self.scheduler: InferenceScheduler | None = None
         self.monitor: Monitor | None = None
         self.ingest: IngestServer | None = None
-        self.with_dashboard = dashboard
-        self.dashboard: Any = None
+        self.audiosocket: AudioSocketServer | None = None
+        self.mounts = tuple(mounts)
+        self.components: dict[str, Component] = {}
         self.heartbeat: Heartbeat | None = None
         self.reaper: Reaper | None = None
         self.started_at = time.time()
@@ -115,13 +156,29 @@ class Service:
                                windowing=WindowingConfig(window_s=card.window_s, hop_s=s.hop_s),
                                alerts=alert_config(s, self.model.card.alerts),
                                max_calls=s.max_calls, node=s.node, claims=self.claims)
-        self.ingest = IngestServer(self.monitor, ingest_config(s), health=self.health)
+        config = ingest_config(s)
+        self.ingest = IngestServer(self.monitor, config, health=self.health)
         await self.ingest.start()
-        if self.with_dashboard:
-            from dashboard.server import build_dashboard
+        if config.audiosocket_port is not None:
+            self.audiosocket = AudioSocketServer(self.monitor, config)
+            await self.audiosocket.start()
+        for mount in self.mounts:
+            component = mount.build(self)
+            self.components[mount.name] = component
+            await component.start()
 
-            self.dashboard = build_dashboard(s, redis_url=url, model=self.model, service=self)
-            await self.dashboard.start()
+    def stats(self) -> NodeStats | None:
+        """This node's counters, for /metrics (None before the monitor runs)."""
+        if self.monitor is None or self.scheduler is None or self.publisher is None:
+            return None
+        m, sch, pub = self.monitor.stats, self.scheduler.stats, self.publisher
+        return NodeStats(
+            live_calls=len(self.monitor.calls), windows=m.windows,
+            silent_windows=m.silent_windows, scored=sch.scored, dropped=sch.dropped,
+            alerts_raised=m.alerts_raised, alerts_cleared=m.alerts_cleared,
+            calls_started=m.calls_started, redis_connected=pub.connected,
+            undelivered_events=pub.undelivered, inference_ms=sch.inference_ms,
+            batch_sizes=sch.batch_sizes, latency_ms=m.latency_ms)
 
     @property
     def redis_url(self) -> str:
@@ -147,13 +204,17 @@ class Service:
         ``shutdown``), score in-flight windows, flush alerts to Redis."""
         if self.ingest:
             await self.ingest.stop_accepting()
-        if self.dashboard:
-            await self.dashboard.stop()
+        if self.audiosocket:
+            await self.audiosocket.stop_accepting()
+        for component in reversed(list(self.components.values())):
+            await component.stop()
         if self.monitor:
             await self.monitor.shutdown()
         if self.ingest:
             await self.ingest.wait_connections(timeout_s / 2)
             await self.ingest.close()
+        if self.audiosocket:
+            await self.audiosocket.close(timeout_s / 4)
         if self.scheduler:
             await self.scheduler.stop(drain=True, timeout_s=timeout_s / 4)
         if self.publisher:
@@ -187,15 +248,16 @@ def load_serving_model(s: Settings):
     return load_model(s.model_path, s.device, variant=s.model_variant, threads=s.threads)
 
 
-def check_ports(settings: Settings, *, dashboard: bool) -> None:
+def check_ports(settings: Settings, extra: Sequence[tuple[str, int, str]] = ()) -> None:
     """Refuse to start when a port is taken, before anything (an embedded Redis, the
     model) is started that would then have to be cleaned up."""
     import socket
 
-    wanted = [("ingest", settings.port)] + ([("dashboard", settings.dashboard_port)]
-                                           if dashboard else [])
-    for what, port in wanted:
-        if port == 0:
+    wanted = [("ingest", settings.port, "--port")]
+    if settings.audiosocket_port is not None:
+        wanted.append(("AudioSocket", settings.audiosocket_port, "--audiosocket-port"))
+    for what, port, option in [*wanted, *extra]:
+        if not port:
             continue
         with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -204,8 +266,7 @@ def check_ports(settings: Settings, *, dashboard: bool) -> None:
             except OSError as exc:
                 raise ValueError(f"the {what} port {settings.host}:{port} is not free "
                                  f"({exc.strerror}): is another callmon running? Choose "
-                                 f"another with --{'port' if what == 'ingest' else what + '-port'}"
-                                 ) from None
+                                 f"another with {option}") from None
 
 
 def check_exposure(settings: Settings) -> None:
@@ -218,15 +279,12 @@ def check_exposure(settings: Settings) -> None:
             "front of callmon")
 
 
-async def run(settings: Settings, *, dashboard: bool = True) -> None:
+async def run(settings: Settings, *, mounts: Sequence[Mount] = ()) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
     check_exposure(settings)
-    if dashboard:
-        from dashboard.server import supervisor_auth
-
-        supervisor_auth(settings)  # refuse an open dashboard beyond loopback before starting
-    check_ports(settings, dashboard=dashboard)
-    service = Service(settings, dashboard=dashboard)
+    ports = [port for mount in mounts for port in mount.check(settings)]  # before starting
+    check_ports(settings, ports)
+    service = Service(settings, mounts=mounts)
     try:
         await service.start()
     except BaseException:
@@ -237,11 +295,14 @@ async def run(settings: Settings, *, dashboard: bool = True) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     announced = announce(settings, service)
-    print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}/v1/stream "  # type: ignore[union-attr]
-          f"(Twilio: /v1/twilio) · Redis: {service.redis_url}", flush=True)
-    if service.dashboard is not None:
-        print(f"callmon dashboard: open http://{settings.host}:{service.dashboard.port}/",
+    print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}"  # type: ignore[union-attr]
+          f"{{{','.join(service.ingest.adapters)}}} · Redis: {service.redis_url}",  # type: ignore[union-attr]
+          flush=True)
+    if service.audiosocket is not None:
+        print(f"callmon AudioSocket: tcp://{settings.host}:{service.audiosocket.port}",
               flush=True)
+    for component in service.components.values():
+        print(component.banner(), flush=True)
     try:
         await stop.wait()
         log.info("shutting down")
@@ -259,11 +320,11 @@ def announce(settings: Settings, service: Service) -> Path | None:
     path = runtime_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
-            "pid": os.getpid(), "redis_url": service.redis_url,
-            "ingest": f"ws://{settings.host}:{service.ingest.port}",  # type: ignore[union-attr]
-            "dashboard": (f"http://{settings.host}:{service.dashboard.port}"
-                          if service.dashboard is not None else None)}) + "\n")
+        info = {"pid": os.getpid(), "redis_url": service.redis_url,
+                "ingest": f"ws://{settings.host}:{service.ingest.port}"}  # type: ignore[union-attr]
+        for component in service.components.values():
+            info.update(component.runtime_info())
+        path.write_text(json.dumps(info) + "\n")
     except OSError as exc:
         log.warning("could not write %s: %s", path, exc)
         return None

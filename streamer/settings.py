@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_call_s: float = Field(4 * 3600.0, gt=0, description="longest call (seconds of audio)")
     max_connections_per_address: int = Field(200, ge=1, description="open sockets per client IP")
     ping_interval_s: float = Field(20.0, gt=0, description="keep-alive ping; dead peers dropped")
+    audiosocket_port: int | None = Field(
+        None, ge=0, le=65535, description="TCP port for Asterisk AudioSocket calls; unset: off")
+    audiosocket_role: Literal["customer", "agent"] = Field(
+        "customer", description="role of an AudioSocket call's one channel")
     # Alert rules: unset means the thresholds stored in the model card (chosen on validation
     # calls for a target false-alert rate), or streamer.alerts' defaults without them.
     frustration_on: float | None = Field(None, gt=0, le=1)

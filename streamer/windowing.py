@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
-MODEL_RATE_HZ = 16_000
+from models.audio import MODEL_RATE_HZ
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,7 @@ def call_actors(shipped_model) -> list[str]:
 
 @pytest.fixture
 def redis_server(tmp_path):
-    from streamer.redis_server import EmbeddedRedis
+    from streamer.tools.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(data_dir=tmp_path / "redis", fsync_always=True)
     (tmp_path / "redis").mkdir()

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dashboard.server import MOUNT as DASHBOARD
+from models.corpora import load_audio
 from streamer.service import Service
 from streamer.settings import Settings
-from trainer.datasets import load_audio
 
 RAVDESS_CODES = {"neutral": "01", "calm": "02", "happy": "03", "sad": "04", "angry": "05",
                  "fearful": "06"}
@@ -66,7 +67,7 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
 async def running_service(model, redis_url: str, **overrides) -> AsyncIterator[Service]:
     settings = Settings(port=0, dashboard_port=0, redis_url=redis_url,
                         **{"node": "test-node", **REPLAY, **overrides})
-    service = Service(settings, model=model)
+    service = Service(settings, model=model, mounts=[DASHBOARD])
     await service.start()
     try:
         yield service
@@ -92,7 +93,7 @@ class ServiceThread:
         self.thread.start()
         settings = Settings(port=0, dashboard_port=0, redis_url=self.redis_url, node="test-node",
                             **{**REPLAY, **self.overrides})
-        self.service = Service(settings, model=self.model)
+        self.service = Service(settings, model=self.model, mounts=[DASHBOARD])
         self.run(self.service.start(), timeout=60)
         return self
 
@@ -109,7 +110,7 @@ class ServiceThread:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.service.dashboard.port}"
+        return f"http://127.0.0.1:{self.service.components['dashboard'].port}"
 
     def __exit__(self, *exc) -> None:
         self.run(self.service.stop(), timeout=60)

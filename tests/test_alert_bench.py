@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from streamer.alerts import AlertConfig, AlertRule
-from trainer.alert_bench import (
+from streamer.tools.alert_bench import (
     AlertBenchError,
     bench_alerts,
     build_calls,
@@ -24,7 +24,7 @@ from trainer.alert_bench import (
     seen_speakers,
     summarise,
 )
-from trainer.calibrate import (
+from streamer.tools.calibrate import (
     SearchSpace,
     expected_calibration_error,
     fit_temperature,

@@ -5,9 +5,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from models.audio import (
+    decode_alaw,
+    decode_mulaw,
+    encode_alaw,
+    encode_mulaw,
+    float_to_int16,
+    telephone_channel,
+)
 from models.preprocessing import clip_windows, fit_length, window_starts
-from streamer.codecs import decode_alaw, decode_mulaw, encode_alaw, encode_mulaw, float_to_int16
-from trainer.augment import add_noise, augment, crop, random_gain, telephone_channel
+from trainer.augment import add_noise, augment, crop, random_gain
 
 from .conftest import tone
 

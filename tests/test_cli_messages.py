@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.redis_server import EmbeddedRedis, free_port
+from streamer.tools.redis_server import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("args", "says"), [
     (["stream", "{clip}", "--url", "ws://127.0.0.1:{port}"], "connection refused"),
     (["stream", "/nonexistent/call.wav"], "/nonexistent/call.wav: no such file"),
-    (["stream", "README.md"], "is not an audio file"),
+    (["stream", "README.md"], "README.md is not a readable audio file (Format not recognised"),
     (["alerts", "--redis-url", "redis://127.0.0.1:{port}"], "cannot reach Redis"),
 ])
 def test_one_line_and_a_non_zero_exit(args, says, ravdess_dir) -> None:

@@ -18,10 +18,10 @@ import pytest
 
 from streamer import schema
 from streamer.alerts_feed import follow_alerts
-from streamer.bench import ServerProcess
-from streamer.client import stream_native
 from streamer.redis_client import connect
-from streamer.redis_server import EmbeddedCluster, free_port
+from streamer.tools.bench import ServerProcess
+from streamer.tools.client import stream_native
+from streamer.tools.redis_server import EmbeddedCluster, free_port
 
 from .streaming import actor_clips
 
@@ -142,7 +142,7 @@ def test_two_nodes_one_dashboard_on_a_cluster(cluster, ravdess_dir, call_actors)
         async def doomed():
             from websockets.asyncio.client import connect as ws_connect
 
-            from streamer.client import encode
+            from streamer.tools.client import encode
 
             async with ws_connect(f"ws://127.0.0.1:{nodes[0].port}/v1/stream") as ws:
                 await ws.send(json.dumps({"type": "start", "call_id": "doomed",
@@ -191,7 +191,7 @@ def test_a_call_id_is_live_on_one_node_only(shipped_model, redis_server, ravdess
     call ended the dashboard hid A's live call. Ids are claimed cluster-wide now."""
     import asyncio
 
-    from streamer.client import stream_native
+    from streamer.tools.client import stream_native
 
     from .streaming import actor_clips, running_service, wait_for
     from .test_stream_bad_input import START, refused

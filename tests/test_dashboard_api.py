@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from streamer.client import stream_native
+from streamer.tools.client import stream_native
 
 from .streaming import ServiceThread, actor_clips, calm_then_angry
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streamer.client import stream_native
+from streamer.tools.client import stream_native
 
 from .streaming import ServiceThread, calm_then_angry
 

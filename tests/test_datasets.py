@@ -7,9 +7,7 @@ import soundfile as sf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.labels import EMOTIONS_5, EMOTIONS_8, map_to_label_set
-from trainer.config import TrainConfig
-from trainer.datasets import (
+from models.corpora import (
     DatasetLayoutError,
     corpus_of,
     discover,
@@ -21,6 +19,8 @@ from trainer.datasets import (
     speaker_folds,
     speakers_of,
 )
+from models.labels import EMOTIONS_5, EMOTIONS_8, map_to_label_set
+from trainer.config import TrainConfig
 from trainer.train import split_speakers
 
 from .conftest import tone

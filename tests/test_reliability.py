@@ -22,8 +22,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from streamer.alerts_feed import follow_alerts
-from streamer.client import encode, stream_native
-from streamer.redis_server import EmbeddedRedis, free_port
+from streamer.tools.client import encode, stream_native
+from streamer.tools.redis_server import EmbeddedRedis, free_port
 
 from .streaming import ServiceThread, actor_clips, calm_then_angry, running_service, wait_for
 from .test_stream_e2e import assert_frustration_alert, stream_entries

@@ -12,9 +12,9 @@ import redis
 from websockets.asyncio.client import connect
 
 from streamer import schema
-from streamer.bench import ServerProcess
-from streamer.client import encode
-from streamer.redis_server import free_port
+from streamer.tools.bench import ServerProcess
+from streamer.tools.client import encode
+from streamer.tools.redis_server import free_port
 
 from .streaming import actor_clips, wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from models import EMOTIONS_5, load_model
-from trainer.datasets import discover, load_audio
+from models.corpora import discover, load_audio
 from trainer.evaluate import evaluate_items
 
 ROOT = Path(__file__).resolve().parents[1]

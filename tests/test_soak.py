@@ -4,7 +4,7 @@ back (docs/reliability.md has the 30-minute soak and the full overload run)."""
 
 from __future__ import annotations
 
-from streamer.soak import bench_soak, verdict
+from streamer.tools.soak import bench_soak, verdict
 
 
 def test_short_soak_with_churn(ravdess_dir) -> None:

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from streamer.client import stream_native
+from streamer.tools.client import stream_native
 
 from .streaming import actor_clips, running_service, wait_for
 

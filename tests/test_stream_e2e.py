@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from streamer import schema
 from streamer.alerts_feed import follow_alerts
-from streamer.client import stream_native, stream_twilio
+from streamer.tools.client import stream_native, stream_twilio
 
 from .streaming import calm_then_angry, running_service, wait_for
 
@@ -280,7 +280,7 @@ def test_redis_restarted_empty_mid_call_gets_the_live_call_back(
     and the dashboard API answers 503, not 500, while Redis is away."""
     import httpx
 
-    from streamer.redis_server import EmbeddedRedis
+    from streamer.tools.redis_server import EmbeddedRedis
 
     from .streaming import ServiceThread, actor_clips
 

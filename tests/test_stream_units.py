@@ -13,18 +13,17 @@ from hypothesis import strategies as st
 
 from streamer.alerts import AlertConfig, AlertRule, RoleAlerts
 from streamer.calls import CallSession, ResultOrder, WindowingConfig
+from streamer.ingest.config import TWILIO_TRACKS
+from streamer.ingest.native import parse_start
+from streamer.ingest.twilio import parse_twilio_media, parse_twilio_start
 from streamer.protocol import (
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CLOSE_UNSUPPORTED,
-    TWILIO_TRACKS,
     ProtocolError,
     StreamStart,
     decode_frame,
     parse_json_object,
-    parse_start,
-    parse_twilio_media,
-    parse_twilio_start,
 )
 from streamer.scheduler import InferenceScheduler
 from streamer.windowing import ChannelWindower, RingBuffer, Window
@@ -189,7 +188,7 @@ def test_windower_timing_and_resampling() -> None:
 
 
 def test_vad_marks_silence_and_speech(ravdess_dir) -> None:
-    from trainer.datasets import load_audio
+    from models.corpora import load_audio
 
     speech = load_audio(ravdess_dir / "Actor_18/03-01-05-02-01-01-18.flac")
     silence = (1e-4 * np.random.default_rng(0).standard_normal(16000 * 4)).astype(np.float32)

@@ -13,7 +13,7 @@ import pytest
 
 from models import ModelCardError, load_model
 from models.torch_backend import TORCH_VARIANT, TorchEmotionModel, load_torch_model
-from streamer.client import stream_native
+from streamer.tools.client import stream_native
 from trainer.config import TrainConfig
 from trainer.export import export_checkpoint
 from trainer.train import train

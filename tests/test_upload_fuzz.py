@@ -124,7 +124,7 @@ def test_random_bytes_never_crash(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def live_api(shipped_model, tmp_path_factory):
-    from streamer.redis_server import EmbeddedRedis
+    from streamer.tools.redis_server import EmbeddedRedis
 
     from .streaming import ServiceThread
 

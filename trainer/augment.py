@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import soxr
-from scipy.signal import butter, lfilter, sosfilt
+from scipy.signal import lfilter
 
-from streamer.codecs import decode_mulaw, encode_mulaw, float_to_int16
-
-SAMPLE_RATE_HZ = 16_000
+from models.audio import MODEL_RATE_HZ as SAMPLE_RATE_HZ
+from models.audio import telephone_channel
 
 
 def crop(audio: np.ndarray, length: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -23,29 +20,6 @@ def crop(audio: np.ndarray, length: int, rng: np.random.Generator | None) -> np.
     out = np.zeros(length, dtype=np.float32)
     start = int(rng.integers(0, length - n + 1)) if rng is not None else (length - n) // 2
     out[start : start + n] = audio
-    return out
-
-
-@cache
-def _telephone_band() -> np.ndarray:
-    return butter(4, [300.0, 3400.0], btype="bandpass", fs=8000, output="sos")
-
-
-def telephone_line(audio: np.ndarray) -> np.ndarray:
-    """16 kHz audio as it arrives from a narrow-band telephone line: 8 kHz, 300–3400 Hz
-    band-pass, G.711 μ-law (float32 at 8 kHz)."""
-    narrow = soxr.resample(audio, SAMPLE_RATE_HZ, 8000, quality="HQ")
-    narrow = sosfilt(_telephone_band(), narrow).astype(np.float32)
-    return decode_mulaw(encode_mulaw(float_to_int16(narrow)).tobytes()).astype(np.float32) / 32768.0
-
-
-def telephone_channel(audio: np.ndarray) -> np.ndarray:
-    """Simulate a narrow-band telephone line (:func:`telephone_line`) and come back to
-    16 kHz, same length."""
-    coded = telephone_line(audio)
-    wide = soxr.resample(coded, 8000, SAMPLE_RATE_HZ, quality="HQ")
-    out = np.zeros_like(audio)
-    out[: min(len(wide), len(out))] = wide[: len(out)]
     return out
 
 

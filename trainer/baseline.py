@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.audio import MODEL_RATE_HZ as SAMPLE_RATE_HZ
+from models.corpora import discover, filter_labels, speaker_folds, speakers_of
 from models.labels import LABEL_SETS
 from models.preprocessing import clip_windows
 from trainer.data import decode_all
-from trainer.datasets import discover, filter_labels, speaker_folds, speakers_of
 from trainer.metrics import classification_report, summarise_folds
 
 log = logging.getLogger(__name__)
 
-WINDOW = 48_000
-HOP = 16_000
+WINDOW = 3 * SAMPLE_RATE_HZ
+HOP = SAMPLE_RATE_HZ  # one second
 N_MFCC = 20
 
 

@@ -113,20 +113,6 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.set_defaults(handler=_export)
 
     p = sub.add_parser(
-        "calibrate", help="temperatures and alert thresholds chosen on the validation speakers "
-                          "of cross-validation folds, measured on their test speakers")
-    p.add_argument("--runs", required=True,
-                   help="comma-separated fold folders written by callmon train (model.pt)")
-    p.add_argument("--data", default="../shared/data/ravdess,../shared/data/emodb",
-                   help="comma-separated corpus folders the folds were trained on")
-    p.add_argument("--target-fa-per-hour", type=float, default=1.0,
-                   help="false alerts per hour of calm speech allowed per kind on validation")
-    p.add_argument("--calm-minutes", type=float, default=4.0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="calibration.json")
-    p.set_defaults(handler=_calibrate)
-
-    p = sub.add_parser(
         "baseline", help="hand-crafted baseline (log-mel/MFCC statistics + logistic regression)"
     )
     p.add_argument("--data", default=DEFAULT_DATA)
@@ -195,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from models import load_model
-    from trainer.datasets import discover
+    from models.corpora import discover
     from trainer.evaluate import evaluate_items, report_markdown, write_report
 
     model = load_model(args.model, device=args.device, variant=args.variant, threads=2)
@@ -225,7 +211,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from trainer.datasets import discover_corpora
+    from models.corpora import discover_corpora
     from trainer.export import export_checkpoint
     from trainer.train import load_checkpoint
 
@@ -234,8 +220,8 @@ def _export(args: argparse.Namespace) -> int:
     windows = None
     data = args.parity_data or cfg.data
     if data and all(Path(d).is_dir() for d in str(data).split(",")):
+        from models.corpora import load_audio
         from models.preprocessing import clip_windows
-        from trainer.datasets import load_audio
 
         items = discover_corpora(data)
         # Held-out speakers' clips; for a model trained on every speaker, every 8th clip
@@ -259,24 +245,6 @@ def _export(args: argparse.Namespace) -> int:
         calibration=json.loads(Path(args.calibration).read_text()) if args.calibration else None,
     )
     print(json.dumps({"files": card.files, "onnx_parity": card.evaluation["onnx_parity"]}, indent=2))
-    return 0
-
-
-def _calibrate(args: argparse.Namespace) -> int:
-    from trainer.calibrate import calibrate_cv, write
-
-    report = calibrate_cv([Path(r) for r in args.runs.split(",") if r.strip()],
-                          [d for d in args.data.split(",") if d.strip()],
-                          target_fa_per_hour=args.target_fa_per_hour,
-                          calm_minutes=args.calm_minutes, threads=args.threads)
-    write(report, Path(args.out))
-    summary = {"temperature": report["temperature"], "alerts": report["alerts"],
-               "ece": [(f["test_window_ece_before"], f["test_window_ece_after"])
-                       for f in report["folds"]],
-               **{f"test_{ch}": {k: report["test"][ch]["overall"][k]
-                                 for k in ("false_alerts_per_hour", "angry", "sad", "fearful")}
-                  for ch in report["test"]}}
-    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -305,44 +273,6 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=25, help="training epochs (shipped recipe: 25)")
     p.add_argument("--data", default="../shared/data/ravdess")
     p.set_defaults(handler=_bench_gpu)
-
-
-    p = bench.add_parser(
-        "alerts", help="false alerts per hour of calm speech, detection and time to alert, "
-                       "on held-out speakers, through the server's windowing, gate and alerts")
-    p.add_argument("--data", default="../shared/data/ravdess,../shared/data/emodb",
-                   help="comma-separated corpus folders (manifest.csv or a known layout)")
-    p.add_argument("--model", default=None, help="model directory or .onnx (default: shipped)")
-    p.add_argument("--variant", default=None, help="int8, fp16 or fp32 (default: int8 on CPU)")
-    p.add_argument("--telephone", action="store_true",
-                   help="every call through an 8 kHz μ-law telephone channel")
-    p.add_argument("--speakers", default=None,
-                   help="comma-separated corpus/speaker ids (default: every speaker the model "
-                        "never trained or validated on)")
-    p.add_argument("--calm-minutes", type=float, default=4.0, help="length of each calm call")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="bench_alerts.json", help="JSON report (a PNG beside it)")
-    p.set_defaults(handler=_bench_alerts)
-
-
-def _bench_alerts(args: argparse.Namespace) -> int:
-    from models import load_model
-    from streamer.service import alert_config
-    from streamer.settings import Settings
-    from trainer.alert_bench import bench_alerts, format_report, write_report
-
-    model = load_model(args.model, "cpu", variant=args.variant, threads=args.threads)
-    # The alert rules `callmon serve` would use: the card's, under any CALLMON_* setting.
-    alerts = alert_config(Settings.model_validate({}), model.card.alerts)
-    report = bench_alerts(
-        data=[d for d in args.data.split(",") if d.strip()], model=model, alerts=alerts,
-        speakers=[s.strip() for s in args.speakers.split(",")] if args.speakers else None,
-        telephone=args.telephone, calm_minutes=args.calm_minutes, seed=args.seed)
-    paths = write_report(report, Path(args.out))
-    print(format_report(report))
-    print("written: " + ", ".join(str(p) for p in paths))
-    return 0
 
 
 def _bench_gpu(args: argparse.Namespace) -> int:

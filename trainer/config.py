@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from models.audio import MODEL_RATE_HZ as SAMPLE_RATE_HZ
 from models.labels import LABEL_SETS
-
-SAMPLE_RATE_HZ = 16_000
 
 
 @dataclass(frozen=True, slots=True)

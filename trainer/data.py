@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.corpora import Utterance, load_audio
 from trainer.augment import augment, crop, speed_perturb
-from trainer.datasets import Utterance, load_audio
 
 log = logging.getLogger(__name__)
 

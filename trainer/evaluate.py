@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from models.audio import telephone_channel
+from models.corpora import Utterance, filter_labels, load_audio
 from models.preprocessing import clip_windows
-from trainer.augment import telephone_channel
-from trainer.datasets import Utterance, filter_labels, load_audio
 from trainer.metrics import classification_report
 
 log = logging.getLogger(__name__)

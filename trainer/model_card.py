@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.card import ModelCard
+from models.card import ModelCard, alert_rows
 
 
 def _pct(x: float) -> str:
@@ -60,30 +60,6 @@ def _corpora(cfg: dict) -> list[str]:
 
 def _speakers(ids: list[str]) -> str:
     return ", ".join(ids) if ids else "none"
-
-
-def _alert_rows(block: dict) -> list[str]:
-    """A table of an alert benchmark's overall figures per channel."""
-    lines = ["| calls | frustration false alerts / h | distress false alerts / h | angry ≤ 10 s "
-             "| sad ≤ 15 s | fearful ≤ 15 s | median s to alert (angry / sad / fearful) |",
-             "|---|---|---|---|---|---|---|"]
-    for channel, b in block.items():
-        if not isinstance(b, dict) or "false_alerts_per_hour" not in b:
-            continue
-        fa = b["false_alerts_per_hour"]
-
-        def det(e: str, b: dict = b) -> str:
-            t = b[e]
-            return (f"{t['detected_within_deadline']}/{t['calls']} "
-                    f"({_pct(t['detection_rate'] or 0.0)})")
-
-        med = " / ".join("–" if b[e]["median_time_to_alert_s"] is None
-                         else f"{b[e]['median_time_to_alert_s']:g}"
-                         for e in ("angry", "sad", "fearful"))
-        lines.append(f"| {channel} ({b['calm_hours']:.2f} h calm) | {fa['frustration']} | "
-                     f"{fa['distress']} | {det('angry')} | {det('sad')} | {det('fearful')} | "
-                     f"{med} |")
-    return lines
 
 
 def render(card: ModelCard) -> str:
@@ -251,17 +227,17 @@ def render(card: ModelCard) -> str:
     if alerts_cv:
         lines += ["", "### Alert benchmark on the test speakers of every fold (`callmon bench "
                   "alerts` calls: ≥ 4 min calm per speaker, then calm → angry / sad / fearful)",
-                  "", *_alert_rows(alerts_cv["test"]), ""]
+                  "", *alert_rows(alerts_cv["test"]), ""]
         for corpus_channel, blocks in (alerts_cv.get("per_corpus") or {}).items():
             lines += [f"Per corpus, {corpus_channel}:", "",
-                      *_alert_rows({c: b for c, b in blocks.items()}), ""]
+                      *alert_rows({c: b for c, b in blocks.items()}), ""]
         for key, title in (("test_without_baseline", "without a caller baseline"),
                            ("test_with_baseline", "with a caller baseline")):
             block = alerts_cv.get(key)
             if block:
                 lines += [f"The best rules {title} on the validation calls "
                           f"(`{block['alerts']}`), on the same test calls:", "",
-                          *_alert_rows({k: v for k, v in block.items() if k != "alerts"}), ""]
+                          *alert_rows({k: v for k, v in block.items() if k != "alerts"}), ""]
         points = alerts_cv.get("operating_points") or []
         if len(points) > 1:
             lines += ["Operating points — the rules `callmon calibrate` picks for a looser "
@@ -274,12 +250,12 @@ def render(card: ModelCard) -> str:
                           f"{a['smoothing']}, baseline {a['baseline']}, "
                           f"{a['frustration']['consecutive']} windows, frustration on "
                           f"{a['frustration']['on']}, distress on {a['distress']['on']}", ""]
-                lines += [*_alert_rows({k: v for k, v in p.items()
+                lines += [*alert_rows({k: v for k, v in p.items()
                                         if k not in ("alerts", "target_false_alerts_per_hour")}),
                           ""]
         if alerts_cv.get("test_default_rules_uncalibrated"):
             lines += ["The old hand-set rules (on 0.55 / 0.60, no temperature), same test "
-                      "calls:", "", *_alert_rows(alerts_cv["test_default_rules_uncalibrated"]),
+                      "calls:", "", *alert_rows(alerts_cv["test_default_rules_uncalibrated"]),
                       ""]
     held = ev.get("held_out", {})
     if held:

@@ -12,9 +12,7 @@ import numpy as np
 import torch
 
 from models.backbones import build_backbone, random_twin
-from models.network import EmotionNet
-from trainer.config import SAMPLE_RATE_HZ, TrainConfig
-from trainer.datasets import (
+from models.corpora import (
     Utterance,
     corpus_of,
     discover_corpora,
@@ -22,6 +20,8 @@ from trainer.datasets import (
     speaker_folds,
     speakers_of,
 )
+from models.network import EmotionNet
+from trainer.config import SAMPLE_RATE_HZ, TrainConfig
 from trainer.evaluate import evaluate_items
 from trainer.metrics import summarise_folds
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 from websockets.asyncio.client import connect
 
-from streamer.client import StreamOutcome, _receive, encode
+from streamer.tools.client import StreamOutcome, _receive, encode
 
 
 async def stream_microphone(url: str, *, rate: int = 16000, call_id: str | None = None,

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from models.corpora import Utterance, corpus_name, discover, load_audio
 from models.labels import map_to_label_set
 from streamer.alerts import AlertConfig, alert_config_dict
 from streamer.calls import CallSession, ResultOrder, WindowingConfig
 from streamer.protocol import StreamStart
 from streamer.schema import Alert
 from streamer.windowing import MODEL_RATE_HZ, Window
-from trainer.datasets import Utterance, corpus_name, discover, load_audio
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _line(audio: np.ndarray, rng: np.random.Generator, telephone: bool) -> tuple
     audio = (audio + noise).astype(np.float32)
     if not telephone:
         return audio, MODEL_RATE_HZ
-    from trainer.augment import telephone_line
+    from models.audio import telephone_line
 
     return telephone_line(audio), TELEPHONE_RATE_HZ
 

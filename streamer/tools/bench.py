@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from websockets.asyncio.client import connect
 
+from models.audio import MODEL_RATE_HZ
 from streamer import schema
-from streamer.client import encode
-from streamer.redis_server import EmbeddedRedis, free_port
+from streamer.tools.client import encode
+from streamer.tools.redis_server import EmbeddedRedis, free_port
 
-RATE = 16_000
+RATE = MODEL_RATE_HZ  # the calls are sent at the model's rate
 
 
 @dataclass(slots=True)
@@ -51,7 +52,7 @@ class LoadResult:
 
 def load_corpus_audio(data: Path, *, seconds: float = 120.0) -> np.ndarray:
     """A long 16 kHz speech signal made of real clips (all emotions, many speakers)."""
-    from trainer.datasets import discover, load_audio
+    from models.corpora import discover, load_audio
 
     items = discover(data)
     rng = np.random.default_rng(0)

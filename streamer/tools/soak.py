@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from streamer import schema
-from streamer.bench import RATE, ServerProcess, _call, load_corpus_audio
-from streamer.redis_server import EmbeddedRedis, free_port
+from streamer.tools.bench import RATE, ServerProcess, _call, load_corpus_audio
+from streamer.tools.redis_server import EmbeddedRedis, free_port
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from websockets.asyncio.client import connect
 
-from streamer.codecs import encode_mulaw, float_to_int16
+from models.audio import decode_audio, encode_alaw, encode_mulaw, float_to_int16
 
 FRAME_MS = 20
 
@@ -36,21 +36,7 @@ class StreamOutcome:
 
 def load_for_streaming(path: Path | str, *, rate: int) -> np.ndarray:
     """Decode a file to float32 ``(samples, channels)`` at ``rate`` (stereo stays stereo)."""
-    import soundfile as sf
-    import soxr
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        audio, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except sf.LibsndfileError as exc:
-        raise ValueError(f"{path} is not an audio file soundfile can read "
-                         f"({exc.error_string})") from None
-    if audio.shape[1] > 2:
-        audio = audio[:, :2]
-    if file_rate != rate:
-        audio = soxr.resample(audio, file_rate, rate, quality="HQ").astype(np.float32)
-    return np.clip(audio, -1.0, 1.0)
+    return decode_audio(path, rate=rate, stereo=True).audio
 
 
 def encode(audio: np.ndarray, encoding: str) -> bytes:
@@ -62,8 +48,6 @@ def encode(audio: np.ndarray, encoding: str) -> bytes:
     if encoding == "mulaw":
         return encode_mulaw(float_to_int16(audio)).tobytes()
     if encoding == "alaw":
-        from streamer.codecs import encode_alaw
-
         return encode_alaw(float_to_int16(audio)).tobytes()
     raise ValueError(f"unknown encoding {encoding!r}")
 

@@ -23,14 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
+from models.audio import MODEL_RATE_HZ as SAMPLE_RATE_HZ
+from models.audio import load_mono
 from models.labels import normalise_emotion
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE_HZ = 16_000
 
 RAVDESS_EMOTIONS = {
     "01": "neutral",
@@ -188,12 +186,8 @@ def corpus_of(speaker: str) -> str:
 
 
 def load_audio(path: Path | str, *, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.ndarray:
-    """Decode any file soundfile reads to mono float32 at ``sample_rate_hz``."""
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    if rate != sample_rate_hz:
-        mono = soxr.resample(mono, rate, sample_rate_hz, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    """Decode any file libsndfile reads to mono float32 at ``sample_rate_hz``."""
+    return load_mono(path, rate=sample_rate_hz)
 
 
 def speakers_of(items: Iterable[Utterance]) -> list[str]:

@@ -29,10 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from models.audio import MODEL_RATE_HZ
+from models.card import alert_rows
+from models.corpora import Utterance, filter_labels, load_audio
 from models.inference import apply_temperature
 from models.preprocessing import clip_windows
 from streamer.alerts import BASELINES, KINDS, AlertConfig, AlertRule, RoleAlerts, alert_config_dict
-from trainer.alert_bench import (
+from streamer.tools.alert_bench import (
     TARGETS,
     CallAlerts,
     ScoredCall,
@@ -42,7 +45,6 @@ from trainer.alert_bench import (
     score_calls,
     summarise,
 )
-from trainer.datasets import Utterance, filter_labels, load_audio
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def window_probs(predict, items: Sequence[Utterance], labels: Sequence[str], *,
     kept, _ = filter_labels(items, labels)
     windows, targets = [], []
     for u, t in kept:
-        w = clip_windows(load_audio(u.path), window_samples, int(WINDOW_HOP_S * 16_000))
+        w = clip_windows(load_audio(u.path), window_samples, int(WINDOW_HOP_S * MODEL_RATE_HZ))
         windows.append(w)
         targets += [t] * len(w)
     x = np.concatenate(windows)
@@ -115,7 +117,7 @@ def with_temperature(scored: Sequence[ScoredCall], temperature: float,
 
 def replay(scored: Sequence[ScoredCall], config: AlertConfig) -> list[CallAlerts]:
     """The alert engine alone over scored windows (in order), and the clears at the call's
-    end: what :func:`trainer.alert_bench.run_alerts` does without building result
+    end: what :func:`streamer.tools.alert_bench.run_alerts` does without building result
     messages, fast enough to try hundreds of configurations."""
     results = []
     for sc in scored:
@@ -206,13 +208,14 @@ def search_alert_config(scored: Sequence[ScoredCall], *, target_fa_per_hour: flo
 
 
 def fold_onnx_model(fold_dir: Path, *, threads: int = 1):
-    """The fold's checkpoint as the int8 ONNX model that serving would load (exported once)."""
+    """The fold's int8 ONNX model, as serving would load it (``fold_dir/onnx``)."""
     from models import load_model
-    from trainer.export import export_checkpoint
 
     onnx_dir = fold_dir / "onnx"
     if not (onnx_dir / "model_card.json").is_file():
-        export_checkpoint(fold_dir / "model.pt", onnx_dir, variants=("int8",))
+        raise FileNotFoundError(
+            f"{fold_dir} has no exported model: run callmon export --checkpoint "
+            f"{fold_dir / 'model.pt'} --out {onnx_dir} --variants int8")
     return load_model(onnx_dir, "cpu", variant="int8", threads=threads)
 
 
@@ -316,8 +319,6 @@ def write(report: dict, out: Path) -> list[Path]:
 
 
 def report_markdown(report: dict) -> str:
-    from trainer.model_card import _alert_rows
-
     a = report["alerts"]
     lines = [
         "# Calibration and alert thresholds (`callmon calibrate`)", "",
@@ -336,27 +337,27 @@ def report_markdown(report: dict) -> str:
     lines += ["", f"Shipped temperature (median): {report['temperature']:g}", "",
               "## Chosen alert rules", "", "```json", json.dumps(a, indent=2), "```", "",
               "## On the test speakers of every fold (never used to choose anything)", "",
-              *_alert_rows({ch: v["overall"] for ch, v in report["test"].items()}), ""]
+              *alert_rows({ch: v["overall"] for ch, v in report["test"].items()}), ""]
     for ch, v in report["test"].items():
         lines += [f"Per corpus, {ch}:", "",
-                  *_alert_rows(v["per_corpus"]), "",
-                  f"Per speaker, {ch}:", "", *_alert_rows(v["per_speaker"]), ""]
+                  *alert_rows(v["per_corpus"]), "",
+                  f"Per speaker, {ch}:", "", *alert_rows(v["per_speaker"]), ""]
     for key, title in (("test_without_baseline", "without a caller baseline"),
                        ("test_with_baseline", "with a caller baseline (first or running)")):
         block = report[key]
         lines += [f"Best rules {title} on the validation calls (`{json.dumps(block['alerts'])}`), "
                   "same test calls:", "",
-                  *_alert_rows({k: v for k, v in block.items() if k != "alerts"}), ""]
+                  *alert_rows({k: v for k, v in block.items() if k != "alerts"}), ""]
     lines += ["## Operating points: looser false-alert budgets on the validation calls, "
               "measured on the test calls", ""]
     for point in report["operating_points"]:
         lines += [f"Budget {point['target_false_alerts_per_hour']:g} per hour: "
                   f"`{json.dumps(point['alerts'])}`", "",
-                  *_alert_rows({k: v for k, v in point.items()
+                  *alert_rows({k: v for k, v in point.items()
                                 if k not in ("alerts", "target_false_alerts_per_hour")}), ""]
     lines += [
               "The hand-set rules used before (on 0.55 / 0.60, 2 windows, no temperature), "
-              "same test calls:", "", *_alert_rows(report["test_default_rules_uncalibrated"]),
+              "same test calls:", "", *alert_rows(report["test_default_rules_uncalibrated"]),
               "", "## Search on the validation calls (best first; per kind: the lowest "
               "threshold within the target)", "",
               "| smoothing | baseline | windows | frustration on | FA | detected | distress on | "
