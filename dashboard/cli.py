@@ -31,16 +31,21 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def serve_mounts(args: argparse.Namespace) -> list:
-    from dashboard.server import MOUNT
+    from dashboard.server import mount
+    from dashboard.settings import OWN_FIELDS
 
-    return [] if getattr(args, "no_dashboard", False) else [MOUNT]
+    if getattr(args, "no_dashboard", False):
+        return []
+    return [mount(**{k: v for k, v in vars(args).items() if k in OWN_FIELDS and v is not None})]
 
 
 def _dashboard(args: argparse.Namespace) -> int:
     from dashboard.server import run_dashboard
-    from streamer.cli import settings_from
+    from dashboard.settings import DashboardSettings
 
-    asyncio.run(run_dashboard(settings_from(args)))
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in DashboardSettings.model_fields and v is not None}
+    asyncio.run(run_dashboard(DashboardSettings(**overrides)))
     return 0
 
 

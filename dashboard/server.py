@@ -9,6 +9,7 @@ import uvicorn
 
 from dashboard.app import create_app
 from dashboard.auth import SupervisorAuth
+from dashboard.settings import OWN_FIELDS, DashboardSettings
 from streamer.service import Mount, Service
 from streamer.settings import is_loopback
 
@@ -146,9 +147,9 @@ class DashboardComponent:
     """The dashboard inside ``callmon serve``: shares the service's model and Redis, and
     shows its node's counters and health."""
 
-    def __init__(self, service: Service) -> None:
-        self.host = service.settings.host
-        self.server = build_dashboard(service.settings, redis_url=service.redis_url,
+    def __init__(self, service: Service, settings: DashboardSettings) -> None:
+        self.host = settings.host
+        self.server = build_dashboard(settings, redis_url=service.redis_url,
                                       model=service.model, service=service)
 
     async def start(self) -> None:
@@ -168,10 +169,20 @@ class DashboardComponent:
         return {"dashboard": f"http://{self.host}:{self.port}"}
 
 
-def _check(settings) -> list[tuple[str, int, str]]:
-    supervisor_auth(settings)  # refuse an open dashboard beyond loopback before starting
-    return [("dashboard", settings.dashboard_port, "--dashboard-port")]
+def mount(**overrides) -> Mount:
+    """How the dashboard mounts itself on ``callmon serve``: its settings are the service's
+    plus its own (``CALLMON_*``, then ``overrides``: ``dashboard_port`` …)."""
+    unknown = set(overrides) - OWN_FIELDS
+    if unknown:
+        raise TypeError(f"not dashboard settings: {sorted(unknown)}")
 
+    def settings_for(settings) -> DashboardSettings:
+        return DashboardSettings(**{**settings.model_dump(), **overrides})
 
-#: How the dashboard mounts itself on ``callmon serve``.
-MOUNT = Mount("dashboard", DashboardComponent, _check)
+    def check(settings) -> list[tuple[str, int, str]]:
+        dashboard = settings_for(settings)
+        supervisor_auth(dashboard)  # refuse an open dashboard beyond loopback before starting
+        return [("dashboard", dashboard.dashboard_port, "--dashboard-port")]
+
+    return Mount("dashboard", lambda service: DashboardComponent(
+        service, settings_for(service.settings)), check)

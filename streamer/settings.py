@@ -43,7 +43,6 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to bind; loopback unless told otherwise")
     port: int = Field(8080, description="websocket ingest port")
-    dashboard_port: int = Field(8000, description="dashboard and REST API port")
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "CALLMON_REDIS_URL"),
         description="Redis to use; unset starts an embedded Redis server",
@@ -92,16 +91,6 @@ class Settings(BaseSettings):
     alert_baseline: Literal["none", "first", "running"] | None = Field(
         None, description="score relative to the caller's own level: none, first or running")
     alert_roles: str = Field("customer", description="comma-separated roles that raise alerts")
-    supervisor_user: str = Field("supervisor", description="dashboard HTTP basic user name")
-    supervisor_password: str | None = Field(
-        None, description="dashboard credential; required when binding beyond loopback")
-    supervisor_token: str | None = Field(None, description="dashboard bearer token (API clients)")
-    public_metrics: bool = Field(False, description="serve /metrics without the credential")
-    http_header_timeout_s: float = Field(
-        10.0, gt=0, description="dashboard: a request's headers must arrive within this")
-    dashboard_max_connections: int = Field(
-        1000, ge=1, description="dashboard: concurrent connections (beyond: 503)")
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest predict upload")
     node: str = Field(default_factory=default_node_name)
     heartbeat_s: float = Field(5.0, gt=0, description="node heartbeat interval")
     heartbeat_ttl_s: float = Field(15.0, gt=0, description="a node silent this long is lost")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dashboard.server import MOUNT as DASHBOARD
+from dashboard.server import mount
+from dashboard.settings import OWN_FIELDS
 from models.corpora import load_audio
 from streamer.service import Service
 from streamer.settings import Settings
@@ -63,11 +64,19 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
         await asyncio.sleep(0.02)
 
 
+def service_settings(redis_url: str, overrides: dict) -> tuple[Settings, list]:
+    """Streamer settings on free ports, and the dashboard mounted with its own settings
+    (``overrides`` may hold either kind)."""
+    own = {k: v for k, v in overrides.items() if k in OWN_FIELDS}
+    rest = {k: v for k, v in overrides.items() if k not in OWN_FIELDS}
+    settings = Settings(port=0, redis_url=redis_url, **{"node": "test-node", **REPLAY, **rest})
+    return settings, [mount(**{"dashboard_port": 0, **own})]
+
+
 @contextlib.asynccontextmanager
 async def running_service(model, redis_url: str, **overrides) -> AsyncIterator[Service]:
-    settings = Settings(port=0, dashboard_port=0, redis_url=redis_url,
-                        **{"node": "test-node", **REPLAY, **overrides})
-    service = Service(settings, model=model, mounts=[DASHBOARD])
+    settings, mounts = service_settings(redis_url, overrides)
+    service = Service(settings, mounts=mounts, model=model)
     await service.start()
     try:
         yield service
@@ -91,9 +100,8 @@ class ServiceThread:
 
     def __enter__(self) -> ServiceThread:
         self.thread.start()
-        settings = Settings(port=0, dashboard_port=0, redis_url=self.redis_url, node="test-node",
-                            **{**REPLAY, **self.overrides})
-        self.service = Service(settings, model=self.model, mounts=[DASHBOARD])
+        settings, mounts = service_settings(self.redis_url, self.overrides)
+        self.service = Service(settings, mounts=mounts, model=self.model)
         self.run(self.service.start(), timeout=60)
         return self
 

@@ -173,11 +173,11 @@ def test_supervisor_credential(shipped_model, redis_server):
 
 def test_dashboard_refuses_to_open_beyond_loopback_without_credential():
     from dashboard.server import supervisor_auth
-    from streamer.settings import Settings
+    from dashboard.settings import DashboardSettings
 
     with pytest.raises(ValueError, match="without a credential"):
-        supervisor_auth(Settings(host="0.0.0.0"))
-    assert supervisor_auth(Settings(host="0.0.0.0", supervisor_password="x")).enabled
+        supervisor_auth(DashboardSettings(host="0.0.0.0"))
+    assert supervisor_auth(DashboardSettings(host="0.0.0.0", supervisor_password="x")).enabled
 
 
 def test_one_bad_stored_event_does_not_blind_the_dashboard(service, redis_server):
