@@ -219,6 +219,19 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         """Live calls, most at-risk first."""
         return await store.live_calls(request.app.state.redis)
 
+    @app.get("/api/v1/ended-calls", tags=["calls"])
+    async def list_ended_calls(request: Request, _: Supervisor, since: str = "4h",
+                               limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict]:
+        """Calls that ended since ``since`` (a duration such as ``4h``, or a stream id),
+        newest first, with their duration, alerts raised and peak customer frustration and
+        distress."""
+        try:
+            return await store.ended_calls(request.app.state.redis, since, limit=limit)
+        except Exception as exc:
+            if "Invalid stream ID" in str(exc):
+                raise HTTPException(422, f"since={since!r} is not a stream id or duration") from exc
+            raise
+
     @app.get("/api/v1/calls/{call_id}", tags=["calls"])
     async def get_call(call_id: str, request: Request, _: Supervisor,
                        tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict:

@@ -112,6 +112,33 @@ async def alerts_since(redis, since: str | None, *, limit: int = 500) -> list[di
     return out
 
 
+async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
+    """Calls that ended since ``since`` (newest first), from their ``call_ended`` events:
+    duration, reason, agent and metadata, alerts raised and each role's peak scores."""
+    start = stream_id_for(since)
+    entries = await redis.xrevrange(schema.ALERTS_STREAM, max="+",
+                                    min="-" if start in ("$", "0") else start, count=20_000)
+    out: list[dict] = []
+    seen: set[str] = set()
+    for _, fields in entries:
+        e = _decode(fields.get(b"data"))
+        if not isinstance(e, dict) or e.get("type") != "call_ended" or e.get("id") in seen:
+            continue
+        seen.add(e["id"])
+        if len(out) >= limit:
+            break
+        peaks = e.get("peaks") or {}
+        out.append({
+            "call_id": e["call_id"], "ended_at": e["ts"], "reason": e.get("reason"),
+            "duration_s": e.get("duration_s"), "alerts_raised": e.get("alerts_raised") or 0,
+            "protocol": e.get("protocol"), "metadata": e.get("metadata") or {},
+            "agent": (e.get("metadata") or {}).get("agent"), "peaks": peaks,
+            "peak_frustration": (peaks.get("customer") or {}).get("frustration"),
+            "peak_distress": (peaks.get("customer") or {}).get("distress"),
+        })
+    return out
+
+
 async def find_alert(redis, alert_id: str) -> dict | None:
     """Look an alert up in the log (newest first, bounded scan)."""
     cursor = "+"

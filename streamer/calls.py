@@ -133,6 +133,7 @@ class CallSession:
         self.ended = False
         self.end_reason: str | None = None
         self.start_event: CallEvent | None = None  # as published, re-announced after outages
+        self.peaks: dict[str, dict[str, float]] = {}  # role → kind → highest published value
 
     def reset(self) -> None:
         for w in self.windowers:
@@ -153,6 +154,10 @@ class CallSession:
         latency_ms = 1000 * (time.monotonic() - window.ready_at)
         frustration = role_alerts.value("frustration")
         distress = role_alerts.value("distress")
+        for kind, value in (("frustration", frustration), ("distress", distress)):
+            peak = self.peaks.setdefault(window.role, {}) if value is not None else {}
+            if value is not None and value > peak.get(kind, -1.0):
+                peak[kind] = round(value, 4)
         result = WindowResult(
             call_id=self.call_id, role=window.role, channel=window.channel,
             window_index=window.index, start_s=window.start_s, end_s=window.end_s,

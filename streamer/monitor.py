@@ -134,7 +134,8 @@ class Monitor:
                           encoding=session.start.encoding, protocol=session.protocol,
                           metadata=session.start.metadata, reason=reason,
                           duration_s=round(session.duration_s, 3),
-                          alerts_raised=session.alerts_raised, node=self.node)
+                          alerts_raised=session.alerts_raised, peaks=session.peaks or None,
+                          node=self.node)
         self.publisher.publish_event(event)
         self.scheduler.forget(session.call_id, len(session.windowers))
         self.calls.pop(session.call_id, None)

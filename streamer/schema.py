@@ -147,6 +147,9 @@ class CallEvent:
     # On call_started: each alert kind's "on" threshold, on the scale of the published
     # frustration/distress values (the dashboard draws them).
     alert_thresholds: dict[str, float] | None = None
+    # On call_ended: each role's highest frustration and distress of the call (the
+    # published, smoothed values), e.g. {"customer": {"frustration": 0.81, "distress": 0.2}}.
+    peaks: dict[str, dict[str, float]] | None = None
     ts: float = field(default_factory=time.time)
     node: str = ""
     v: int = SCHEMA_VERSION

@@ -102,3 +102,111 @@ def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, r
         assert page.locator("#alerts li").count() == len(
             [a for a in httpx.get(svc.http_url + "/api/v1/alerts", params={"since": "0"}).json()
              if a.get("type") == "alert" and a["state"] == "raised"])
+
+
+def test_filters_notifications_ended_calls_and_a_live_call_page(browser, shipped_model,
+                                                                redis_server, ravdess_dir,
+                                                                call_actors):
+    """What a supervisor uses beyond the grid: notifications (opt-in, remembered), filters
+    and search (remembered), a call page that follows the call live and says clearly when a
+    call id is unknown, the list of ended calls with their peaks, and the layout at a wide
+    screen, a laptop and a phone."""
+    audio, onset = calm_then_angry(ravdess_dir, call_actors[2])
+    calm_audio, _ = calm_then_angry(ravdess_dir, call_actors[0])
+    calm_audio = calm_audio[: int(len(calm_audio) * 0.6)]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector("#status.on", timeout=15_000)
+        # Notifications: off by default; switched on, they stay on after a reload.
+        assert page.get_attribute("#notify", "aria-pressed") == "false"
+        page.click("#notify")
+        page.reload()
+        page.wait_for_selector('#notify[aria-pressed="true"]', timeout=5_000)
+
+        angry = svc.submit(stream_native(svc.ingest_url + "/v1/stream", audio[:, None],
+                                         rate=16000, call_id="angry-1", speed=2,
+                                         metadata={"agent": "Ann", "queue": "billing"}))
+        calm = svc.submit(stream_native(svc.ingest_url + "/v1/stream", calm_audio[:, None],
+                                        rate=16000, call_id="calm-2", speed=1.5,
+                                        metadata={"agent": "Raj", "queue": "sales"}))
+        page.wait_for_selector('.card[data-call="angry-1"]', timeout=20_000)
+        page.wait_for_selector('.card[data-call="calm-2"]', timeout=20_000)
+
+        # The call page opened by URL: the header counts live calls, the chart grows.
+        call_page = context.new_page()
+        call_page.goto(svc.http_url + "/#/call/angry-1")
+        call_page.wait_for_selector("#call-charts svg polyline", timeout=20_000)
+        call_page.wait_for_function(
+            "document.getElementById('summary').textContent.includes('live call')", timeout=10_000)
+        assert "(live)" in call_page.inner_text("#call-title")
+        points = call_page.eval_on_selector("#call-charts svg polyline",
+                                            "p => p.getAttribute('points').split(' ').length")
+        call_page.wait_for_function(
+            f"document.querySelector('#call-charts svg polyline').getAttribute('points')"
+            f".split(' ').length > {points + 2}", timeout=20_000)
+        assert "distress alert" in call_page.inner_text("#legend")
+
+        # Filters and search narrow the grid, and are remembered.
+        page.select_option("#f-queue", "sales")
+        page.wait_for_function("document.querySelectorAll('#calls .card').length === 1")
+        assert page.get_attribute("#calls .card", "data-call") == "calm-2"
+        assert "showing 1 of 2" in page.inner_text("#f-count")
+        page.reload()
+        page.wait_for_selector('.card[data-call="calm-2"]', timeout=15_000)
+        assert page.eval_on_selector("#f-queue", "s => s.value") == "sales"
+        assert page.locator("#calls .card").count() == 1
+        page.select_option("#f-queue", "")
+        page.fill("#f-search", "angry")
+        page.wait_for_function("document.querySelectorAll('#calls .card').length === 1")
+        assert page.get_attribute("#calls .card", "data-call") == "angry-1"
+        page.fill("#f-search", "")
+        page.select_option("#f-agent", "Raj")
+        page.wait_for_function("document.querySelectorAll('#calls .card').length === 1")
+        page.select_option("#f-agent", "")
+
+        # The alert: notified (sound and, where allowed, a desktop notification); "only calls
+        # in alert" keeps the alerting call; the sparkline is scaled and its threshold named.
+        page.wait_for_selector("#alerts li.frustration.raised", timeout=90_000)
+        page.wait_for_function("Number(document.body.dataset.notified || 0) >= 1", timeout=5_000)
+        page.check("#f-alerting")
+        page.wait_for_function("document.querySelectorAll('#calls .card').length === 1")
+        assert page.get_attribute("#calls .card", "data-call") == "angry-1"
+        spark = page.text_content('.card[data-call="angry-1"] svg.spark')
+        assert "frustration alert" in spark
+        assert page.get_attribute('.card[data-call="angry-1"] .dur', "title").startswith("call time")
+        page.uncheck("#f-alerting")
+        for name, size in (("dashboard-1400x900", (1400, 900)),
+                           ("dashboard-1920x1080", (1920, 1080)), ("dashboard-phone", (390, 844))):
+            page.set_viewport_size({"width": size[0], "height": size[1]})
+            page.wait_for_timeout(300)
+            overflow = page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"{name}: the page is {overflow} px wider than the screen"
+            page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        page.set_viewport_size({"width": 1400, "height": 900})
+        call_page.screenshot(path=str(ARTIFACTS / "call-live.png"))
+        angry.result(120)
+        calm.result(120)
+
+        # Ended: the call page says so without a reload; the grid lists both ended calls
+        # with their length, alerts and peak frustration.
+        call_page.wait_for_function(
+            "document.getElementById('call-title').textContent.includes('(ended)')", timeout=20_000)
+        page.wait_for_selector('#ended-rows tr[data-call="angry-1"]', timeout=20_000)
+        page.wait_for_selector('#ended-rows tr[data-call="calm-2"]', timeout=20_000)
+        cells = page.locator('#ended-rows tr[data-call="angry-1"] td').all_inner_texts()
+        assert cells[3] == "Ann" and cells[4] == "billing" and cells[5] == "stop"
+        assert int(cells[6]) >= 1 and float(cells[7]) > 0.5
+        ended = httpx.get(svc.http_url + "/api/v1/ended-calls", params={"since": "1h"}).json()
+        assert {e["call_id"] for e in ended} >= {"angry-1", "calm-2"}
+        assert next(e for e in ended if e["call_id"] == "angry-1")["peak_frustration"] > 0.5
+
+        # An unknown call id, opened after a real call: a clear message, no stale chart.
+        call_page.goto(svc.http_url + "/#/call/no-such-call")
+        call_page.wait_for_function(
+            "document.getElementById('call-title').textContent.startsWith('No call no-such-call')",
+            timeout=10_000)
+        assert call_page.locator("#call-charts svg").count() == 0
+        context.close()

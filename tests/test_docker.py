@@ -1,5 +1,6 @@
 """The Docker files: hadolint-clean, and a compose file with health checks everywhere and no
-secret written into it. (No Docker engine runs here: the images are not built in CI.)"""
+secret written into it. (The CPU image is built and run by tests/test_container.py with
+podman; the CUDA image needs a GPU host and is not built here.)"""
 
 from __future__ import annotations
 

@@ -1,20 +1,34 @@
-// callmon supervisor dashboard: live grid, alert feed, call timeline. No build step.
+// callmon supervisor dashboard: live grid with filters, alert feed, ended calls, live call
+// timeline, opt-in alert notifications. No build step.
 "use strict";
 
 const COLORS = { neutral: "#8a94a6", happy: "#e0a030", sad: "#3b7dd8", angry: "#d1453b", fearful: "#7b4fc9" };
+const SHADE = { frustration: "rgba(209,69,59,.15)", distress: "rgba(123,79,201,.15)" };
 const SPARK_WINDOWS = 180;            // about three minutes at a one-second hop
-const calls = new Map();              // call_id -> {summary, history: [{t, f, d}]}
+const calls = new Map();              // call_id -> {summary, history: [{t, f, d}], callTime}
 const alerts = new Map();             // raised alert id -> alert (with .ack, and .cleared once it ends)
+let ended = [];                       // GET /api/v1/ended-calls
 let source = null;
+let current = null;                   // the call page: {id, detail, alerts}
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmtDur = (s) => { s = Math.max(0, Math.floor(s)); return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`; };
 const fmtTime = (ts) => new Date(ts * 1000).toLocaleTimeString();
+const store = {
+  get(key, fallback) { try { return JSON.parse(localStorage.getItem("callmon." + key)) ?? fallback; } catch { return fallback; } },
+  set(key, value) { try { localStorage.setItem("callmon." + key, JSON.stringify(value)); } catch { /* private mode */ } },
+};
 
 async function api(path, options) {
   const r = await fetch(path, options);
-  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  if (!r.ok) {
+    let detail = "";
+    try { detail = (await r.json()).detail || ""; } catch { /* not JSON */ }
+    const error = new Error(detail || `${path}: HTTP ${r.status}`);
+    error.status = r.status;
+    throw error;
+  }
   return r.json();
 }
 
@@ -24,12 +38,27 @@ async function reload() {
   calls.clear();
   for (const c of live) {
     const detail = await api(`/api/v1/calls/${encodeURIComponent(c.call_id)}?tail=${SPARK_WINDOWS * 2}`);
-    calls.set(c.call_id, { summary: c, history: historyOf(detail.timeline) });
+    calls.set(c.call_id, callEntry(c, detail.timeline));
   }
   alerts.clear();
   for (const a of log) if (a.type === "alert") noteAlert(a);
+  await loadEnded();
+  if (current) await showCall(current.id);
   render();
 }
+
+function callEntry(summary, timeline) {
+  const history = historyOf(timeline);
+  const callTime = timeline.reduce((t, w) => Math.max(t, w.end_s), 0);
+  return { summary, history, callTime };
+}
+
+async function loadEnded() {
+  ended = await api("/api/v1/ended-calls?since=4h&limit=100");
+  renderEnded();
+}
+let endedTimer = null;
+function scheduleEnded() { clearTimeout(endedTimer); endedTimer = setTimeout(() => loadEnded().catch(console.error), 800); }
 
 // One row per alert: a "cleared" message (score fell, or the call ended) closes its raise.
 function noteAlert(m) {
@@ -45,6 +74,41 @@ function noteAlert(m) {
 function historyOf(timeline) {
   return timeline.filter((w) => w.role === "customer" && w.frustration !== null)
     .map((w) => ({ t: w.end_s, f: w.frustration, d: w.distress })).slice(-SPARK_WINDOWS);
+}
+
+// ---- notifications (opt-in, remembered in this browser) -----------------------------------
+let notifyOn = store.get("notify", false);
+let audio = null;
+function showNotifyButton() {
+  const b = $("notify");
+  b.setAttribute("aria-pressed", String(notifyOn));
+  b.textContent = notifyOn ? "Notify on alert: on" : "Notify on alert: off";
+}
+$("notify").addEventListener("click", async () => {
+  notifyOn = !notifyOn;
+  store.set("notify", notifyOn);
+  showNotifyButton();
+  if (notifyOn && "Notification" in window && Notification.permission === "default") {
+    try { await Notification.requestPermission(); } catch { /* the sound still plays */ }
+  }
+});
+function notify(a) {
+  if (!notifyOn) return;
+  document.body.dataset.notified = String(Number(document.body.dataset.notified || 0) + 1);
+  try {  // a short two-tone chime: no sound file to ship
+    audio = audio || new (window.AudioContext || window.webkitAudioContext)();
+    for (const [i, f] of [[0, 880], [1, 660]]) {
+      const o = audio.createOscillator(), g = audio.createGain();
+      o.frequency.value = f; g.gain.value = 0.08;
+      o.connect(g).connect(audio.destination);
+      o.start(audio.currentTime + i * 0.18); o.stop(audio.currentTime + i * 0.18 + 0.15);
+    }
+  } catch { /* no audio device */ }
+  if ("Notification" in window && Notification.permission === "granted") {
+    const n = new Notification(`callmon: ${a.kind} on ${a.call_id}`, {
+      body: `${a.role}, score ${a.score.toFixed(2)}, ${fmtDur(a.call_time_s)} into the call`, tag: a.id });
+    n.onclick = () => { window.focus(); location.hash = `#/call/${encodeURIComponent(a.call_id)}`; };
+  }
 }
 
 // ---- live updates ------------------------------------------------------------------------
@@ -64,7 +128,7 @@ function ensureCall(id) {
   fetching.add(id);
   api(`/api/v1/calls/${encodeURIComponent(id)}?tail=${SPARK_WINDOWS * 2}`)
     .then((detail) => {
-      if (detail.live && !calls.has(id)) calls.set(id, { summary: detail, history: historyOf(detail.timeline) });
+      if (detail.live && !calls.has(id)) calls.set(id, callEntry(detail, detail.timeline));
       scheduleRender();
     })
     .catch(console.error)
@@ -72,10 +136,12 @@ function ensureCall(id) {
 }
 
 function handle(m) {
+  if (current && m.call_id === current.id) onCurrentCall(m);
   if (m.type === "window") {
     const c = calls.get(m.call_id);
     if (!c) { ensureCall(m.call_id); return; }
     c.summary.last = c.summary.last || {};
+    c.callTime = Math.max(c.callTime, m.end_s);
     if (m.scores) c.summary.last[m.role] = m;  // a silent window keeps the last emotion shown
     if (m.role === "customer" && m.frustration !== null) {
       c.history.push({ t: m.end_s, f: m.frustration, d: m.distress });
@@ -83,6 +149,7 @@ function handle(m) {
     }
     scheduleRender();
   } else if (m.type === "alert") {
+    if (m.state === "raised" && !alerts.has(m.id)) notify(m);
     noteAlert(m);
     const c = calls.get(m.call_id);
     if (c) c.summary.alerts[`${m.role}:${m.kind}`] = m;
@@ -93,10 +160,11 @@ function handle(m) {
     for (const c of calls.values()) for (const a2 of Object.values(c.summary.alerts)) if (a2.id === m.alert_id) a2.ack = { by: m.by, at: m.at };
     scheduleRender();
   } else if (m.type === "call_started") {
-    calls.set(m.call_id, { summary: { call_id: m.call_id, start: m, agent: (m.metadata || {}).agent, last: {}, alerts: {}, live: true }, history: [] });
+    calls.set(m.call_id, { summary: { call_id: m.call_id, start: m, agent: (m.metadata || {}).agent, last: {}, alerts: {}, live: true }, history: [], callTime: 0 });
     scheduleRender();
   } else if (m.type === "call_ended") {
     calls.delete(m.call_id);
+    scheduleEnded();
     scheduleRender();
   }
 }
@@ -104,37 +172,98 @@ function handle(m) {
 let pending = false;
 function scheduleRender() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; render(); }); } }
 
+// ---- filters (remembered in this browser) ------------------------------------------------
+const FILTERS = ["search", "queue", "agent", "kind", "alerting"];
+let filters = store.get("filters", {});
+function readFilters() {
+  filters = { search: $("f-search").value.trim(), queue: $("f-queue").value, agent: $("f-agent").value,
+              kind: $("f-kind").value, alerting: $("f-alerting").checked };
+  store.set("filters", filters);
+  scheduleRender();
+}
+function restoreFilters() {
+  $("f-search").value = filters.search || "";
+  $("f-kind").value = filters.kind || "";
+  $("f-alerting").checked = !!filters.alerting;
+  for (const k of FILTERS) {
+    const el = $("f-" + k);
+    el.addEventListener(el.type === "search" ? "input" : "change", readFilters);
+  }
+}
+const metaOf = (s) => (s.start && s.start.metadata) || {};
+const agentOf = (s) => s.agent || metaOf(s).agent || "";
+const activeAlerts = (s) => Object.values(s.alerts || {}).filter((a) => a.state === "raised");
+
+function passes(c) {
+  const s = c.summary;
+  if (filters.search && !s.call_id.toLowerCase().includes(filters.search.toLowerCase())) return false;
+  if (filters.queue && metaOf(s).queue !== filters.queue) return false;
+  if (filters.agent && agentOf(s) !== filters.agent) return false;
+  const active = activeAlerts(s);
+  if (filters.alerting && !active.length) return false;
+  if (filters.kind && !active.some((a) => a.kind === filters.kind)) return false;
+  return true;
+}
+
+function options(id, label, values) {
+  // Keep the chosen value listed even when no live call has it now.
+  const chosen = $(id).value || filters[id.slice(2)] || "";
+  const all = [...new Set([...values, chosen].filter(Boolean))].sort();
+  setHTML(id, `<option value="">${label}</option>` + all.map((v) => `<option${v === chosen ? " selected" : ""}>${esc(v)}</option>`).join(""));
+}
+
 // ---- rendering ---------------------------------------------------------------------------
 function risk(c) {
-  const active = Object.values(c.summary.alerts || {}).some((a) => a.state === "raised" && !a.ack);
+  const active = activeAlerts(c.summary).some((a) => !a.ack);
   const last = (c.summary.last || {}).customer || {};
   return (active ? 2 : 0) + Math.max(last.frustration || 0, last.distress || 0);
 }
 
 function spark(history, thresholds) {
-  if (history.length < 2) return '<svg class="spark"></svg>';
-  const n = history.length, w = 260, h = 46;
-  const pts = (key) => history.map((p, i) => `${(i / (n - 1) * w).toFixed(1)},${(h - 2 - p[key] * (h - 4)).toFixed(1)}`).join(" ");
-  // Each kind's alert threshold (from the call's start event), dashed in the kind's colour.
-  const line = (on, colour) => on == null ? "" : `<line x1="0" x2="${w}" y1="${(h - 2 - on * (h - 4)).toFixed(1)}" y2="${(h - 2 - on * (h - 4)).toFixed(1)}" stroke="${colour}" stroke-opacity="0.45" stroke-dasharray="3 3"><title>${colour === "var(--frus)" ? "frustration" : "distress"} alert threshold ${on}</title></line>`;
+  const w = 260, h = 52, left = 18, top = 4, bottom = 4;
+  const y = (v) => (top + (1 - v) * (h - top - bottom)).toFixed(1);
   const t = thresholds || {};
-  return `<svg class="spark" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none" role="img" aria-label="frustration and distress">
-    ${line(t.frustration, "var(--frus)")}${line(t.distress, "var(--dist)")}
-    <polyline fill="none" stroke="var(--dist)" stroke-width="1.5" points="${pts("d")}"/>
-    <polyline fill="none" stroke="var(--frus)" stroke-width="2" points="${pts("f")}"/></svg>`;
+  // Scale: 0 and 1 on the left; each kind's alert threshold dashed and labelled.
+  let svg = `<text x="0" y="${+y(1) + 4}" class="axis">1</text><text x="0" y="${+y(0)}" class="axis">0</text>
+    <line x1="${left}" x2="${w}" y1="${y(0)}" y2="${y(0)}" class="base"/>`;
+  // The higher threshold is labelled above its line, the lower one below: never on top of each other.
+  const kinds = [["frustration", "var(--frus)"], ["distress", "var(--dist)"]].filter(([k]) => t[k] != null)
+    .sort((a, b) => t[b[0]] - t[a[0]]);
+  kinds.forEach(([kind, colour], i) => {
+    const on = t[kind];
+    const ty = i === 0 ? +y(on) - 2 : +y(on) + 8;
+    svg += `<line x1="${left}" x2="${w}" y1="${y(on)}" y2="${y(on)}" stroke="${colour}" stroke-opacity="0.5" stroke-dasharray="3 3"/>
+      <text x="${w - 2}" y="${ty}" class="threshold" fill="${colour}" text-anchor="end">${kind} alert ${on.toFixed(2)}</text>`;
+  });
+  if (history.length >= 2) {
+    const n = history.length;
+    const pts = (key) => history.map((p, i) => `${(left + i / (n - 1) * (w - left)).toFixed(1)},${y(p[key])}`).join(" ");
+    svg += `<polyline fill="none" stroke="var(--dist)" stroke-width="1.5" points="${pts("d")}"/>
+      <polyline fill="none" stroke="var(--frus)" stroke-width="2" points="${pts("f")}"/>`;
+  }
+  return `<svg class="spark" viewBox="0 0 ${w} ${h}" role="img" aria-label="frustration (red) and distress (purple), last three minutes">${svg}</svg>`;
 }
 
 function badges(summary) {
-  return Object.values(summary.alerts || {}).filter((a) => a.state === "raised")
+  return activeAlerts(summary)
     .map((a) => `<span class="badge ${a.kind}${a.ack ? " acked" : ""}" title="${a.ack ? "acknowledged by " + esc(a.ack.by) : "unacknowledged"}">${a.kind}</span>`).join("");
 }
 
-function render() {
-  if (location.hash.startsWith("#/call/")) return;
-  const list = [...calls.values()].sort((a, b) => risk(b) - risk(a));
+function showSummary() {
   const raised = [...alerts.values()].filter((a) => !a.ack && !a.cleared).length;
-  $("summary").textContent = `${list.length} live call${list.length === 1 ? "" : "s"} · ${raised} unacknowledged alert${raised === 1 ? "" : "s"}`;
-  setHTML("calls", list.length ? list.map(card).join("") : '<p class="empty">No live calls.</p>');
+  $("summary").textContent = `${calls.size} live call${calls.size === 1 ? "" : "s"} · ${raised} unacknowledged alert${raised === 1 ? "" : "s"}`;
+}
+
+function render() {
+  showSummary();
+  if (current) return;
+  const all = [...calls.values()];
+  options("f-queue", "All queues", all.map((c) => metaOf(c.summary).queue));
+  options("f-agent", "All agents", all.map((c) => agentOf(c.summary)));
+  const list = all.filter(passes).sort((a, b) => risk(b) - risk(a));
+  $("f-count").textContent = list.length === all.length ? "" : `showing ${list.length} of ${all.length}`;
+  setHTML("calls", list.length ? list.map(card).join("")
+    : `<p class="empty">${all.length ? "No live call matches the filters." : "No live calls."}</p>`);
   const feed = [...alerts.values()].sort((a, b) => b.ts - a.ts).slice(0, 200);
   setHTML("alerts", feed.length ? feed.map(alertItem).join("") : '<li class="empty">No alerts in the last hour.</li>');
 }
@@ -147,10 +276,9 @@ function setHTML(id, html) {
 
 // Agent, queue and caller, where the platform (or `callmon stream --metadata`) sent them.
 function who(s) {
-  const m = (s.start && s.start.metadata) || {};
+  const m = metaOf(s);
   const parts = [];
-  const agent = s.agent || m.agent;
-  if (agent) parts.push("agent " + esc(agent));
+  if (agentOf(s)) parts.push("agent " + esc(agentOf(s)));
   if (m.queue) parts.push("queue " + esc(m.queue));
   const caller = m.caller || m.from || m.caller_number;
   if (caller) parts.push("caller " + esc(caller));
@@ -159,12 +287,11 @@ function who(s) {
 
 function card(c) {
   const s = c.summary, last = (s.last || {}).customer;
-  const started = s.start ? s.start.ts : Date.now() / 1000;
-  const alerting = Object.values(s.alerts || {}).some((a) => a.state === "raised" && !a.ack);
+  const alerting = activeAlerts(s).some((a) => !a.ack);
   const emotion = last && last.emotion ? `${esc(last.emotion)} <span class="conf">${Math.round(last.confidence * 100)}%</span>` : '<span class="conf">listening…</span>';
   const scores = last && last.frustration !== null ? `frustration ${last.frustration.toFixed(2)} · distress ${last.distress.toFixed(2)}` : "";
   return `<div class="card${alerting ? " alerting" : ""}" data-call="${esc(s.call_id)}" onclick="location.hash='#/call/${encodeURIComponent(s.call_id)}'">
-    <div class="top"><span class="id">${esc(s.call_id)}</span><span class="dur">${fmtDur(Date.now() / 1000 - started)}</span></div>
+    <div class="top"><span class="id">${esc(s.call_id)}</span><span class="dur" title="call time: audio received so far">${fmtDur(c.callTime)}</span></div>
     <div class="agent">${who(s) || "&nbsp;"}</div>
     <div class="emotion">${emotion}</div>
     <div>${badges(s)}</div>
@@ -173,8 +300,8 @@ function card(c) {
 }
 
 function alertItem(a) {
-  // Raised at (wall clock and call time), how long it has been or was active, how it ended,
-  // and who acknowledged it. A resolved alert needs no acknowledgement.
+  // Raised at (wall clock, and call time), how long it has been or was active, how it
+  // ended, and who acknowledged it. A resolved alert needs no acknowledgement.
   const c = a.cleared;
   const status = c
     ? `<span class="ended">${c.reason === "call_ended" ? "call ended" : "cleared"} after ${fmtDur(c.call_time_s - a.call_time_s)}</span>`
@@ -187,36 +314,84 @@ function alertItem(a) {
     · <a href="#/call/${encodeURIComponent(a.call_id)}">${esc(a.call_id)}</a> (${esc(a.role)}) · score ${a.score.toFixed(2)} at ${fmtDur(a.call_time_s)} into the call · ${status}${ack}</li>`;
 }
 
+const score = (v) => v == null ? "–" : v.toFixed(2);
+function renderEnded() {
+  setHTML("ended-rows", ended.length ? ended.map((e) => `<tr data-call="${esc(e.call_id)}"${e.alerts_raised ? ' class="had-alerts"' : ""}>
+    <td><a href="#/call/${encodeURIComponent(e.call_id)}">${esc(e.call_id)}</a></td><td>${fmtTime(e.ended_at)}</td>
+    <td>${fmtDur(e.duration_s || 0)}</td><td>${esc(e.agent || "")}</td><td>${esc(e.metadata.queue || "")}</td>
+    <td>${esc(e.reason)}</td><td>${e.alerts_raised}</td><td>${score(e.peak_frustration)}</td><td>${score(e.peak_distress)}</td></tr>`).join("")
+    : '<tr><td colspan="9" class="empty">No calls ended in the last 4 hours.</td></tr>');
+}
+
 async function ackAlert(id) {
   const a = await api(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
   handle({ type: "ack", alert_id: id, by: a.by, at: a.at });
 }
 window.ackAlert = ackAlert;
 
-// ---- call page ---------------------------------------------------------------------------
+// ---- call page: follows the call live ----------------------------------------------------
 async function showCall(id) {
-  const c = await api(`/api/v1/calls/${encodeURIComponent(id)}`);
+  current = { id, detail: null, alerts: [] };
+  $("call-charts").innerHTML = "";
+  $("call-meta").textContent = "";
+  $("legend").innerHTML = "";
+  $("call-title").textContent = `Call ${id}`;
+  let detail, log;
+  try {
+    [detail, log] = await Promise.all([api(`/api/v1/calls/${encodeURIComponent(id)}`),
+                                       api("/api/v1/alerts?since=0&limit=5000")]);
+  } catch (e) {
+    if (!current || current.id !== id) return;
+    $("call-title").textContent = e.status === 404
+      ? `No call ${id}: unknown, or it ended more than 24 hours ago.` : `Call ${id}: ${e.message}`;
+    return;
+  }
+  if (!current || current.id !== id) return;  // the user moved on meanwhile
+  current.detail = detail;
+  current.alerts = log.filter((a) => a.type === "alert" && a.call_id === id);
+  drawCall();
+}
+
+function onCurrentCall(m) {
+  const d = current.detail;
+  if (!d) return;
+  if (m.type === "window") d.timeline.push(m);
+  else if (m.type === "alert") current.alerts.push(m);
+  else if (m.type === "call_ended") { d.live = false; d.duration_s = m.duration_s; d.end = m; }
+  else return;
+  scheduleCall();
+}
+let callTimer = null;
+function scheduleCall() { if (!callTimer) callTimer = setTimeout(() => { callTimer = null; if (current) drawCall(); }, 500); }
+
+function drawCall() {
+  const c = current.detail;
+  const audioTime = c.timeline.reduce((t, w) => Math.max(t, w.end_s), 0);
+  const length = c.live ? audioTime : c.duration_s;
   $("call-title").textContent = `Call ${c.call_id}${c.live ? " (live)" : " (ended)"}`;
-  $("call-meta").textContent = `${c.agent ? "agent " + c.agent + " · " : ""}${fmtDur(c.duration_s)} · ${c.start.protocol}, ${c.start.sample_rate} Hz ${c.start.encoding}`;
-  const log = await api("/api/v1/alerts?since=0&limit=5000");
-  const callAlerts = log.filter((a) => a.type === "alert" && a.call_id === id);
-  const roles = c.start.roles;
-  $("call-charts").innerHTML = roles.map((r) => `<h3>${esc(r)}</h3>` + timelineChart(c.timeline.filter((w) => w.role === r), callAlerts.filter((a) => a.role === r), c.duration_s)).join("");
-  $("legend").innerHTML = Object.entries(COLORS).map(([k, v]) => `<span><i style="background:${v}"></i>${k}</span>`).join("") + '<span><i style="background:rgba(209,69,59,.15);height:10px"></i>alert</span>';
+  const meta = [who(c), `${c.live ? "" : "lasted "}${fmtDur(length)} of call time`,
+                `${c.start.protocol}, ${c.start.sample_rate} Hz ${c.start.encoding}`,
+                `started ${fmtTime(c.start.ts)}`];
+  if (c.end) meta.push(`ended ${fmtTime(c.end.ts)} (${c.end.reason})`);
+  $("call-meta").innerHTML = meta.filter(Boolean).join(" · ");
+  $("call-charts").innerHTML = c.start.roles.map((r) => `<h3>${esc(r)}</h3>` + timelineChart(
+    c.timeline.filter((w) => w.role === r), current.alerts.filter((a) => a.role === r), length)).join("");
+  $("legend").innerHTML = Object.entries(COLORS).map(([k, v]) => `<span><i style="background:${v}"></i>${k}</span>`).join("")
+    + Object.entries(SHADE).map(([k, v]) => `<span><i class="shade" style="background:${v}"></i>${k} alert</span>`).join("");
 }
 
 function timelineChart(windows, callAlerts, duration) {
-  // Audio time, not wall time: a live call's axis ends at its latest window.
+  // Call time, not wall time: a live call's axis ends at its latest window.
   const lastEnd = Math.max(3, ...windows.map((x) => x.end_s));
-  const w = 900, h = 200, pad = 28, end = windows.length ? lastEnd : Math.max(duration, 3);
+  // As wide as the page (a fixed viewBox would leave margins on a wide screen).
+  const w = Math.max(480, $("call-charts").clientWidth || 900), h = 200, pad = 28;
+  const end = windows.length ? lastEnd : Math.max(duration, 3);
   const x = (t) => pad + (t / end) * (w - pad - 8), y = (p) => h - 20 - p * (h - 30);
   let shade = "";
-  const raised = callAlerts.filter((a) => a.state === "raised");
-  for (const a of raised) {
+  for (const a of callAlerts.filter((a) => a.state === "raised")) {
     const clear = callAlerts.find((b) => b.state === "cleared" && b.raised_id === a.id);
     const t1 = clear ? clear.call_time_s : end;
-    const color = a.kind === "frustration" ? "rgba(209,69,59,.15)" : "rgba(123,79,201,.15)";
-    shade += `<rect class="alert-period" x="${x(a.call_time_s)}" y="6" width="${Math.max(2, x(t1) - x(a.call_time_s))}" height="${h - 26}" fill="${color}"><title>${a.kind} ${fmtTime(a.ts)}</title></rect>`;
+    shade += `<rect class="alert-period ${a.kind}" x="${x(a.call_time_s)}" y="6" width="${Math.max(2, x(t1) - x(a.call_time_s))}" height="${h - 26}" fill="${SHADE[a.kind]}"><title>${a.kind} from ${fmtDur(a.call_time_s)} (${fmtTime(a.ts)})</title></rect>`;
   }
   // One line per run of consecutive scored windows: silence is a gap, not a straight line.
   const runs = [];
@@ -234,7 +409,7 @@ function timelineChart(windows, callAlerts, duration) {
   })).join("");
   const ticks = [];
   for (let t = 0; t <= end; t += Math.max(10, Math.round(end / 8 / 10) * 10)) ticks.push(`<text x="${x(t)}" y="${h - 4}" font-size="10" fill="#6b7385">${fmtDur(t)}</text>`);
-  return `<svg viewBox="0 0 ${w} ${h}" role="img" aria-label="per-class probabilities">${shade}
+  return `<svg viewBox="0 0 ${w} ${h}" role="img" aria-label="per-class probabilities over call time">${shade}
     <line x1="${pad}" x2="${w - 8}" y1="${y(0)}" y2="${y(0)}" stroke="#ccc"/><line x1="${pad}" x2="${w - 8}" y1="${y(1)}" y2="${y(1)}" stroke="#eee"/>
     <text x="2" y="${y(1) + 4}" font-size="10" fill="#6b7385">1.0</text><text x="2" y="${y(0) + 4}" font-size="10" fill="#6b7385">0</text>
     ${lines}${ticks.join("")}</svg>`;
@@ -245,10 +420,12 @@ function route() {
   const m = location.hash.match(/^#\/call\/(.+)$/);
   $("grid-view").hidden = !!m;
   $("call-view").hidden = !m;
-  if (m) showCall(decodeURIComponent(m[1])).catch((e) => { $("call-title").textContent = String(e); });
-  else render();
+  if (m) showCall(decodeURIComponent(m[1])).catch(console.error);
+  else { current = null; render(); }
 }
 window.addEventListener("hashchange", route);
-setInterval(() => { if (!location.hash.startsWith("#/call/")) render(); }, 1000);  // durations tick
+setInterval(() => { if (!current) render(); }, 1000);  // "active for" ticks
+showNotifyButton();
+restoreFilters();
 connect();
 route();
