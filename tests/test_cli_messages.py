@@ -107,3 +107,28 @@ def test_fast_streams_a_long_file_at_the_pace_the_server_accepts(shipped_model, 
             took = time.monotonic() - started
             assert proc.returncode == 0, proc.stderr
             assert "too_fast" not in proc.stderr and took < len(audio) / 16_000 / 2, took
+
+
+def test_mic_without_a_sound_card_says_so_and_leaves_no_call(shipped_model, redis_server) -> None:
+    """This machine has no sound card (CI installs sounddevice and PortAudio, so the device
+    query itself fails): one line, a non-zero exit, and the server never hears of a call."""
+    import json
+
+    import redis
+
+    from streamer import schema
+
+    from .streaming import ServiceThread
+
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        proc = callmon("stream", "--mic", "--url", svc.ingest_url, "--call-id", "mic-phantom",
+                       timeout=30)
+        live = dict(svc.service.monitor.calls)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "microphone" in proc.stderr or "PortAudio" in proc.stderr
+    assert live == {}
+    client = redis.Redis.from_url(redis_server.url)
+    log = [json.loads(f[b"data"]) for _, f in client.xrange(schema.ALERTS_STREAM)]
+    client.close()
+    assert not [e for e in log if e.get("call_id") == "mic-phantom"]
