@@ -80,6 +80,12 @@ class ModelCard:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ModelCardError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "model card") -> ModelCard:
+        """A card from its JSON fields (as written by :meth:`to_json`), validated."""
+        path = where
         if data.get("schema_version") != CARD_SCHEMA_VERSION:
             raise ModelCardError(
                 f"{path}: schema_version {data.get('schema_version')!r}, "

@@ -38,6 +38,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="allow ingest beyond loopback without a token (auth in front of callmon)")
     p.add_argument("--audiosocket-port", type=int,
                    help="also accept Asterisk AudioSocket calls on this TCP port (default off)")
+    p.add_argument("--workers", type=int,
+                   help="ingest processes sharing the ports, feeding one model process "
+                        "(default 1: one process)")
     for add_arguments, _ in serve_extensions:
         add_arguments(p)
     p.set_defaults(handler=functools.partial(_serve, extensions=tuple(serve_extensions)))
@@ -88,6 +91,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="ONNX Runtime threads per node (CALLMON_THREADS; default 2)")
     p.add_argument("--data", default="../shared/data/ravdess", help="speech to stream")
     p.add_argument("--out", default=None, help="also write the figures as JSON")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="run the (first) server under cProfile, write its profile to FILE and "
+                        "print where the event loop's time goes")
     p.set_defaults(handler=_bench_load)
 
     p = bench.add_parser("soak", help="calls starting and ending continuously for a long time")
@@ -141,7 +147,15 @@ def _serve(args: argparse.Namespace, *, extensions: Sequence[ServeExtension]) ->
     from streamer.service import run
 
     mounts = [mount for _, choose in extensions for mount in choose(args)]
-    asyncio.run(run(settings_from(args), mounts=mounts))
+    settings = settings_from(args)
+    if settings.workers > 1:
+        from streamer.workers import run_workers
+
+        argv = list(getattr(args, "argv", None) or sys.argv[1:])
+        argv = argv[argv.index("serve") + 1:] if "serve" in argv else argv
+        asyncio.run(run_workers(settings, argv, mounts=mounts))
+        return 0
+    asyncio.run(run(settings, mounts=mounts))
     return 0
 
 
@@ -304,16 +318,24 @@ def _alerts(args: argparse.Namespace) -> int:
 
 def _bench_load(args: argparse.Namespace) -> int:
 
-    from streamer.tools.bench import HEADER, bench_load, summarise
+    from streamer.tools.bench import HEADER, bench_load, profile_breakdown, summarise
 
     print(HEADER, flush=True)
     env = {"CALLMON_THREADS": str(args.threads)} if args.threads else None
+    profile = Path(args.profile).resolve() if args.profile else None
     results = bench_load(calls=[int(c) for c in args.calls.split(",")], duration_s=args.duration,
                          frame_ms=args.frame_ms, data=Path(args.data), find_max=args.find_max,
-                         env=env, nodes=args.nodes)
+                         env=env, nodes=args.nodes, profile=profile)
     print(summarise(results))
+    rows: list | dict = [r.row() for r in results]
+    if profile is not None:
+        breakdown = profile_breakdown(profile)
+        print("event loop's own time (cProfile, main thread):")
+        for group, share in breakdown.items():
+            print(f"  {group:<40} {100 * share:5.1f} %")
+        rows = {"runs": rows, "event_loop_profile": breakdown}
     if args.out:
-        Path(args.out).write_text(json.dumps([r.row() for r in results], indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -235,6 +236,10 @@ def load_serving_model(s: Settings):
     from models.inference import resolve_model_path
     from models.torch_backend import TORCH_VARIANT, load_torch_model, torch_available
 
+    if s.inference_socket:  # an ingest worker of serve --workers: the parent runs the model
+        from streamer.inference_server import RemoteModel
+
+        return RemoteModel(s.inference_socket)
     backend = s.backend
     if backend == "auto":
         directory = resolve_model_path(s.model_path)
@@ -283,7 +288,8 @@ async def run(settings: Settings, *, mounts: Sequence[Mount] = ()) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
     check_exposure(settings)
     ports = [port for mount in mounts for port in mount.check(settings)]  # before starting
-    check_ports(settings, ports)
+    if not settings.reuse_port:  # a worker's siblings already hold the shared ports
+        check_ports(settings, ports)
     service = Service(settings, mounts=mounts)
     try:
         await service.start()
@@ -294,7 +300,9 @@ async def run(settings: Settings, *, mounts: Sequence[Mount] = ()) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    announced = announce(settings, service)
+    # Of serve --workers, the first worker (with the dashboard) says how to reach it.
+    first = os.environ.get("CALLMON_WORKER_INDEX", "0") == "0"
+    announced = announce(settings, service) if first else None
     print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}"  # type: ignore[union-attr]
           f"{{{','.join(service.ingest.adapters)}}} · Redis: {service.redis_url}",  # type: ignore[union-attr]
           flush=True)
@@ -315,7 +323,6 @@ async def run(settings: Settings, *, mounts: Sequence[Mount] = ()) -> None:
 def announce(settings: Settings, service: Service) -> Path | None:
     """Write the runtime file (``streamer.settings.runtime_file``) of this serve process."""
     import json
-    import os
 
     path = runtime_file()
     try:

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_call_s: float = Field(4 * 3600.0, gt=0, description="longest call (seconds of audio)")
     max_connections_per_address: int = Field(200, ge=1, description="open sockets per client IP")
     ping_interval_s: float = Field(20.0, gt=0, description="keep-alive ping; dead peers dropped")
+    workers: int = Field(
+        1, ge=1, le=256, description="ingest processes sharing the port and one model process "
+                                     "(serve --workers; 1: everything in one process)")
+    inference_socket: str | None = Field(
+        None, description="set by serve --workers: a worker's Unix socket to the model process")
+    reuse_port: bool = Field(False, description="bind ingest with SO_REUSEPORT (workers do)")
     audiosocket_port: int | None = Field(
         None, ge=0, le=65535, description="TCP port for Asterisk AudioSocket calls; unset: off")
     audiosocket_role: Literal["customer", "agent"] = Field(

@@ -110,7 +110,8 @@ class AudioSocketServer:
         self._connections: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, self.config.host, self.port)
+        self.server = await asyncio.start_server(self._handle, self.config.host, self.port,
+                                                 reuse_port=self.config.reuse_port or None)
         self.port = self.server.sockets[0].getsockname()[1]
         log.info("AudioSocket listening on tcp://%s:%d", self.config.host, self.port)
 

@@ -35,6 +35,8 @@ class IngestConfig:
         twilio_track_roles: Twilio ``media.track`` → role.
         audiosocket_port: TCP port of the Asterisk AudioSocket listener; ``None``: off.
         audiosocket_role: the role of AudioSocket's one channel.
+        reuse_port: bind with ``SO_REUSEPORT`` so that several ingest processes share the
+            ports and the kernel spreads connections over them (``serve --workers``).
     """
 
     host: str = "127.0.0.1"
@@ -53,3 +55,4 @@ class IngestConfig:
     twilio_track_roles: dict[str, str] = field(default_factory=lambda: dict(TWILIO_TRACKS))
     audiosocket_port: int | None = None
     audiosocket_role: str = "customer"
+    reuse_port: bool = False

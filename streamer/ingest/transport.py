@@ -65,6 +65,7 @@ class IngestServer:
             max_size=self.config.max_frame_bytes, compression=None,
             ping_interval=None,  # see _keepalive
             close_timeout=min(5.0, self.config.ping_interval_s), max_queue=16,
+            reuse_port=self.config.reuse_port or None,
         )
         self.port = next(iter(self.server.sockets)).getsockname()[1]
         log.info("ingest listening on ws://%s:%d (%s)", self.config.host, self.port,

@@ -41,6 +41,10 @@ class LoadResult:
     dropped: int = 0
     refused: int = 0
     server_cpu_pct: float = 0.0
+    # The event-loop thread alone: everything but the model (websocket frames, decoding,
+    # resampling, windowing, voice gate, alerts, JSON, Redis), per window of call audio.
+    server_loop_cpu_pct: float = 0.0
+    loop_ms_per_window: float = 0.0
     server_rss_mb: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -69,7 +73,8 @@ def load_corpus_audio(data: Path, *, seconds: float = 120.0) -> np.ndarray:
 class ServerProcess:
     """``callmon serve`` in a child process, with /proc-based CPU and RSS readings."""
 
-    def __init__(self, *, redis_url: str, port: int, extra_env: dict | None = None) -> None:
+    def __init__(self, *, redis_url: str, port: int, extra_env: dict | None = None,
+                 profile: Path | None = None) -> None:
         self.port = port
         env = {**os.environ, "REDIS_URL": redis_url, "CALLMON_PORT": str(port),
                "CALLMON_MAX_CALLS": "10000", "CALLMON_DASHBOARD_PORT": "0",
@@ -77,9 +82,12 @@ class ServerProcess:
                **(extra_env or {})}
         # The server's log goes to a file: an unread pipe fills up and blocks its event loop.
         self.log = tempfile.NamedTemporaryFile(prefix="callmon-serve-", suffix=".log")
-        self.process = subprocess.Popen([sys.executable, "-m", "callmon_cli", "serve"], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=self.log)
+        # cProfile sees the main thread only: the event loop, i.e. the server's own costs.
+        runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        self.process = subprocess.Popen([sys.executable, *runner, "-m", "callmon_cli", "serve"],
+                                        env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
+        self._loop_mark = (time.monotonic(), self._cpu_seconds(main_thread=True))
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -92,9 +100,18 @@ class ServerProcess:
             time.sleep(0.1)  # readiness probe interval
         raise RuntimeError("server did not become ready")
 
-    def _cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    def _cpu_seconds(self, *, main_thread: bool = False) -> float:
+        pid = self.process.pid
+        stat = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def loop_cpu_since_mark(self) -> float:
+        """CPU seconds of the event-loop (main) thread since the last call."""
+        cpu = self._cpu_seconds(main_thread=True)
+        then = self._loop_mark[1]
+        self._loop_mark = (time.monotonic(), cpu)
+        return cpu - then
 
     def cpu_since_mark(self) -> float:
         """CPU use since the last call, in % of one core."""
@@ -203,6 +220,7 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     tasks = []
     for server in servers:
         server.cpu_since_mark()
+        server.loop_cpu_since_mark()
     started = time.monotonic()
     for i in range(calls):
         offset = int(rng.integers(0, len(audio) - RATE))
@@ -213,6 +231,7 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - started
     cpu = sum(server.cpu_since_mark() for server in servers)
+    loop_cpu_s = sum(server.loop_cpu_since_mark() for server in servers)
     rss = sum(server.rss_mb() for server in servers)
     await asyncio.sleep(0.5)  # let the last results arrive on pub/sub
     listener.cancel()
@@ -231,6 +250,9 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
         result.p50_ms, result.p95_ms, result.p99_ms = (round(float(v), 1) for v in q)
         result.max_ms = round(max(latencies), 1)
     result.server_cpu_pct = round(cpu, 1)
+    result.server_loop_cpu_pct = round(100 * loop_cpu_s / max(elapsed, 1e-9), 1)
+    all_windows = sum(s["windows"] for s in ended)
+    result.loop_ms_per_window = round(1000 * loop_cpu_s / max(all_windows, 1), 3)
     result.server_rss_mb = round(rss, 1)
     result.latencies = latencies
     return result
@@ -238,7 +260,7 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
 
 def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path,
                find_max: bool, p95_target_ms: float = 300.0, env: dict | None = None,
-               nodes: int = 1) -> list[LoadResult]:
+               nodes: int = 1, profile: Path | None = None) -> list[LoadResult]:
     """Run each call count in turn against ``nodes`` server processes sharing one Redis
     (CPU and RSS are their sums); with ``find_max``, keep raising the count until p95
     latency passes the target or windows are dropped."""
@@ -246,7 +268,8 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
     results: list[LoadResult] = []
     with EmbeddedRedis(persist=False) as redis_server:
         servers = [ServerProcess(redis_url=redis_server.url, port=free_port(),
-                                 extra_env={**(env or {}), "CALLMON_NODE": f"bench-node-{i}"})
+                                 extra_env={**(env or {}), "CALLMON_NODE": f"bench-node-{i}"},
+                                 profile=profile if i == 0 else None)
                    for i in range(nodes)]
         try:
             for server in servers:
@@ -272,12 +295,52 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
 
 
 HEADER = ("| calls | windows/s | p50 ms | p95 ms | p99 ms | max ms | dropped | refused | "
-          "server CPU % | server RSS MB |\n|---|---|---|---|---|---|---|---|---|---|")
+          "server CPU % | of it event loop % | loop ms per window | server RSS MB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: LoadResult) -> str:
     return (f"| {r.calls} | {r.windows_per_s} | {r.p50_ms} | {r.p95_ms} | {r.p99_ms} | "
-            f"{r.max_ms} | {r.dropped} | {r.refused} | {r.server_cpu_pct} | {r.server_rss_mb} |")
+            f"{r.max_ms} | {r.dropped} | {r.refused} | {r.server_cpu_pct} | "
+            f"{r.server_loop_cpu_pct} | {r.loop_ms_per_window} | {r.server_rss_mb} |")
+
+
+#: Where the event loop's time goes, by the file a function lives in (cProfile's own time).
+PROFILE_GROUPS = (
+    ("voice gate", ("vad", "windowing.py:speech_ratio")),
+    ("resampling (soxr)", ("soxr",)),
+    ("windowing", ("streamer/windowing.py",)),
+    ("websocket framing and handshake", ("websockets/",)),
+    ("ingest adapters, limits and audio decoding", ("streamer/ingest/", "streamer/protocol.py",
+                                                    "streamer/limits.py", "models/audio.py")),
+    ("calls, scheduler, alerts", ("streamer/calls.py", "streamer/monitor.py",
+                                  "streamer/scheduler.py", "streamer/alerts.py",
+                                  "streamer/schema.py")),
+    ("Redis (client and publisher)", ("redis/", "streamer/publisher.py", "streamer/nodes.py")),
+    ("message serialisation (dataclasses, JSON)", ("json/", "_json", "dataclasses.py",
+                                                   "copy.py")),
+    ("numpy", ("numpy",)),
+    ("asyncio and sockets", ("asyncio/", "selectors.py", "socket", "ssl.py", "_contextvars")),
+)
+
+
+def profile_breakdown(path: Path) -> dict[str, float]:
+    """Shares of the profiled event loop's own time per group of :data:`PROFILE_GROUPS`
+    (idle waiting in the selector excluded)."""
+    import pstats
+
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    totals: dict[str, float] = {}
+    for (filename, _, name), (_, _, tottime, _, _) in stats.items():
+        where = f"{filename}:{name}".lower()
+        if "select" in name and ("selectors" in filename or "{method 'poll'" in where
+                                 or "epoll" in where):
+            continue  # waiting for input is not work
+        group = next((g for g, keys in PROFILE_GROUPS if any(k.lower() in where for k in keys)),
+                     "other")
+        totals[group] = totals.get(group, 0.0) + tottime
+    busy = sum(totals.values()) or 1.0
+    return {g: round(t / busy, 4) for g, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def summarise(results: list[LoadResult], p95_target_ms: float = 300.0) -> str:

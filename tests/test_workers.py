@@ -1,0 +1,157 @@
+"""``callmon serve --workers N``: one model process, N ingest processes sharing the port.
+
+The inference server gives the workers exactly the model's probabilities, coalesces their
+requests into larger batches and refuses malformed ones; the real command serves calls
+through two workers, restarts a worker that dies, and stops everything on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from streamer import schema
+from streamer.inference_server import REPLY, REQUEST, InferenceServer, RemoteModel
+from streamer.tools.client import stream_native
+from streamer.tools.redis_server import free_port
+
+from .streaming import calm_then_angry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_remote_model_matches_the_model_and_batches_are_coalesced(shipped_model, tmp_path,
+                                                                   ravdess_dir, call_actors):
+    audio, _ = calm_then_angry(ravdess_dir, call_actors[0])
+    n = shipped_model.window_samples
+    windows = np.stack([audio[i * 16_000 : i * 16_000 + n] for i in range(12)])
+
+    async def main():
+        server = InferenceServer(shipped_model, tmp_path / "inference.sock", max_batch=64,
+                                 max_wait_ms=20)
+        await server.start()
+        try:
+            clients = [await asyncio.to_thread(RemoteModel, server.path) for _ in range(4)]
+            # Four workers ask at once: their requests share model calls.
+            parts = await asyncio.gather(*[asyncio.to_thread(c.run_windows, windows[i::4])
+                                           for i, c in enumerate(clients)])
+            one = await asyncio.to_thread(clients[0].run_windows, windows[:1])
+            # A request the model cannot take gets an error reply, not a hang.
+            def bad_request() -> tuple:
+                with socket.socket(socket.AF_UNIX) as raw:
+                    raw.connect(str(server.path))
+                    raw.recv(1 << 16)  # the hello
+                    raw.sendall(REQUEST.pack(b"CMW1", 1, 100) + b"\0" * 400)
+                    return REPLY.unpack(raw.recv(REPLY.size))
+
+            reply = await asyncio.to_thread(bad_request)
+            for c in clients:
+                c.close()
+            return parts, one, server.batches, clients[0], reply
+        finally:
+            await server.close()
+
+    parts, one, batches, client, reply = asyncio.run(main())
+    # The int8 model quantises activations per batch (dynamic quantisation), so a window's
+    # scores move by up to ~1e-3 with the company it is batched with: the same batch gives
+    # the same scores, any batch gives scores within that.
+    np.testing.assert_array_equal(one, shipped_model.run_windows(windows[:1]))
+    expected = shipped_model.run_windows(windows)
+    for i, part in enumerate(parts):
+        np.testing.assert_allclose(part, expected[i::4], atol=2e-3)
+    assert batches < 5  # four concurrent requests and one more: at most 2 + 1 model calls
+    assert client.labels == shipped_model.labels and client.card == shipped_model.card
+    assert reply[1] == 1  # status: error
+
+
+def _get(url: str, timeout: float = 2.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def _wait(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers(redis_server, ravdess_dir, call_actors, tmp_path):
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "CALLMON_RUNTIME_DIR": str(tmp_path), "CALLMON_THREADS": "1",
+           "CALLMON_MAX_SPEED": "16", "CALLMON_FRUSTRATION_ON": "0.55",
+           "CALLMON_FRUSTRATION_OFF": "0.3", "CALLMON_ALERT_CONSECUTIVE": "2",
+           "CALLMON_ALERT_SMOOTHING": "0.6"}
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "callmon_cli", "serve", "--workers", "2", "--port", str(port),
+         "--dashboard-port", str(dashboard), "--redis-url", redis_server.url],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = redis.Redis.from_url(redis_server.url)
+        nodes = _wait(lambda: [k for k in client.keys("callmon:node:*")]
+                      if len(client.keys("callmon:node:*")) >= 2 else None, 90, "two worker nodes")
+        _wait(lambda: _get(f"http://127.0.0.1:{port}/healthz"), 30, "ingest health")
+        _wait(lambda: _get(f"http://127.0.0.1:{dashboard}/healthz"), 30, "the dashboard")
+        health = _get(f"http://127.0.0.1:{port}/healthz")
+        assert health["model"]["variant"].startswith("remote ")
+
+        audio, onset = calm_then_angry(ravdess_dir, call_actors[2])
+
+        async def calls():
+            url = f"ws://127.0.0.1:{port}/v1/stream"
+            return await asyncio.gather(*[
+                stream_native(url, audio[:, None], rate=16_000, call_id=f"w-{i}", speed=8.0)
+                for i in range(4)])
+
+        outcomes = asyncio.run(calls())
+        for outcome in outcomes:
+            assert outcome.close_code == 1000 and not outcome.errors
+            assert outcome.ended["dropped"] == 0
+            raised = [a for a in outcome.alerts if a["state"] == "raised"]
+            assert raised and raised[0]["call_time_s"] > onset
+
+        # A worker that dies is replaced; the service stays up.
+        workers = _children(parent.pid)
+        assert len(workers) >= 2
+        os.kill(workers[0], signal.SIGKILL)
+        _wait(lambda: len([p for p in _children(parent.pid) if p != workers[0]]) >= 2, 30,
+              "a new worker")
+        _wait(lambda: len(client.keys("callmon:node:*")) >= 2, 60, "the new worker's node")
+        assert _get(f"http://127.0.0.1:{port}/healthz")["status"] == "ok"
+        log = [json.loads(f[b"data"]) for _, f in client.xrange(schema.ALERTS_STREAM)]
+        assert {e["call_id"] for e in log if e["type"] == "call_ended"} >= {f"w-{i}" for i in range(4)}
+        client.close()
+        assert len(nodes) >= 2
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        try:
+            out, _ = parent.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            parent.kill()
+            out, _ = parent.communicate()
+    assert parent.returncode == 0, out[-3000:]
+    assert _children(parent.pid) == []
