@@ -89,6 +89,12 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="streamer processes sharing one Redis; calls spread round-robin")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime threads per node (CALLMON_THREADS; default 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="ingest processes per node (serve --workers; CPU and RSS summed)")
+    p.add_argument("--generators", type=int, default=1,
+                   help="load-generator processes (one cannot feed thousands of calls)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default=None,
+                   help="the node's inference backend (CALLMON_BACKEND)")
     p.add_argument("--data", default="../shared/data/ravdess", help="speech to stream")
     p.add_argument("--out", default=None, help="also write the figures as JSON")
     p.add_argument("--profile", default=None, metavar="FILE",
@@ -321,11 +327,14 @@ def _bench_load(args: argparse.Namespace) -> int:
     from streamer.tools.bench import HEADER, bench_load, profile_breakdown, summarise
 
     print(HEADER, flush=True)
-    env = {"CALLMON_THREADS": str(args.threads)} if args.threads else None
+    env = {k: str(v) for k, v in (("CALLMON_THREADS", args.threads),
+                                  ("CALLMON_WORKERS", args.workers),
+                                  ("CALLMON_BACKEND", args.backend)) if v}
     profile = Path(args.profile).resolve() if args.profile else None
     results = bench_load(calls=[int(c) for c in args.calls.split(",")], duration_s=args.duration,
                          frame_ms=args.frame_ms, data=Path(args.data), find_max=args.find_max,
-                         env=env, nodes=args.nodes, profile=profile)
+                         env=env, nodes=args.nodes, profile=profile,
+                         generators=args.generators)
     print(summarise(results))
     rows: list | dict = [r.row() for r in results]
     if profile is not None:

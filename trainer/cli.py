@@ -272,13 +272,25 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes (a CPU smoke run)")
     p.add_argument("--epochs", type=int, default=25, help="training epochs (shipped recipe: 25)")
     p.add_argument("--data", default="../shared/data/ravdess")
+    p.add_argument("--server-calls", default=None, metavar="N,N,...",
+                   help="also run the whole server path at these call counts (e.g. "
+                        "1000,5000,10000): serve --workers W, G load generators")
+    p.add_argument("--workers", type=int, default=8, help="ingest processes for --server-calls")
+    p.add_argument("--generators", type=int, default=4,
+                   help="load-generator processes for --server-calls")
+    p.add_argument("--server-duration", type=float, default=60.0,
+                   help="seconds of audio per call for --server-calls")
     p.set_defaults(handler=_bench_gpu)
 
 
 def _bench_gpu(args: argparse.Namespace) -> int:
     from trainer.gpu_check import run_gpu_check
 
-    report = run_gpu_check(data=args.data, quick=args.quick, epochs=args.epochs)
+    report = run_gpu_check(
+        data=args.data, quick=args.quick, epochs=args.epochs,
+        server_calls=[int(c) for c in args.server_calls.split(",")] if args.server_calls else None,
+        workers=args.workers, generators=args.generators,
+        server_duration_s=args.server_duration)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     inf = report["inference"]
     print(f"{report['environment']['device_name']}: {inf['max_windows_per_s']} windows/s "
@@ -286,7 +298,8 @@ def _bench_gpu(args: argparse.Namespace) -> int:
           f"training {report['training']['seconds_per_epoch']} s/epoch "
           f"({report['training']['precision']}), test UAR {report['training']['test_uar']}; "
           f"{report['wav2vec2']['model']} {report['wav2vec2']['seconds_per_step']} s/step. "
-          f"Written to {args.out}")
+          + (f"Server path: {report['server_path']['calls_held']} calls held. "
+             if "server_path" in report else "") + f"Written to {args.out}")
     return 0
 
 

@@ -7,6 +7,10 @@
 2. Training: the shipped recipe (Lightning, ``precision="16-mixed"`` on CUDA) on the shipped
    fold (actors 17–20 held out): seconds per epoch and the speaker-independent test scores.
 3. wav2vec2-base (random weights: speed only): seconds per training step, mixed precision.
+4. With ``--server-calls``: the whole server path, ``callmon bench load`` against ``callmon serve
+   --workers W`` (the model once, on the GPU; W ingest processes) with G load-generator
+   processes, for each call count: calls held with p95 < 300 ms and nothing dropped, GPU
+   utilisation, server CPU, next to the model-only figures of part 1.
 
 Without a GPU it runs the same code on the CPU (``--quick`` shrinks every part), which is
 how it is tested; the JSON says which device produced it.
@@ -148,7 +152,33 @@ def bench_wav2vec2_step(*, base: bool, batch: int, steps: int) -> dict:
             "windows_per_s": round(batch / statistics.median(times), 1)}
 
 
-def run_gpu_check(*, data: str, quick: bool = False, epochs: int = 25) -> dict:
+def bench_server_path(*, calls: list[int], workers: int, generators: int, backend: str,
+                      duration_s: float, data: str) -> dict:
+    """``callmon bench load`` as a user runs it (a separate process: the trainer does not
+    import the streamer), its JSON read back."""
+    import json
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "load.json"
+        command = [sys.executable, "-m", "callmon_cli", "bench", "load",
+                   "--calls", ",".join(map(str, calls)), "--workers", str(workers),
+                   "--generators", str(generators), "--backend", backend,
+                   "--duration", str(duration_s), "--data", data, "--out", str(out)]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench load failed: {proc.stderr[-2000:]}")
+        rows = json.loads(out.read_text())
+    good = [r["calls"] for r in rows
+            if r["p95_ms"] < 300 and r["dropped"] == 0 and r["refused"] == 0]
+    return {"command": " ".join(command[2:-2]), "runs": rows,
+            "calls_held": max(good) if good else 0}
+
+
+def run_gpu_check(*, data: str, quick: bool = False, epochs: int = 25,
+                  server_calls: list[int] | None = None, workers: int = 8,
+                  generators: int = 4, server_duration_s: float = 60.0) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -164,6 +194,10 @@ def run_gpu_check(*, data: str, quick: bool = False, epochs: int = 25) -> dict:
                                             out=Path(tmp) / "run")
     report["wav2vec2"] = bench_wav2vec2_step(base=not quick, batch=2 if quick else 16,
                                              steps=2 if quick else 10)
+    if server_calls:
+        report["server_path"] = bench_server_path(
+            calls=server_calls, workers=workers, generators=generators,
+            backend="torch" if cuda else "onnx", duration_s=server_duration_s, data=data)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 

@@ -165,6 +165,12 @@ class AudioSocketServer:
                 with contextlib.suppress(OSError):
                     writer.write(message(KIND_ERROR, error.code.encode()))
                     await writer.drain()
+                    # A lingering close: stop sending, then read and discard what the peer
+                    # still sends for a moment, so that closing with unread input (a TCP
+                    # reset) cannot destroy the error message before the peer reads it.
+                    writer.write_eof()
+                    with contextlib.suppress(TimeoutError, ConnectionError):
+                        await asyncio.wait_for(_discard(reader), 1.0)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -225,3 +231,8 @@ class AudioSocketServer:
                 writer.write(message(KIND_HANGUP))
                 await writer.drain()
             writer.close()
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass

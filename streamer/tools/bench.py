@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,8 @@ class LoadResult:
     server_loop_cpu_pct: float = 0.0
     loop_ms_per_window: float = 0.0
     server_rss_mb: float = 0.0
+    gpu_util_pct: float | None = None
+    gpu_memory_mb: float | None = None
     latencies: list[float] = field(default_factory=list, repr=False)
 
     def row(self) -> dict:
@@ -100,11 +103,26 @@ class ServerProcess:
             time.sleep(0.1)  # readiness probe interval
         raise RuntimeError("server did not become ready")
 
+    def _pids(self) -> list[int]:
+        """The server and its descendants (``serve --workers``: the workers)."""
+        out, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                todo.extend(int(c) for c in children)
+        return out
+
     def _cpu_seconds(self, *, main_thread: bool = False) -> float:
-        pid = self.process.pid
-        stat = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
-        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the server's processes (or of their main threads: the event loops)."""
+        total = 0.0
+        for pid in self._pids():
+            stat = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+            with contextlib.suppress(OSError):
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def loop_cpu_since_mark(self) -> float:
         """CPU seconds of the event-loop (main) thread since the last call."""
@@ -129,10 +147,13 @@ class ServerProcess:
             return None
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        total = 0.0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
     def stop(self) -> None:
         self.process.terminate()
@@ -188,10 +209,15 @@ async def _read_summary(ws, call_id: str, summary: dict[str, dict]) -> None:
                 summary[call_id] = data
 
 
-async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls: int,
-                   duration_s: float, frame_ms: int, ramp_s: float,
-                   servers: list[ServerProcess]) -> LoadResult:
-    """``calls`` calls spread round-robin over the nodes at ``urls``."""
+async def generate_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls: int,
+                        first: int = 0, prefix: str = "bench", duration_s: float,
+                        frame_ms: int, ramp_s: float) -> tuple[list[float], list[dict]]:
+    """Calls ``first`` … ``first + calls - 1`` spread round-robin over the nodes at ``urls``,
+    each timed from the moment a window's last frame is sent to its result on Redis.
+
+    Returns:
+        (latencies in ms, the ``ended``/``error`` summaries of the calls)
+    """
     import redis.asyncio as aioredis
 
     sent_at: dict[str, np.ndarray] = {}
@@ -200,7 +226,7 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     frame_samples = RATE * frame_ms // 1000
     client = aioredis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
-    await pubsub.psubscribe(schema.call_channel("bench-*"))
+    await pubsub.psubscribe(schema.call_channel(f"{prefix}-*"))
 
     async def listen() -> None:
         async for msg in pubsub.listen():
@@ -216,30 +242,68 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
                 latencies.append(1000 * (now - times[frame]))
 
     listener = asyncio.create_task(listen())
-    rng = np.random.default_rng(calls)
+    rng = np.random.default_rng(first + calls)
     tasks = []
-    for server in servers:
-        server.cpu_since_mark()
-        server.loop_cpu_since_mark()
-    started = time.monotonic()
-    for i in range(calls):
+    for i in range(first, first + calls):
         offset = int(rng.integers(0, len(audio) - RATE))
         tasks.append(asyncio.create_task(_call(
-            urls[i % len(urls)], f"bench-{calls}-{i}", np.roll(audio, -offset), duration_s=duration_s,
+            urls[i % len(urls)], f"{prefix}-{i}", np.roll(audio, -offset), duration_s=duration_s,
             frame_ms=frame_ms, sent_at=sent_at, summary=summary)))
         await asyncio.sleep(ramp_s / calls)  # spread call starts over the ramp
     await asyncio.gather(*tasks)
-    elapsed = time.monotonic() - started
-    cpu = sum(server.cpu_since_mark() for server in servers)
-    loop_cpu_s = sum(server.loop_cpu_since_mark() for server in servers)
-    rss = sum(server.rss_mb() for server in servers)
     await asyncio.sleep(0.5)  # let the last results arrive on pub/sub
     listener.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await listener
     await pubsub.aclose()
     await client.aclose()
-    ended = [s for s in summary.values() if s.get("type") == "ended"]
+    return latencies, list(summary.values())
+
+
+def _generator_process(args: dict) -> tuple[list[float], list[dict]]:
+    """One load-generator process of ``bench load --generators``."""
+    audio = args.pop("audio")
+    return asyncio.run(generate_load(audio=audio, **args))
+
+
+async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls: int,
+                   duration_s: float, frame_ms: int, ramp_s: float,
+                   servers: list[ServerProcess], generators: int = 1,
+                   gpu: GpuSampler | None = None) -> LoadResult:
+    """``calls`` calls spread round-robin over the nodes at ``urls``, from ``generators``
+    processes (one simulated caller process cannot feed thousands of calls)."""
+    for server in servers:
+        server.cpu_since_mark()
+        server.loop_cpu_since_mark()
+    if gpu is not None:
+        gpu.start()
+    started = time.monotonic()
+    prefix = f"bench-{calls}"
+    if generators <= 1:
+        latencies, summaries = await generate_load(
+            urls, redis_url, audio, calls=calls, prefix=prefix, duration_s=duration_s,
+            frame_ms=frame_ms, ramp_s=ramp_s)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        shares = [calls // generators + (1 if g < calls % generators else 0)
+                  for g in range(generators)]
+        firsts = [sum(shares[:g]) for g in range(generators)]
+        jobs = [{"urls": urls, "redis_url": redis_url, "audio": audio, "calls": n,
+                 "first": f, "prefix": prefix, "duration_s": duration_s, "frame_ms": frame_ms,
+                 "ramp_s": ramp_s} for n, f in zip(shares, firsts, strict=True) if n]
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = await asyncio.gather(*[loop.run_in_executor(pool, _generator_process, job)
+                                           for job in jobs])
+        latencies = [x for lat, _ in parts for x in lat]
+        summaries = [x for _, summ in parts for x in summ]
+    elapsed = time.monotonic() - started
+    cpu = sum(server.cpu_since_mark() for server in servers)
+    loop_cpu_s = sum(server.loop_cpu_since_mark() for server in servers)
+    rss = sum(server.rss_mb() for server in servers)
+    ended = [s for s in summaries if s.get("type") == "ended"]
     result = LoadResult(calls=calls, duration_s=round(elapsed, 1), frame_ms=frame_ms)
     result.windows = sum(s["scored"] for s in ended)
     result.windows_per_s = round(result.windows / max(duration_s, 1e-9), 1)
@@ -254,13 +318,57 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     all_windows = sum(s["windows"] for s in ended)
     result.loop_ms_per_window = round(1000 * loop_cpu_s / max(all_windows, 1), 3)
     result.server_rss_mb = round(rss, 1)
+    if gpu is not None:
+        result.gpu_util_pct, result.gpu_memory_mb = gpu.stop()
     result.latencies = latencies
     return result
 
 
+class GpuSampler:
+    """GPU utilisation and memory during a run, from ``nvidia-smi`` once a second."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def available() -> bool:
+        import shutil
+
+        return shutil.which("nvidia-smi") is not None
+
+    def start(self) -> None:
+        self.samples = []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                  "--format=csv,noheader,nounits"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip().splitlines()
+            if out:
+                util, memory = (float(x) for x in out[0].split(","))
+                self.samples.append((util, memory))
+
+    def stop(self) -> tuple[float | None, float | None]:
+        """(mean utilisation %, peak memory MB) of the run."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if not self.samples:
+            return None, None
+        return (round(float(np.mean([u for u, _ in self.samples])), 1),
+                max(m for _, m in self.samples))
+
+
 def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path,
                find_max: bool, p95_target_ms: float = 300.0, env: dict | None = None,
-               nodes: int = 1, profile: Path | None = None) -> list[LoadResult]:
+               nodes: int = 1, profile: Path | None = None, generators: int = 1
+               ) -> list[LoadResult]:
     """Run each call count in turn against ``nodes`` server processes sharing one Redis
     (CPU and RSS are their sums); with ``find_max``, keep raising the count until p95
     latency passes the target or windows are dropped."""
@@ -275,12 +383,14 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
             for server in servers:
                 server.wait_ready()
             urls = [f"ws://127.0.0.1:{server.port}/v1/stream" for server in servers]
+            gpu = GpuSampler() if GpuSampler.available() else None
             counts = list(calls)
             while counts:
                 n = counts.pop(0)
                 result = asyncio.run(run_load(urls, redis_server.url, audio, calls=n,
                                               duration_s=duration_s, frame_ms=frame_ms,
-                                              ramp_s=min(5.0, duration_s / 4), servers=servers))
+                                              ramp_s=min(5.0, duration_s / 4), servers=servers,
+                                              generators=generators, gpu=gpu))
                 results.append(result)
                 print(format_row(result), flush=True)
                 ok = result.p95_ms < p95_target_ms and result.dropped == 0 and not result.refused
