@@ -213,3 +213,25 @@ def test_search_respects_the_false_alert_budget(scored, shipped_model) -> None:
     first = next(s for _, s in hotter[0].windows if s is not None)
     raw = next(s for _, s in scored_calls[0].windows if s is not None)
     assert max(first.values()) >= max(raw.values())
+
+
+def test_fold_caches_written_before_the_move_still_load(tmp_path) -> None:
+    """scored.pkl files name the classes' old modules (trainer.alert_bench): they load."""
+    import pickle
+
+    import numpy as np
+
+    from streamer.tools.alert_bench import ScoredCall, SyntheticCall
+    from streamer.tools.calibrate import load_scored
+
+    call = SyntheticCall("c", "ravdess/01", "calm", np.zeros(8, np.float32), 16_000, None)
+    # Protocol 2 names classes as text lines ("c<module>\n<name>\n"): rename the module as a
+    # cache written before the move names it.
+    data = pickle.dumps({"test_clean": [ScoredCall(call, [])]}, protocol=2)
+    old = data.replace(b"streamer.tools.alert_bench\n", b"trainer.alert_bench\n")
+    assert old != data
+    (tmp_path / "scored.pkl").write_bytes(old)
+    loaded = load_scored(tmp_path / "scored.pkl")
+    assert loaded["test_clean"][0].call.call_id == "c"
+    (tmp_path / "broken.pkl").write_bytes(b"not a pickle")
+    assert load_scored(tmp_path / "broken.pkl") is None

@@ -219,13 +219,35 @@ def fold_onnx_model(fold_dir: Path, *, threads: int = 1):
     return load_model(onnx_dir, "cpu", variant="int8", threads=threads)
 
 
+#: Modules that moved since older caches were written (issue 12): their classes live here now.
+MOVED_MODULES = {"trainer.alert_bench": "streamer.tools.alert_bench",
+                 "trainer.datasets": "models.corpora"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # type: ignore[override]
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+def load_scored(path: Path) -> dict | None:
+    """A fold's cached scores, or None (re-scored) when the cache cannot be read."""
+    try:
+        with path.open("rb") as f:
+            return _Unpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        log.warning("%s cannot be read (%s): scoring the fold again", path, exc)
+        return None
+
+
 def score_fold(fold_dir: Path, data: Sequence[str], *, calm_minutes: float, seed: int = 0,
                threads: int = 1) -> dict:
     """Score one fold's validation and test speakers (clips and calls, clean and telephone);
     cached in ``fold_dir/scored.pkl``."""
     cache = fold_dir / "scored.pkl"
     if cache.is_file():
-        return pickle.loads(cache.read_bytes())
+        cached = load_scored(cache)
+        if cached is not None:
+            return cached
     model = fold_onnx_model(fold_dir, threads=threads)
     split = model.card.training["split"]
     items = load_corpora(data)
