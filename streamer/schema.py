@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 SCHEMA_VERSION = 1
@@ -99,10 +99,16 @@ class WindowResult:
         return max(self.scores, key=self.scores.__getitem__)
 
     def to_wire(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["emotion"] = self.emotion
-        data["confidence"] = self.scores[self.emotion] if self.scores and self.emotion else None
+        # A shallow copy (asdict deep-copies the scores): one result per window of every
+        # call, so this is on the hot path; nothing mutates what it returns.
+        data = {name: getattr(self, name) for name in _WINDOW_FIELDS}
+        emotion = self.emotion
+        data["emotion"] = emotion
+        data["confidence"] = self.scores[emotion] if self.scores and emotion else None
         return data
+
+
+_WINDOW_FIELDS = tuple(f.name for f in fields(WindowResult))
 
 
 @dataclass(frozen=True, slots=True)
