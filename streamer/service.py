@@ -303,14 +303,15 @@ async def run(settings: Settings, *, mounts: Sequence[Mount] = ()) -> None:
     # Of serve --workers, the first worker (with the dashboard) says how to reach it.
     first = os.environ.get("CALLMON_WORKER_INDEX", "0") == "0"
     announced = announce(settings, service) if first else None
-    print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}"  # type: ignore[union-attr]
-          f"{{{','.join(service.ingest.adapters)}}} · Redis: {service.redis_url}",  # type: ignore[union-attr]
-          flush=True)
-    if service.audiosocket is not None:
-        print(f"callmon AudioSocket: tcp://{settings.host}:{service.audiosocket.port}",
+    if first:
+        print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}"  # type: ignore[union-attr]
+              f"{{{','.join(service.ingest.adapters)}}} · Redis: {service.redis_url}",  # type: ignore[union-attr]
               flush=True)
-    for component in service.components.values():
-        print(component.banner(), flush=True)
+        if service.audiosocket is not None:
+            print(f"callmon AudioSocket: tcp://{settings.host}:{service.audiosocket.port}",
+                  flush=True)
+        for component in service.components.values():
+            print(component.banner(), flush=True)
     try:
         await stop.wait()
         log.info("shutting down")
