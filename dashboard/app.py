@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -95,6 +95,17 @@ class UploadGuard:
 
         await JSONResponse({"detail": f"upload over {self.max_bytes} bytes"}, 413,
                            headers={"Connection": "close"})(scope, nothing, send)
+
+
+@contextlib.contextmanager
+def _bad_since(since: str | None) -> Iterator[None]:
+    """Redis refusing ``since`` as a stream id is the client's mistake: 422, not 500."""
+    try:
+        yield
+    except Exception as exc:
+        if "Invalid stream ID" in str(exc):
+            raise HTTPException(422, f"since={since!r} is not a stream id or duration") from exc
+        raise
 
 
 def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 20 * 2**20,
@@ -225,12 +236,8 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         """Calls that ended since ``since`` (a duration such as ``4h``, or a stream id),
         newest first, with their duration, alerts raised and peak customer frustration and
         distress."""
-        try:
+        with _bad_since(since):
             return await store.ended_calls(request.app.state.redis, since, limit=limit)
-        except Exception as exc:
-            if "Invalid stream ID" in str(exc):
-                raise HTTPException(422, f"since={since!r} is not a stream id or duration") from exc
-            raise
 
     @app.get("/api/v1/calls/{call_id}", tags=["calls"])
     async def get_call(call_id: str, request: Request, _: Supervisor,
@@ -251,12 +258,8 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         such as ``10m``; without it, everything kept (up to ``limit``)."""
         if not 1 <= limit <= 5000:
             raise HTTPException(422, "limit must be between 1 and 5000")
-        try:
+        with _bad_since(since):
             return await store.alerts_since(request.app.state.redis, since, limit=limit)
-        except Exception as exc:
-            if "Invalid stream ID" in str(exc):
-                raise HTTPException(422, f"since={since!r} is not a stream id or duration") from exc
-            raise
 
     @app.post("/api/v1/alerts/{alert_id}/ack", tags=["alerts"])
     async def ack_alert(alert_id: str, request: Request, who: Supervisor,

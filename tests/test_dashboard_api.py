@@ -71,6 +71,10 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
     assert http.get("/api/v1/calls/nope").status_code == 404
     assert http.post("/api/v1/alerts/nope/ack", json={}).status_code == 404
     assert http.get("/api/v1/alerts", params={"since": "bogus"}).status_code == 422
+    assert http.get("/api/v1/ended-calls", params={"since": "bogus"}).status_code == 422
+    ended = http.get("/api/v1/ended-calls", params={"since": "1h"}).json()
+    assert ended[0]["call_id"] == "api-call" and ended[0]["alerts_raised"] >= 1
+    assert ended[0]["peak_frustration"] >= raised[0]["score"] - 1e-3
     metrics = http.get("/metrics").text
     assert "callmon_windows_scored_total" in metrics and "callmon_alerts_raised_total 1" in metrics
     assert 'callmon_window_latency_ms_bucket{le="+Inf"}' in metrics
