@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     inference_socket: str | None = Field(
         None, description="set by serve --workers: a worker's Unix socket to the model process")
     reuse_port: bool = Field(False, description="bind ingest with SO_REUSEPORT (workers do)")
+    audiohook_client_secret: str | None = Field(
+        None, description="Genesys AudioHook client secret (base64): connections must be signed")
     audiosocket_port: int | None = Field(
         None, ge=0, le=65535, description="TCP port for Asterisk AudioSocket calls; unset: off")
     audiosocket_role: Literal["customer", "agent"] = Field(

@@ -13,6 +13,8 @@ import uuid
 import numpy as np
 import pytest
 import soxr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -407,3 +409,83 @@ def test_stream_command_speaks_each_platform(shipped_model, call_actors, ravdess
         roles = ["customer"] if protocol == "audiosocket" else ["customer", "agent"]
         assert log[0]["roles"] == roles
     assert wrong.returncode == 2 and "tcp://HOST:PORT" in wrong.stderr
+
+
+# -- AudioHook request signatures ----------------------------------------------------------
+
+SECRET = "c2VjcmV0LWtleS1mb3ItdGVzdHM="  # base64, as Genesys shows a client secret
+
+
+def signed_headers(**changes) -> tuple[dict[str, str], str]:
+    import base64
+
+    from streamer.ingest.httpsig import sign
+    from streamer.tools.platforms import SIGNED_COMPONENTS
+
+    headers = {"host": "callmon.example:443", "audiohook-organization-id": "org",
+               "audiohook-session-id": "sess", "audiohook-correlation-id": "corr",
+               "x-api-key": "key"}
+    target = "/v1/audiohook?x=1"
+    headers.update(sign(headers, method="GET", target=target, key=base64.b64decode(SECRET),
+                        components=SIGNED_COMPONENTS, keyid="k", nonce="n", **changes))
+    return {k.lower(): v for k, v in headers.items()}, target
+
+
+def test_audiohook_signatures_verify_and_refuse() -> None:
+    import base64
+
+    from streamer.ingest.httpsig import SignatureError, verify
+
+    key = base64.b64decode(SECRET)
+    headers, target = signed_headers()
+    verify(headers, method="GET", target=target, key=key, required=("x-api-key",))
+    bad = [
+        ({**headers, "x-api-key": "other"}, target, "does not match"),
+        (headers, "/v1/audiohook?x=2", "does not match"),
+        ({k: v for k, v in headers.items() if k != "signature"}, target, "not signed"),
+        ({**headers, "signature-input": "sig1=(\"x-api-key\""}, target, "signature field"),
+        ({**headers, "signature": "sig1=:not base64!:"}, target, "base64"),
+    ]
+    for h, t, says in bad:
+        with pytest.raises(SignatureError, match=says):
+            verify(h, method="GET", target=t, key=key)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(headers, method="GET", target=target, key=b"wrong")
+    with pytest.raises(SignatureError, match="does not cover"):
+        verify(headers, method="GET", target=target, key=key, required=("content-type",))
+    old, _ = signed_headers(created=1_000_000_000)
+    with pytest.raises(SignatureError, match="expired"):
+        verify(old, method="GET", target=target, key=key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200), st.text(max_size=120))
+def test_signature_fields_never_crash_the_parser(signature_input, signature) -> None:
+    from streamer.ingest.httpsig import SignatureError, verify
+
+    headers = {"signature-input": signature_input, "signature": signature, "x-api-key": "k"}
+    try:
+        verify(headers, method="GET", target="/", key=b"k")
+    except SignatureError:
+        pass
+
+
+def test_audiohook_with_a_client_secret_needs_a_signed_request(shipped_model, redis_server):
+    tone = (0.1 * np.sin(np.arange(8000 * 2) * 0.3)).astype(np.float32)[:, None]
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url, ingest_token="k",
+                                   audiohook_client_secret=SECRET) as service:
+            url = f"ws://127.0.0.1:{service.ingest.port}/v1/audiohook"
+            signed = await stream_audiohook(url, tone, api_key="k", client_secret=SECRET,
+                                            speed=None)
+            try:
+                await stream_audiohook(url, tone, api_key="k", speed=None)
+                unsigned = 101
+            except InvalidStatus as exc:
+                unsigned = exc.response.status_code
+            return signed, unsigned
+
+    signed, unsigned = asyncio.run(main())
+    assert [m["type"] for m in signed.messages if isinstance(m, dict)][0] == "opened"
+    assert signed.close_code == 1000 and unsigned == 401

@@ -153,10 +153,11 @@ class Adapter:
         self.config = config
 
     @classmethod
-    def check_handshake(cls, headers: dict[str, str], query: dict[str, list[str]], config
-                        ) -> tuple[int, str, str] | None:
+    def check_handshake(cls, headers: dict[str, str], query: dict[str, list[str]], config, *,
+                        target: str) -> tuple[int, str, str] | None:
         """Refuse the HTTP upgrade: ``(status, error code, message)``, or None to accept.
-        The ingest token has been checked already (see :meth:`credential`)."""
+        The ingest token has been checked already (see :meth:`credential`); ``target`` is the
+        request's path and query."""
         return None
 
     @classmethod

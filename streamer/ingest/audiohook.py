@@ -18,11 +18,14 @@ what arrived, ``discarded``, ``resumed`` after a pause) is filled with silence u
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from typing import Any
 
 from streamer.ingest.adapter import Adapter, CallEnd
+from streamer.ingest.httpsig import SignatureError, verify
 from streamer.protocol import (
     CLOSE_UNSUPPORTED,
     ProtocolError,
@@ -37,11 +40,22 @@ VERSION = "2"
 CHANNEL_ROLES = {"external": "customer", "internal": "agent"}
 REQUIRED_HEADERS = ("audiohook-organization-id", "audiohook-correlation-id",
                     "audiohook-session-id")
+#: What a signature must cover: the API key it vouches for, and the session it opens.
+SIGNED = ("x-api-key", "audiohook-session-id")
 CLIENT_TYPES = frozenset({"open", "close", "ping", "paused", "resumed", "discarded", "update",
                           "error"})
 _DURATION = re.compile(r"PT(\d+(?:\.\d+)?)S")
 #: Audio the server accepts, best first: customer and agent apart, then one of them.
 ACCEPTED_CHANNELS = (["external", "internal"], ["external"], ["internal"])
+
+
+def client_key(secret: str) -> bytes:
+    """The HMAC key: the integration's client secret is base64 (Genesys shows it so)."""
+    try:
+        return base64.b64decode(secret, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("CALLMON_AUDIOHOOK_CLIENT_SECRET must be the integration's client "
+                         "secret as Genesys shows it: base64") from None
 
 
 def parse_duration(value: Any, what: str) -> float:
@@ -105,10 +119,16 @@ class AudioHookAdapter(Adapter):
         self.closing = False
 
     @classmethod
-    def check_handshake(cls, headers, query, config):
+    def check_handshake(cls, headers, query, config, *, target):
         missing = [h for h in REQUIRED_HEADERS if not headers.get(h)]
         if missing:
             return 400, "missing_headers", f"AudioHook headers missing: {', '.join(missing)}"
+        if config.audiohook_client_secret:
+            try:
+                verify(headers, method="GET", target=target,
+                       key=client_key(config.audiohook_client_secret), required=SIGNED)
+            except SignatureError as exc:
+                return 401, "bad_signature", str(exc)
         return None
 
     @classmethod

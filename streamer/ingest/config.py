@@ -35,6 +35,8 @@ class IngestConfig:
         twilio_track_roles: Twilio ``media.track`` → role.
         audiosocket_port: TCP port of the Asterisk AudioSocket listener; ``None``: off.
         audiosocket_role: the role of AudioSocket's one channel.
+        audiohook_client_secret: the AudioHook integration's client secret (base64): when
+            set, every AudioHook connection must carry a valid HMAC-SHA256 signature.
         reuse_port: bind with ``SO_REUSEPORT`` so that several ingest processes share the
             ports and the kernel spreads connections over them (``serve --workers``).
     """
@@ -56,3 +58,4 @@ class IngestConfig:
     audiosocket_port: int | None = None
     audiosocket_role: str = "customer"
     reuse_port: bool = False
+    audiohook_client_secret: str | None = None

@@ -53,6 +53,10 @@ class IngestServer:
         self.config = config
         self.health = health or (lambda: {"status": "ok"})
         self.adapters = adapters if adapters is not None else ADAPTERS
+        if config.audiohook_client_secret:  # refuse a secret that cannot be a key, at start
+            from streamer.ingest.audiohook import client_key
+
+            client_key(config.audiohook_client_secret)
         self.server: Server | None = None
         self.port = config.port
         self._connections: set[asyncio.Task] = set()
@@ -107,7 +111,7 @@ class IngestServer:
             # Same answer whatever the call id: failures reveal nothing about live calls.
             return _json_response(HTTPStatus.UNAUTHORIZED, {
                 "error": "unauthorized", "message": "missing or wrong ingest token"})
-        refusal = adapter.check_handshake(headers, query, self.config)
+        refusal = adapter.check_handshake(headers, query, self.config, target=request.path)
         if refusal is not None:
             return _json_response(HTTPStatus(refusal[0]), {"error": refusal[1],
                                                            "message": refusal[2]})

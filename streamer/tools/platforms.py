@@ -18,6 +18,10 @@ from websockets.exceptions import ConnectionClosed
 from models.audio import encode_mulaw, float_to_int16
 from streamer.tools.client import FASTEST, FRAME_MS, _paced, fastest_pace
 
+#: What Genesys covers in an AudioHook connection's signature.
+SIGNED_COMPONENTS = ("@request-target", "@authority", "audiohook-organization-id",
+                     "audiohook-session-id", "audiohook-correlation-id", "x-api-key")
+
 
 @dataclass(slots=True)
 class PlatformOutcome:
@@ -49,15 +53,29 @@ async def stream_audiohook(
     url: str, audio: np.ndarray, *, conversation_id: str | None = None,
     api_key: str = "callmon-test-key", speed: float | None = 1.0,
     participant: dict | None = None, ping_every_s: float = 5.0,
+    client_secret: str | None = None,
 ) -> PlatformOutcome:
     """Behave like Genesys Cloud AudioHook Monitor (protocol 2): headers, ``open`` offering
     stereo and mono PCMU, 20 ms binary PCMU frames once ``opened``, a ``ping`` every
     ``ping_every_s`` of audio, ``close`` → ``closed``. ``audio``: 8 kHz ``(samples, 1 or 2)``,
-    customer (external) first."""
+    customer (external) first. With ``client_secret`` (base64) the request is signed as
+    Genesys signs it (HMAC-SHA256 HTTP message signature)."""
     session_id = str(uuid.uuid4())
     headers = {"Audiohook-Organization-Id": str(uuid.uuid4()),
                "Audiohook-Correlation-Id": str(uuid.uuid4()),
                "Audiohook-Session-Id": session_id, "X-API-KEY": api_key}
+    if client_secret:
+        import base64
+        from urllib.parse import urlsplit
+
+        from streamer.ingest.httpsig import sign
+
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        headers.update(sign({**{k.lower(): v for k, v in headers.items()},
+                             "host": parts.netloc}, method="GET", target=target,
+                            key=base64.b64decode(client_secret), components=SIGNED_COMPONENTS,
+                            keyid="callmon-test", nonce=uuid.uuid4().hex))
     outcome = PlatformOutcome()
     seq = 0
     serverseq = 0
