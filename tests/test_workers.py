@@ -155,3 +155,17 @@ def test_serve_with_two_workers(redis_server, ravdess_dir, call_actors, tmp_path
             out, _ = parent.communicate()
     assert parent.returncode == 0, out[-3000:]
     assert _children(parent.pid) == []
+
+
+@pytest.mark.slow
+def test_bench_gpu_server_path_runs_the_real_command(ravdess_dir):
+    """The part of ``callmon bench gpu --server-calls`` that measures the whole server path,
+    on CPU at a small size: bench load against serve --workers, with two load generators."""
+    from trainer.gpu_check import bench_server_path
+
+    report = bench_server_path(calls=[6], workers=2, generators=2, backend="onnx",
+                               duration_s=8.0, data=str(ravdess_dir))
+    run = report["runs"][0]
+    assert run["calls"] == 6 and run["refused"] == 0 and run["dropped"] == 0
+    assert run["windows"] > 0 and run["p95_ms"] > 0
+    assert report["calls_held"] == 6 and "--workers 2" in report["command"]
