@@ -1,5 +1,6 @@
-"""The monitor: one model and one scheduler for all calls, a registry of live calls, and the
-path ingest → window → infer → decide → publish."""
+"""The monitor: the registry of live calls (admission, claims, start and end events), and
+the middle of the path: a call's audio → its windows → the scheduler; scored windows go on
+to :class:`streamer.results.ResultRouter` (order → decide → publish)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from streamer.metrics import Histogram
 from streamer.nodes import CallClaims
 from streamer.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError, StreamStart
 from streamer.publisher import RedisPublisher
+from streamer.results import ResultRouter, ResultStats
 from streamer.scheduler import InferenceScheduler
-from streamer.schema import Alert, CallEvent, dumps, new_id
+from streamer.schema import CallEvent, new_id
 from streamer.windowing import Window
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,20 @@ class MonitorStats:
     calls_ended: int = 0
     windows: int = 0
     silent_windows: int = 0
-    alerts_raised: int = 0
-    alerts_cleared: int = 0
     socket_messages_dropped: int = 0
-    latency_ms: Histogram = field(
-        default_factory=lambda: Histogram((10, 25, 50, 100, 200, 300, 500, 1000, 2000, 5000)))
+    results: ResultStats = field(default_factory=ResultStats)  # alerts and latency
+
+    @property
+    def alerts_raised(self) -> int:
+        return self.results.alerts_raised
+
+    @property
+    def alerts_cleared(self) -> int:
+        return self.results.alerts_cleared
+
+    @property
+    def latency_ms(self) -> Histogram:
+        return self.results.latency_ms
 
 
 class Monitor:
@@ -59,7 +70,8 @@ class Monitor:
         self.drain_timeout_s = drain_timeout_s
         self.calls: dict[str, CallSession] = {}
         self.claims = claims
-        self.stats = MonitorStats()
+        self.results = ResultRouter(publisher, node=node)
+        self.stats = MonitorStats(results=self.results.stats)
         self.accepting = True
 
     # -- call lifecycle --------------------------------------------------------------------
@@ -124,11 +136,7 @@ class Monitor:
         if not await session.wait_idle(self.drain_timeout_s):
             log.warning("call %s ended with %d windows still in inference", session.call_id,
                         session.in_flight)
-        for order in session.order:
-            for window, scores in order.flush():
-                self._emit(session, window, scores)
-        for alert in session.close_alerts():
-            self._alert(session, alert)
+        self.results.flush(session)
         event = CallEvent(id=new_id(), type="call_ended", call_id=session.call_id,
                           roles=session.start.roles, sample_rate=session.start.sample_rate,
                           encoding=session.start.encoding, protocol=session.protocol,
@@ -166,44 +174,17 @@ class Monitor:
             else:
                 session.silent += 1
                 self.stats.silent_windows += 1
-                self._release(session, window, None)
+                self.results.release(session, window, None)
 
     def _on_scored(self, session: CallSession, window: Window, probs: np.ndarray | None) -> None:
         session.window_done()
         if probs is None:
             session.dropped += 1
-            self._release(session, window, None, dropped=True)
+            self.results.release(session, window, None, dropped=True)
             return
         session.scored += 1
         scores = {label: round(float(p), 5) for label, p in zip(self.labels, probs, strict=True)}
-        self._release(session, window, scores)
-
-    def _release(self, session: CallSession, window: Window, scores: dict[str, float] | None,
-                 *, dropped: bool = False) -> None:
-        """Results leave in window order per channel (see streamer.calls.ResultOrder)."""
-        for w, sc in session.order[window.channel].put(window, scores, dropped=dropped):
-            self._emit(session, w, sc)
-
-    def _emit(self, session: CallSession, window: Window, scores: dict[str, float] | None) -> None:
-        result, alerts = session.decide(window, scores, node=self.node)
-        if scores is not None and result.latency_ms is not None:
-            self.stats.latency_ms.observe(result.latency_ms)
-        self.publisher.publish_result(result)
-        if session.send_results:
-            session.outbox.put(dumps(result))
-        for alert in alerts:
-            self._alert(session, alert)
-
-    def _alert(self, session: CallSession, alert: Alert) -> None:
-        if alert.state == "raised":
-            self.stats.alerts_raised += 1
-            log.info("alert %s raised: %s %s score %.2f at %.1f s", alert.id, alert.call_id,
-                     alert.kind, alert.score, alert.call_time_s)
-        else:
-            self.stats.alerts_cleared += 1
-        self.publisher.publish_event(alert)
-        if session.send_results:
-            session.outbox.put(dumps(alert))
+        self.results.release(session, window, scores)
 
     # -- shutdown --------------------------------------------------------------------------
 
