@@ -42,10 +42,9 @@ def serve_mounts(args: argparse.Namespace) -> list:
 def _dashboard(args: argparse.Namespace) -> int:
     from dashboard.server import run_dashboard
     from dashboard.settings import DashboardSettings
+    from streamer.cli import settings_from
 
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in DashboardSettings.model_fields and v is not None}
-    asyncio.run(run_dashboard(DashboardSettings(**overrides)))
+    asyncio.run(run_dashboard(settings_from(args, DashboardSettings)))
     return 0
 
 

@@ -155,8 +155,10 @@ class CallSession:
         frustration = role_alerts.value("frustration")
         distress = role_alerts.value("distress")
         for kind, value in (("frustration", frustration), ("distress", distress)):
-            peak = self.peaks.setdefault(window.role, {}) if value is not None else {}
-            if value is not None and value > peak.get(kind, -1.0):
+            if value is None:
+                continue
+            peak = self.peaks.setdefault(window.role, {})
+            if value > peak.get(kind, -1.0):
                 peak[kind] = round(value, 4)
         result = WindowResult(
             call_id=self.call_id, role=window.role, channel=window.channel,

@@ -165,13 +165,14 @@ def _serve(args: argparse.Namespace, *, extensions: Sequence[ServeExtension]) ->
     return 0
 
 
-def settings_from(args: argparse.Namespace):
-    """Settings from the environment, under the options given on the command line."""
+def settings_from(args: argparse.Namespace, cls=None):
+    """Settings (``cls``: a subclass such as the dashboard's) from the environment, under the
+    options given on the command line."""
     from streamer.settings import Settings
 
-    overrides = {k: v for k, v in vars(args).items()
-                 if k in Settings.model_fields and v is not None}
-    return Settings(**overrides)
+    cls = cls or Settings
+    overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields and v is not None}
+    return cls(**overrides)
 
 
 def _stream(args: argparse.Namespace) -> int:

@@ -235,18 +235,17 @@ class RemoteModel(WindowScorer):
                 magic, status, a, b = REPLY.unpack(self._read(REPLY.size))
                 if status != 0:
                     raise RuntimeError(self._read(a).decode(errors="replace"))
-                out.append(np.frombuffer(self._read(a * b * 4), dtype="<f4").reshape(a, b))
+                probs = np.empty((a, b), dtype="<f4")
+                if not _recv_exact(self._sock, probs.data.cast("B")):
+                    raise ConnectionError(f"the inference server at {self.path} went away")
+                out.append(probs)
         return np.concatenate(out) if len(out) > 1 else out[0]
 
-    def _read(self, n: int) -> bytes:
-        chunks, got = [], 0
-        while got < n:
-            chunk = self._sock.recv(min(n - got, 1 << 20))
-            if not chunk:
-                raise ConnectionError(f"the inference server at {self.path} went away")
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+    def _read(self, n: int) -> bytearray:
+        buffer = bytearray(n)
+        if not _recv_exact(self._sock, memoryview(buffer)):
+            raise ConnectionError(f"the inference server at {self.path} went away")
+        return buffer
 
     def close(self) -> None:
         self._sock.close()

@@ -16,7 +16,7 @@ import numpy as np
 
 from streamer.calls import CallSession
 from streamer.limits import AudioPacer, TokenBucket
-from streamer.protocol import ProtocolError, StreamStart
+from streamer.protocol import CLOSE_INTERNAL, ProtocolError, StreamStart
 from streamer.schema import error_message
 
 if TYPE_CHECKING:
@@ -63,8 +63,23 @@ class Guard:
                 f"{self.pacer.burst_s:g} s of head start): send it as it is spoken")
 
 
+def new_guard(config) -> Guard:
+    """The limits of one connection, from an :class:`~streamer.ingest.config.IngestConfig`."""
+    return Guard(TokenBucket(config.max_messages_per_s, config.message_burst),
+                 AudioPacer(config.max_speed, config.speed_burst_s), config.max_call_s)
+
+
 #: Codes of refusals that are a limit, not a malformed message (``call_ended`` reason ``limit``).
 LIMIT_CODES = frozenset({"rate_limited", "max_duration", "too_fast"})
+
+#: What a peer is told when the server itself failed on its message.
+INTERNAL_ERROR = ProtocolError("internal_error", "the server could not process a message; the "
+                               "call was ended", close_code=CLOSE_INTERNAL)
+
+
+def end_reason(error: ProtocolError) -> str:
+    """``call_ended`` reason of a call a refusal ended."""
+    return "limit" if error.code in LIMIT_CODES else "error"
 
 
 class CallLink:

@@ -23,12 +23,11 @@ import struct
 import uuid
 
 from streamer.calls import CallSession
-from streamer.ingest.adapter import LIMIT_CODES, CallEnd, CallLink
+from streamer.ingest.adapter import INTERNAL_ERROR, CallEnd, CallLink, end_reason, new_guard
 from streamer.ingest.config import IngestConfig
 from streamer.limits import AddressLimit
 from streamer.monitor import Monitor
 from streamer.protocol import (
-    CLOSE_INTERNAL,
     CLOSE_UNSUPPORTED,
     ProtocolError,
     StreamStart,
@@ -130,8 +129,6 @@ class AudioSocketServer:
                 await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from streamer.ingest.transport import new_guard
-
         task = asyncio.current_task()
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else "?"
@@ -215,11 +212,10 @@ class AudioSocketServer:
         except ConnectionError:
             return "disconnect", None
         except ProtocolError as exc:
-            return ("limit" if exc.code in LIMIT_CODES else "error"), exc
+            return end_reason(exc), exc
         except Exception:  # whatever the protocol meets, the call ends cleanly
             log.exception("unexpected error in the AudioSocket handler")
-            return "error", ProtocolError("internal_error", "the server could not process a "
-                                          "message", close_code=CLOSE_INTERNAL)
+            return "error", INTERNAL_ERROR
 
     async def _hang_up_on_shutdown(self, session: CallSession, writer: asyncio.StreamWriter
                                    ) -> None:

@@ -25,20 +25,23 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from streamer.calls import CallSession
-from streamer.ingest.adapter import LIMIT_CODES, Adapter, CallEnd, CallLink, Guard
+from streamer.ingest.adapter import (
+    INTERNAL_ERROR,
+    Adapter,
+    CallEnd,
+    CallLink,
+    Guard,
+    end_reason,
+    new_guard,
+)
 from streamer.ingest.config import IngestConfig
-from streamer.limits import AddressLimit, AudioPacer, TokenBucket
+from streamer.limits import AddressLimit
 from streamer.monitor import Monitor
-from streamer.protocol import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, ProtocolError
+from streamer.protocol import CLOSE_GOING_AWAY, CLOSE_NORMAL, ProtocolError
 
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/healthz"
-
-
-def new_guard(config: IngestConfig) -> Guard:
-    return Guard(TokenBucket(config.max_messages_per_s, config.message_burst),
-                 AudioPacer(config.max_speed, config.speed_burst_s), config.max_call_s)
 
 
 class IngestServer:
@@ -172,12 +175,12 @@ class IngestServer:
         except CallEnd as end:
             reason = end.reason
         except ProtocolError as exc:
-            reason, error = ("limit" if exc.code in LIMIT_CODES else "error"), exc
+            reason, error = end_reason(exc), exc
         except ConnectionClosed as closed:
             reason = adapter.closed_by_peer(closed.rcvd.code if closed.rcvd else None)
         except Exception:  # whatever an adapter meets, the call ends cleanly
             log.exception("unexpected error in the %s adapter", adapter.protocol)
-            reason, error = "error", _INTERNAL
+            reason, error = "error", INTERNAL_ERROR
         session = link.session
         if session is None:
             if error is not None:
@@ -257,11 +260,6 @@ class IngestServer:
                 for message in adapter.shutting_down():
                     await connection.send(message)
                 await connection.close(CLOSE_GOING_AWAY, "server shutting down")
-
-
-#: What a peer is told when the server itself failed on its message.
-_INTERNAL = ProtocolError("internal_error", "the server could not process a message; the call "
-                          "was ended", close_code=CLOSE_INTERNAL)
 
 
 def _address(connection: ServerConnection) -> str:
