@@ -121,6 +121,8 @@ async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
     out: list[dict] = []
     seen: set[str] = set()
     for _, fields in entries:
+        if fields.get(b"type", b"call_ended") != b"call_ended":
+            continue  # the entry says its type: most are alerts, not worth decoding
         e = _decode(fields.get(b"data"))
         if not isinstance(e, dict) or e.get("type") != "call_ended" or e.get("id") in seen:
             continue
