@@ -160,7 +160,7 @@ class Adapter:
     path: ClassVar[str]
     subprotocols: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, link: CallLink, *, path: str, query: dict[str, list[str]],
+    def __init__(self, link: CallLink, *, query: dict[str, list[str]],
                  headers: dict[str, str], config) -> None:
         self.link = link
         self.query = query

@@ -10,7 +10,7 @@ caller, then callee). The module does not say which mix or rate it chose, so the
 ``callid``, ``call_uuid`` or ``uuid``.
 
 The call ends when FreeSWITCH closes the socket (``uuid_audio_fork stop``, hang-up). Later
-text frames (``send_text``: DTMF and the like) are counted and otherwise ignored. A refusal
+text frames (``send_text``: DTMF and the like) are ignored. A refusal
 is a ``{"type": "error", "data": {...}}`` text frame, which the module raises as its
 ``mod_audio_fork::error`` event, then the close.
 """
@@ -94,10 +94,6 @@ class AudioForkAdapter(Adapter):
     path = "/v1/audiofork"
     subprotocols = SUBPROTOCOLS
 
-    def __init__(self, link, **kwargs) -> None:
-        super().__init__(link, **kwargs)
-        self.text_frames = 0
-
     async def receive(self, message: str | bytes) -> None:
         session = self.link.session
         if session is None:
@@ -106,10 +102,8 @@ class AudioForkAdapter(Adapter):
             session = await self.link.start(start, protocol=self.protocol, send_results=False)
             if isinstance(message, str):
                 return
-        if isinstance(message, bytes):
+        if isinstance(message, bytes):  # later text frames (send_text, DTMF) are ignored
             self.link.feed(decode_frame(message, session.start))
-        else:
-            self.text_frames += 1
 
     def closed_by_peer(self, code: int | None) -> str:
         # The module ends a fork by closing the socket: that is its "stop".

@@ -116,7 +116,6 @@ class AudioHookAdapter(Adapter):
         self.received_s = 0.0  # audio received, per channel
         self.filled_s = 0.0  # audio the client did not send, filled with silence
         self.paused = False
-        self.closing = False
 
     @classmethod
     def check_handshake(cls, headers, query, config, *, target):
@@ -237,7 +236,6 @@ class AudioHookAdapter(Adapter):
         return []  # "closed" was sent in answer to "close"
 
     def refusal(self, error: ProtocolError) -> list[str]:
-        self.closing = True
         return [self._message("disconnect", {"reason": "error",
                                              "info": f"{error.code}: {error}"})]
 

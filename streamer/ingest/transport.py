@@ -145,7 +145,7 @@ class IngestServer:
             url = urlsplit(request.path)
             link = CallLink(self.monitor, guard, connection.send)
             adapter = self.adapters[url.path](
-                link, path=url.path, query=parse_qs(url.query), headers=_headers(request),
+                link, query=parse_qs(url.query), headers=_headers(request),
                 config=self.config)
             await self._serve(connection, adapter, link)
         finally:
