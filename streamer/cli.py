@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from streamer import aio
+
 #: What else runs inside ``serve``: its options, and the mounts chosen from them (the
 #: dashboard registers itself here through the top-level ``callmon`` command).
 ServeExtension = tuple[Callable[[argparse.ArgumentParser], None],
@@ -159,9 +161,9 @@ def _serve(args: argparse.Namespace, *, extensions: Sequence[ServeExtension]) ->
 
         argv = list(getattr(args, "argv", None) or sys.argv[1:])
         argv = argv[argv.index("serve") + 1:] if "serve" in argv else argv
-        asyncio.run(run_workers(settings, argv, mounts=mounts))
+        aio.run(run_workers(settings, argv, mounts=mounts), settings.loop)
         return 0
-    asyncio.run(run(settings, mounts=mounts))
+    aio.run(run(settings, mounts=mounts), settings.loop)
     return 0
 
 

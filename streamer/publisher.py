@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from streamer import schema
 from streamer.aio import cancel, wait_event
@@ -67,7 +68,7 @@ class RedisPublisher:
         self.config = config or PublisherConfig()
         self.node = node
         self._outbox: deque[CallEvent | Alert] = deque()
-        self._results: deque[WindowResult] = deque()
+        self._results: deque[_Queued] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._flushed = asyncio.Event()
@@ -87,11 +88,12 @@ class RedisPublisher:
 
     # -- enqueueing (never blocks) -------------------------------------------------------
 
-    def publish_result(self, result: WindowResult) -> None:
+    def publish_result(self, result: WindowResult, payload: str | None = None) -> None:
+        """Queue a window result; ``payload``: its JSON when the caller already has it."""
         if len(self._results) >= self.config.results_max:
             self._results.popleft()
             self.results_dropped += 1
-        self._results.append(result)
+        self._results.append(_Queued(result.call_id, result.role, payload or schema.dumps(result)))
         self._kick()
 
     def publish_event(self, event: Alert | CallEvent) -> None:
@@ -201,7 +203,7 @@ class RedisPublisher:
         except Exception as exc:  # the next outage and reconnect will try again
             log.warning("could not re-announce live calls: %s", exc)
 
-    async def _write(self, events: list, results: list[WindowResult]) -> None:
+    async def _write(self, events: list, results: list[_Queued]) -> None:
         if not events and not results:
             await self.client.ping()
             return
@@ -210,7 +212,7 @@ class RedisPublisher:
         for item in events:
             queue_event(pipe, item, cfg, sharded=self.sharded)
         for result in results:
-            payload = schema.dumps(result)
+            payload = result.payload
             timeline = schema.call_timeline_key(result.call_id)
             publish(pipe, schema.call_channel(result.call_id), payload, sharded=self.sharded)
             pipe.rpush(timeline, payload)
@@ -268,6 +270,14 @@ def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
         pipe.expire(schema.call_timeline_key(item.call_id), config.ended_ttl_s)
     else:
         pipe.hset(state_key, mapping={f"alert:{item.role}:{item.kind}": payload})
+
+
+class _Queued(NamedTuple):
+    """A window result waiting for Redis, already serialised."""
+
+    call_id: str
+    role: str
+    payload: str
 
 
 def _take(queue: deque, n: int):

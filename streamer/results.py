@@ -59,9 +59,10 @@ class ResultRouter:
         result, alerts = session.decide(window, scores, node=self.node)
         if scores is not None and result.latency_ms is not None:
             self.stats.latency_ms.observe(result.latency_ms)
-        self.publisher.publish_result(result)
+        payload = dumps(result)
+        self.publisher.publish_result(result, payload)
         if session.send_results:
-            session.outbox.put(dumps(result))
+            session.outbox.put(payload)
         for alert in alerts:
             self.alert(session, alert)
 

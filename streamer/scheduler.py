@@ -116,7 +116,10 @@ class InferenceScheduler:
             self.stats.dropped += 1
             old.callback(old.window, None)
         self._idle.clear()
-        self._wakeup.set()
+        # Wake the loop when there is work at all or a full batch; in between it sleeps out
+        # its batching wait (one wake-up per batch, not one per window).
+        if self._live == 1 or self._live >= self.max_batch:
+            self._wakeup.set()
 
     def forget(self, call_id: str, channels: int) -> None:
         """Drop bookkeeping of a finished call (its pending windows still get scored)."""

@@ -197,6 +197,7 @@ class Service:
                       "labels": list(self.model.labels)} if self.model else None,
             "live_calls": len(self.monitor.calls) if self.monitor else 0,
             "node": self.settings.node,
+            "event_loop": event_loop_name(),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -337,3 +338,8 @@ def announce(settings: Settings, service: Service) -> Path | None:
         log.warning("could not write %s: %s", path, exc)
         return None
     return path
+
+
+def event_loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the event loop this service runs on."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
                             "device when torch has CUDA and the model ships its weights, else onnx")
     model_variant: str | None = Field(None, description="fp32, int8 or fp16 (default by device)")
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads")
+    loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="event loop: uvloop, asyncio, or auto (uvloop when installed)")
     hop_s: float = Field(1.0, gt=0, le=3.0)
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(10.0, ge=0)

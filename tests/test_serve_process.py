@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.request
 
 import numpy as np
 import redis
@@ -25,6 +26,8 @@ def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, call_act
     server = ServerProcess(redis_url=redis_server.url, port=port)
     try:
         server.wait_ready()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
+        assert health["event_loop"] == "uvloop"  # a dependency on Linux, used when installed
 
         async def call() -> tuple[list[dict], int | None]:
             got: list[dict] = []

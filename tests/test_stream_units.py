@@ -26,7 +26,7 @@ from streamer.protocol import (
     parse_json_object,
 )
 from streamer.scheduler import InferenceScheduler
-from streamer.windowing import ChannelWindower, RingBuffer, Window
+from streamer.windowing import ChannelWindower, RingBuffer, Window, percentile
 
 GOOD_START = {"type": "start", "call_id": "c-1", "sample_rate": 8000, "encoding": "mulaw",
               "channels": 2, "roles": ["customer", "agent"], "metadata": {"agent": "ann"}}
@@ -185,6 +185,14 @@ def test_windower_timing_and_resampling() -> None:
     import soxr
     whole = soxr.resample(audio, 8000, 16000, quality="HQ")
     assert np.allclose(windows[-1].samples, whole[-48_000:], atol=1e-4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-200, 50, allow_nan=False), min_size=1, max_size=300),
+       st.floats(0, 100))
+def test_vad_percentile_is_numpys_to_the_last_bit(values: list[float], q: float) -> None:
+    levels = np.array(values)
+    assert percentile(levels, q) == float(np.percentile(levels, q))
 
 
 def test_vad_marks_silence_and_speech(ravdess_dir) -> None:
@@ -412,3 +420,17 @@ def test_alert_rules_come_from_the_card_under_explicit_settings() -> None:
     assert cfg.smoothing == 0.35 and cfg.alert_roles == ("customer", "agent")
     with pytest.raises(ValueError):
         alert_config(Settings(frustration_on=0.2), card)  # on below the card's off
+
+
+def test_event_loop_choice() -> None:
+    from streamer import aio
+    from streamer.service import event_loop_name
+
+    async def which() -> str:
+        return event_loop_name()
+
+    assert aio.run(which(), "asyncio") == "asyncio"
+    assert aio.run(which(), "uvloop") == "uvloop"
+    assert aio.run(which()) == "uvloop"  # auto: uvloop when installed
+    with pytest.raises(ValueError, match="loop must be one of"):
+        aio.run(which(), "trio")

@@ -21,7 +21,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from models.audio import MODEL_RATE_HZ
-from streamer import schema
+from streamer import aio, schema
 from streamer.tools.client import encode
 from streamer.tools.redis_server import EmbeddedRedis, free_port
 
@@ -263,7 +263,7 @@ async def generate_load(urls: list[str], redis_url: str, audio: np.ndarray, *, c
 def _generator_process(args: dict) -> tuple[list[float], list[dict]]:
     """One load-generator process of ``bench load --generators``."""
     audio = args.pop("audio")
-    return asyncio.run(generate_load(audio=audio, **args))
+    return aio.run(generate_load(audio=audio, **args))
 
 
 async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls: int,
@@ -387,10 +387,10 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
             counts = list(calls)
             while counts:
                 n = counts.pop(0)
-                result = asyncio.run(run_load(urls, redis_server.url, audio, calls=n,
-                                              duration_s=duration_s, frame_ms=frame_ms,
-                                              ramp_s=min(5.0, duration_s / 4), servers=servers,
-                                              generators=generators, gpu=gpu))
+                result = aio.run(run_load(urls, redis_server.url, audio, calls=n,
+                                           duration_s=duration_s, frame_ms=frame_ms,
+                                           ramp_s=min(5.0, duration_s / 4), servers=servers,
+                                           generators=generators, gpu=gpu))
                 results.append(result)
                 print(format_row(result), flush=True)
                 ok = result.p95_ms < p95_target_ms and result.dropped == 0 and not result.refused
