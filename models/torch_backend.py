@@ -170,6 +170,10 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
     if card.backbone not in RANDOM_TWINS:
         raise ModelCardError(f"the torch backend rebuilds {sorted(RANDOM_TWINS)}, not "
                              f"{card.backbone!r}: use the onnx backend")
+    if device.startswith("cuda") and not torch_available(cuda=True):
+        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA device (is "
+                           "the driver there? in a container: docker run --gpus all); or "
+                           "serve on the CPU with --device cpu")
     if not device.startswith("cuda"):
         torch.set_num_threads(max(1, threads))
     net = EmotionNet(build_backbone(random_twin(card.backbone)), num_classes=len(card.labels))

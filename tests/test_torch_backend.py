@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from models import ModelCardError, load_model
-from models.torch_backend import TORCH_VARIANT, TorchEmotionModel, load_torch_model
+from models.torch_backend import (
+    TORCH_VARIANT,
+    TorchEmotionModel,
+    load_torch_model,
+    torch_available,
+)
 from streamer.tools.client import stream_native
 from trainer.config import TrainConfig
 from trainer.export import export_checkpoint
@@ -93,6 +98,13 @@ def test_bad_torch_weights_are_refused(exported: Path, tmp_path: Path) -> None:
     (copy / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelCardError, match="no PyTorch weights"):
         load_torch_model(copy)
+
+
+@pytest.mark.skipif(torch_available(cuda=True), reason="this host has a CUDA device")
+def test_cuda_without_a_gpu_says_so(exported: Path) -> None:
+    # What the CUDA image does when run without --gpus: a plain refusal, before any weights.
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device.*--gpus all"):
+        load_torch_model(exported, "cuda")
 
 
 def test_a_cpu_server_does_not_import_torch(tmp_path) -> None:

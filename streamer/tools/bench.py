@@ -86,7 +86,11 @@ class ServerProcess:
         # The server's log goes to a file: an unread pipe fills up and blocks its event loop.
         self.log = tempfile.NamedTemporaryFile(prefix="callmon-serve-", suffix=".log")
         # cProfile sees the main thread only: the event loop, i.e. the server's own costs.
+        # On the standard library's loop, whose waiting is a visible epoll call: uvloop's
+        # own time (waiting included) would be charged to whichever Python frame started it.
         runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        if profile:
+            env["CALLMON_LOOP"] = "asyncio"
         self.process = subprocess.Popen([sys.executable, *runner, "-m", "callmon_cli", "serve"],
                                         env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
