@@ -130,8 +130,7 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = redis_client.connect(redis_url, timeout_s=5.0)
-        app.state.hub = LiveHub(app.state.redis)
-        app.state.hub.start()
+        app.state.hub = LiveHub(app.state.redis)  # subscribes once a browser connects
         # A dashboard alone (no streamer in this process) still ends calls of dead nodes.
         reaper = Reaper(app.state.redis) if service is None else None
         if reaper is not None:
@@ -275,7 +274,7 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
     async def events(request: Request, _: Supervisor) -> StreamingResponse:
         """Server-Sent Events: every window result, alert, call event and acknowledgement."""
         hub: LiveHub = request.app.state.hub
-        sub = hub.subscribe()
+        sub = await hub.subscribe()
 
         async def stream() -> AsyncIterator[str]:
             try:

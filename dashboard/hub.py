@@ -2,7 +2,9 @@
 
 Each browser gets a bounded queue: a slow browser loses its oldest window updates and
 never holds up the others (alerts and acknowledgements are also in Redis, so a browser
-that reconnects reloads them)."""
+that reconnects reloads them). The subscription exists only while a browser is connected
+(and ``linger_s`` after the last one left, so a reload does not resubscribe): a node with
+thousands of calls and nobody watching does not read every window back from Redis."""
 
 from __future__ import annotations
 
@@ -42,26 +44,54 @@ class LiveHub:
     subscribes to each live call's channel as it learns of the call (the live-call set at
     start, then ``call_started``/``call_ended`` on ``callmon:alerts``)."""
 
-    def __init__(self, redis, *, queue_max: int = 2000) -> None:
+    def __init__(self, redis, *, queue_max: int = 2000, linger_s: float = 30.0) -> None:
         self.redis = redis
         self.queue_max = queue_max
+        self.linger_s = linger_s
         self.subscribers: set[Subscriber] = set()
         self._task: asyncio.Task | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._ready = asyncio.Event()  # set while the subscription is live
         self.connected = False
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dashboard-hub")
+    @property
+    def relaying(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         await cancel(self._task)
+        self._task = None
 
-    def subscribe(self) -> Subscriber:
+    async def subscribe(self, ready_timeout_s: float = 2.0) -> Subscriber:
+        """A new browser's queue; starts the Redis subscription if it is not running and
+        waits (up to ``ready_timeout_s``) until it is, so the browser misses nothing
+        published after its page loaded its state."""
         sub = Subscriber(self.queue_max)
         self.subscribers.add(sub)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if not self.relaying:
+            self._ready.clear()
+            self._task = asyncio.create_task(self._run(), name="dashboard-hub")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), ready_timeout_s)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        if not self.subscribers and self.relaying and self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(self.linger_s,
+                                                                     self._stop_if_idle)
+
+    def _stop_if_idle(self) -> None:
+        self._idle_timer = None
+        if not self.subscribers and self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self.connected = False
 
     def _fan_out(self, data: bytes | str) -> str:
         text = data.decode() if isinstance(data, bytes) else data
@@ -75,6 +105,7 @@ class LiveHub:
             await pubsub.psubscribe(schema.call_channel("*"))
             await pubsub.subscribe(schema.ALERTS_CHANNEL, schema.ACKS_CHANNEL)
             self.connected = True
+            self._ready.set()
             async for message in pubsub.listen():
                 if message["type"] in ("message", "pmessage"):
                     self._fan_out(message["data"])
@@ -89,6 +120,7 @@ class LiveHub:
             for raw in await self.redis.zrange(schema.LIVE_CALLS_KEY, 0, -1):
                 await pubsub.ssubscribe(schema.call_channel(raw.decode()))
             self.connected = True
+            self._ready.set()
             while True:
                 message = await pubsub.get_sharded_message(ignore_subscribe_messages=True)
                 if message is None:
@@ -119,4 +151,5 @@ class LiveHub:
                 if self.connected:
                     log.warning("dashboard lost Redis (%s); retrying", exc)
                 self.connected = False
+                self._ready.clear()
                 await asyncio.sleep(1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 
@@ -260,3 +261,37 @@ def test_half_sent_requests_are_dropped_and_log_storms_are_held(shipped_model, r
     rec = [logging.LogRecord("asyncio", logging.ERROR, "x.py", 7, "accept failed", None, None)
            for _ in range(1000)]
     assert sum(f.filter(r) for r in rec) == 1
+
+
+def test_live_hub_reads_redis_only_while_a_browser_watches(redis_server):
+    from dashboard.hub import LiveHub
+    from streamer import redis_client, schema
+
+    async def scenario() -> None:
+        client = redis_client.connect(redis_server.url)
+        hub = LiveHub(client, linger_s=0.2)
+        try:
+            await client.publish(schema.call_channel("c-1"), "before anyone watched")
+            assert not hub.relaying  # nobody watches: no subscription at all
+            sub = await hub.subscribe()
+            assert hub.relaying and hub.connected
+            await client.publish(schema.call_channel("c-1"), "w1")
+            assert await asyncio.wait_for(sub.get(), 5) == "w1"
+            second = await hub.subscribe()  # a second browser shares the subscription
+            hub.unsubscribe(sub)
+            await asyncio.sleep(0.4)
+            assert hub.relaying  # one browser is still there
+            await client.publish(schema.ALERTS_CHANNEL, "a1")
+            assert await asyncio.wait_for(second.get(), 5) == "a1"
+            hub.unsubscribe(second)
+            assert hub.relaying  # lingers: a page reload does not resubscribe
+            await asyncio.sleep(0.5)
+            assert not hub.relaying and not hub.connected
+            third = await hub.subscribe()  # and comes back for the next browser
+            await client.publish(schema.call_channel("c-2"), "w2")
+            assert await asyncio.wait_for(third.get(), 5) == "w2"
+        finally:
+            await hub.stop()
+            await client.aclose()
+
+    asyncio.run(scenario())
