@@ -37,6 +37,10 @@ def test_card_is_consistent(shipped_model) -> None:
         assert (ROOT / "models" / "weights" / card.files[variant]).is_file()
     size_mb = sum((ROOT / "models/weights" / f).stat().st_size for f in card.files.values()) / 2**20
     assert size_mb < 60  # int8 and fp16 ONNX, float16 safetensors for the torch backend
+    # The human-readable card is the JSON card rendered: the two never disagree.
+    from trainer.model_card import render
+
+    assert (ROOT / "models/weights/MODEL_CARD.md").read_text() == render(card)
 
 
 def test_exported_model_scores_speech(shipped_model, call_actors, ravdess_dir):

@@ -62,6 +62,52 @@ def _speakers(ids: list[str]) -> str:
     return ", ".join(ids) if ids else "none"
 
 
+def _backbone_comparison(bc: dict) -> list[str]:
+    """Whisper tiny against base, fold by fold (both fine-tuned with the same recipe), with
+    the alert benchmark of each backbone's own calibration on those folds."""
+    names = ("whisper-tiny", "whisper-base")
+    folds = bc["folds"]
+    lines = [f"### Whisper tiny against Whisper base (both fine-tuned the same way, on folds "
+             f"{', '.join(str(f['fold']) for f in folds)})", "",
+             "| fold | backbone | UAR | UAR, telephone | per corpus | training on 2 cores |",
+             "|---|---|---|---|---|---|"]
+    for f in folds:
+        for name in names:
+            b = f[name]
+            per = ", ".join(f"{c} {_pct(v)}" for c, v in b["by_corpus"].items())
+            lines.append(f"| {f['fold']} | {name} | {_pct(b['uar'])} | "
+                         f"{_pct(b['uar_telephone'])} | {per} | "
+                         f"{_minutes(b['train_seconds'])} min |")
+    for name in names:
+        uar = [f[name]["uar"] for f in folds]
+        tel = [f[name]["uar_telephone"] for f in folds]
+        lines.append(f"| **mean** | {name} | **{_pct(sum(uar) / len(uar))}** | "
+                     f"{_pct(sum(tel) / len(tel))} | | |")
+    speed = {r["model"].split("-encoder")[0]: r["ms_per_window"] for r in
+             bc.get("speed", {}).get("rows", []) if r["variant"] == "int8-ffn"
+             and r["threads"] == 1 and r["batch"] == 1}
+    if speed:
+        lines += ["", "int8 ms per 3 s window (one thread, batch 1): "
+                  + ", ".join(f"{name} {speed[name]}" for name in names if name in speed) + "."]
+    alerts = bc.get("alerts") or {}
+    if all(name in alerts for name in names):
+        rows: dict = {}
+        budgets = [op["budget"] for op in alerts[names[0]]["operating_points"]]
+        for i, budget in enumerate(budgets):
+            for name in names:
+                for channel, block in alerts[name]["operating_points"][i]["test"].items():
+                    rows[f"{name}, budget {budget:g}/h, {channel}"] = block
+        lines += ["", "Alert benchmark on the test speakers of these folds: each backbone's "
+                  "temperature and rules chosen by `callmon calibrate` on the same folds' "
+                  "validation speakers for a false-alert budget of "
+                  f"{', '.join(f'{b:g}' for b in budgets)} per hour (at 1/h: "
+                  + "; ".join(f"{name}: {alerts[name]['rules']}" for name in names) + "):",
+                  "", *alert_rows(rows)]
+    if bc.get("command"):
+        lines += ["", f"Reproduce: {bc['command']}"]
+    return [*lines, ""]
+
+
 def render(card: ModelCard) -> str:
     t = card.training
     cfg = t.get("config", {})
@@ -177,19 +223,7 @@ def render(card: ModelCard) -> str:
         lines += ["", lco.get("note", ""), ""]
     bc = t.get("backbone_comparison")
     if bc:
-        lines += [f"### Whisper tiny against Whisper base (both fine-tuned the same way, fold "
-                  f"{bc['fold']}: {', '.join(bc['test_speakers'])})", "",
-                  "| backbone | UAR | UAR, telephone | per corpus | training on 2 cores | "
-                  "int8 ms per window (1 thread, batch 1) |", "|---|---|---|---|---|---|"]
-        speed = {r["model"].split("-encoder")[0]: r["ms_per_window"] for r in
-                 bc.get("speed", {}).get("rows", []) if r["variant"] == "int8-ffn"
-                 and r["threads"] == 1 and r["batch"] == 1}
-        for name in ("whisper-tiny", "whisper-base"):
-            b = bc[name]
-            per = ", ".join(f"{c} {_pct(v)}" for c, v in b["by_corpus"].items())
-            lines.append(f"| {name} | {_pct(b['uar'])} | {_pct(b['uar_telephone'])} | {per} | "
-                         f"{_minutes(b['train_seconds'])} min | {speed.get(name, '?')} |")
-        lines.append("")
+        lines += _backbone_comparison(bc)
     for key in ("eight_class", "baseline", "baseline_8", "recipe_a"):
         block = t.get(key)
         if block:
