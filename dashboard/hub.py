@@ -52,7 +52,10 @@ class LiveHub:
         self._task: asyncio.Task | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()  # set while the subscription is live
-        self.connected = False
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
 
     @property
     def relaying(self) -> bool:
@@ -91,7 +94,7 @@ class LiveHub:
         if not self.subscribers and self._task is not None:
             self._task.cancel()
             self._task = None
-            self.connected = False
+            self._ready.clear()
 
     def _fan_out(self, data: bytes | str) -> str:
         text = data.decode() if isinstance(data, bytes) else data
@@ -104,7 +107,6 @@ class LiveHub:
         try:
             await pubsub.psubscribe(schema.call_channel("*"))
             await pubsub.subscribe(schema.ALERTS_CHANNEL, schema.ACKS_CHANNEL)
-            self.connected = True
             self._ready.set()
             async for message in pubsub.listen():
                 if message["type"] in ("message", "pmessage"):
@@ -119,7 +121,6 @@ class LiveHub:
             await pubsub.ssubscribe(schema.ALERTS_CHANNEL, schema.ACKS_CHANNEL)
             for raw in await self.redis.zrange(schema.LIVE_CALLS_KEY, 0, -1):
                 await pubsub.ssubscribe(schema.call_channel(raw.decode()))
-            self.connected = True
             self._ready.set()
             while True:
                 message = await pubsub.get_sharded_message(ignore_subscribe_messages=True)
@@ -150,6 +151,5 @@ class LiveHub:
             except Exception as exc:  # Redis went away: browsers keep their page, we retry
                 if self.connected:
                     log.warning("dashboard lost Redis (%s); retrying", exc)
-                self.connected = False
                 self._ready.clear()
                 await asyncio.sleep(1.0)

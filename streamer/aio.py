@@ -50,3 +50,8 @@ def run(main, loop: str = "auto"):
             factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the event loop running now."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamer import redis_client
+from streamer import aio, redis_client
 from streamer.alerts import AlertConfig, alert_config_from
 from streamer.calls import WindowingConfig
 from streamer.ingest.audiosocket import AudioSocketServer
@@ -197,7 +197,7 @@ class Service:
                       "labels": list(self.model.labels)} if self.model else None,
             "live_calls": len(self.monitor.calls) if self.monitor else 0,
             "node": self.settings.node,
-            "event_loop": event_loop_name(),
+            "event_loop": aio.loop_name(),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -338,8 +338,3 @@ def announce(settings: Settings, service: Service) -> Path | None:
         log.warning("could not write %s: %s", path, exc)
         return None
     return path
-
-
-def event_loop_name() -> str:
-    """``uvloop`` or ``asyncio``: the event loop this service runs on."""
-    return type(asyncio.get_running_loop()).__module__.split(".")[0]

@@ -424,10 +424,9 @@ def test_alert_rules_come_from_the_card_under_explicit_settings() -> None:
 
 def test_event_loop_choice() -> None:
     from streamer import aio
-    from streamer.service import event_loop_name
 
     async def which() -> str:
-        return event_loop_name()
+        return aio.loop_name()
 
     assert aio.run(which(), "asyncio") == "asyncio"
     assert aio.run(which(), "uvloop") == "uvloop"
