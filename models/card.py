@@ -34,6 +34,9 @@ class ModelCard:
         window_s: the window length the model was trained on (the longest it accepts).
         files: ONNX variant name (``fp32``, ``int8``, ``fp16``) → file name beside the card.
         sha256: file name → SHA-256, checked at load.
+        external_data: ONNX file name → the files it reads its weights from (the float16
+            ONNX model reads them from the PyTorch backend's safetensors file); checked at
+            load with the ONNX file.
         calibration: ``{"temperature": T}`` fitted on validation speakers; serving divides
             the model's logits by ``T`` (applied to its probabilities as ``p ** (1 / T)``,
             renormalised).
@@ -49,6 +52,7 @@ class ModelCard:
     backbone: str
     files: dict[str, str]
     sha256: dict[str, str] = field(default_factory=dict)
+    external_data: dict[str, list[str]] = field(default_factory=dict)
     input_name: str = "waveform"
     output_name: str = "probabilities"
     training: dict = field(default_factory=dict)

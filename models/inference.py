@@ -185,12 +185,17 @@ def load_model(
     onnx_path = directory / card.files[variant]
     if not onnx_path.is_file():
         raise ModelCardError(f"{onnx_path} is missing")
-    expected = card.sha256.get(onnx_path.name)
-    if verify and expected is not None and sha256_of(onnx_path) != expected:
-        raise ModelCardError(
-            f"{onnx_path} does not match the SHA-256 in its model card: the file is corrupt "
-            "or was replaced"
-        )
+    weights = [directory / f for f in card.external_data.get(onnx_path.name, [])]
+    for path in weights:
+        if not path.is_file():
+            raise ModelCardError(f"{path} is missing: {onnx_path.name} reads its weights from it")
+    for path in [onnx_path, *weights]:
+        expected = card.sha256.get(path.name)
+        if verify and expected is not None and sha256_of(path) != expected:
+            raise ModelCardError(
+                f"{path} does not match the SHA-256 in its model card: the file is corrupt "
+                "or was replaced"
+            )
     session = make_session(onnx_path, device=device, threads=threads)
     log.info("loaded %s (%s) on %s", onnx_path, variant, session.get_providers()[0])
     return EmotionModel(session, card, variant=variant)

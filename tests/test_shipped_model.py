@@ -36,7 +36,8 @@ def test_card_is_consistent(shipped_model) -> None:
     for variant in ("int8", "fp16"):
         assert (ROOT / "models" / "weights" / card.files[variant]).is_file()
     size_mb = sum((ROOT / "models/weights" / f).stat().st_size for f in card.files.values()) / 2**20
-    assert size_mb < 60  # int8 and fp16 ONNX, float16 safetensors for the torch backend
+    assert size_mb < 40  # int8 ONNX, float16 safetensors, and fp16 ONNX reading those weights
+    assert card.external_data == {card.files["fp16"]: [card.files["torch-fp16"]]}
     # The human-readable card is the JSON card rendered: the two never disagree.
     from trainer.model_card import render
 

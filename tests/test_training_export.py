@@ -78,6 +78,35 @@ def test_export_parity_and_loading(tiny_run: dict, tmp_path: Path) -> None:
     assert np.allclose(one(long), per_window.mean(axis=0), atol=1e-6)
 
 
+def test_float16_weights_are_shipped_once(tiny_run: dict, tmp_path: Path) -> None:
+    """With both float16 variants, the fp16 ONNX file reads its weights from the PyTorch
+    backend's safetensors file instead of holding a second copy, and scores the same."""
+    from models.torch_backend import TORCH_VARIANT
+
+    windows = (0.05 * np.random.default_rng(1).standard_normal((4, 48_000))).astype(np.float32)
+    alone, shared = tmp_path / "alone", tmp_path / "shared"
+    export_checkpoint(tiny_run["checkpoint"], alone, variants=("fp16",))
+    card = export_checkpoint(tiny_run["checkpoint"], shared, variants=("fp16", TORCH_VARIANT))
+    weights = card.files[TORCH_VARIANT]
+    assert card.external_data == {"emotion-fp16.onnx": [weights]}
+    assert ModelCard.load(shared).external_data == card.external_data
+    size = {d: (d / "emotion-fp16.onnx").stat().st_size for d in (alone, shared)}
+    assert size[shared] < size[alone] / 2
+    a = load_model(alone, variant="fp16")(windows)
+    b = load_model(shared, variant="fp16")(windows)
+    assert (a.argmax(1) == b.argmax(1)).all() and np.abs(a - b).max() < 2e-3
+
+    # The weights it reads are checked like the file itself.
+    data = bytearray((shared / weights).read_bytes())
+    data[-1] ^= 1
+    (shared / weights).write_bytes(bytes(data))
+    with pytest.raises(ModelCardError, match="safetensors does not match the SHA-256"):
+        load_model(shared, variant="fp16")
+    (shared / weights).unlink()
+    with pytest.raises(ModelCardError, match="emotion-fp16.onnx reads its weights from it"):
+        load_model(shared, variant="fp16")
+
+
 def test_load_model_rejects_mismatches(tiny_run: dict, tmp_path: Path) -> None:
     export_checkpoint(tiny_run["checkpoint"], tmp_path, variants=("fp32",))
     card_path = tmp_path / "model_card.json"

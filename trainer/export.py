@@ -97,6 +97,78 @@ def convert_fp16(fp32: Path, out: Path) -> Path:
     return out
 
 
+#: Differences up to float16's smallest subnormal step are the same weight: ONNX Runtime's
+#: float16 converter and torch's ``.half()`` round a few subnormal values the other way.
+HALF_SUBNORMAL = 2.0 ** -24
+
+
+def share_half_weights(onnx_path: Path, safetensors_path: Path, *, min_bytes: int = 1024) -> list[str]:
+    """Make the float16 ONNX file read its weights from the PyTorch backend's safetensors
+    file instead of holding a second copy (half the shipped size of the two).
+
+    Every initializer of at least ``min_bytes`` that is a tensor of the safetensors file,
+    or its transpose (the exporter stores ``Linear`` weights transposed for ``MatMul``),
+    becomes ONNX external data at that tensor's offset in the safetensors file; a transposed
+    one is read in the file's layout and turned by a ``Transpose`` node, which ONNX Runtime
+    folds into a constant when it loads the model. Returns the names of the files the ONNX
+    model now reads (the safetensors file's name, or nothing when no tensor matched).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from safetensors.numpy import load_file
+
+    model = onnx.load(str(onnx_path))
+    tensors = load_file(str(safetensors_path))
+    with safetensors_path.open("rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    data_start = 8 + header_len
+    by_shape: dict[tuple, list[tuple[str, np.ndarray, bool]]] = {}
+    for key, value in tensors.items():
+        by_shape.setdefault(value.shape, []).append((key, value, False))
+        if value.ndim == 2:
+            by_shape.setdefault(value.shape[::-1], []).append((key, value.T, True))
+
+    def same(a: np.ndarray, b: np.ndarray) -> bool:
+        return bool(np.abs(a.astype(np.float32) - b.astype(np.float32)).max() <= HALF_SUBNORMAL)
+
+    transposes = []
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.FLOAT16:
+            continue
+        array = numpy_helper.to_array(init)
+        if array.nbytes < min_bytes:
+            continue
+        match = next(((key, transposed) for key, value, transposed in by_shape.get(array.shape, [])
+                      if same(array, value)), None)
+        if match is None:
+            continue
+        key, transposed = match
+        begin, end = header[key]["data_offsets"]
+        if transposed:
+            name = init.name
+            init.name = f"{name}__stored"
+            init.dims[:] = list(array.shape[::-1])
+            transposes.append(helper.make_node("Transpose", [init.name], [name], perm=[1, 0],
+                                               name=f"{name}__transpose"))
+        init.ClearField("raw_data")
+        init.ClearField("int32_data")
+        init.data_location = TensorProto.EXTERNAL
+        del init.external_data[:]
+        for field, value in (("location", safetensors_path.name),
+                             ("offset", str(data_start + begin)), ("length", str(end - begin))):
+            entry = init.external_data.add()
+            entry.key, entry.value = field, value
+    shared = any(i.data_location == TensorProto.EXTERNAL for i in model.graph.initializer)
+    if not shared:
+        return []
+    nodes = transposes + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(onnx_path))
+    return [safetensors_path.name]
+
+
 def parity(net: EmotionNet, onnx_path: Path, windows: np.ndarray, *, batch_size: int = 16) -> dict:
     """Compare an ONNX file with the PyTorch network on the same windows."""
     from models.ort import make_session
@@ -167,8 +239,13 @@ def export_checkpoint(
         files["int8"] = quantize_int8(fp32, out_dir / "emotion-int8.onnx", scope=int8_scope).name
     if "fp16" in variants:
         files["fp16"] = convert_fp16(fp32, out_dir / "emotion-fp16.onnx").name
+    external_data = {}
     if TORCH_VARIANT in variants:  # the PyTorch backend's weights (GPU hosts)
         files[TORCH_VARIANT] = save_torch_weights(net, out_dir / TORCH_FILE).name
+        if "fp16" in files:  # one copy of the float16 weights for both backends
+            shared = share_half_weights(out_dir / files["fp16"], out_dir / TORCH_FILE)
+            if shared:
+                external_data[files["fp16"]] = shared
     parity_report = {}
     if parity_windows is not None:
         if TORCH_VARIANT in files:
@@ -187,6 +264,7 @@ def export_checkpoint(
         backbone=cfg.backbone,
         files=files,
         sha256={f: sha256_of(out_dir / f) for f in files.values()},
+        external_data=external_data,
         training={"config": metrics.get("config", {}), "split": metrics.get("split", {}),
                   "epochs_run": metrics.get("epochs_run"),
                   "train_seconds": metrics.get("train_seconds"), "int8_scope": int8_scope,
