@@ -155,10 +155,10 @@ def share_half_weights(onnx_path: Path, safetensors_path: Path, *, min_bytes: in
         init.ClearField("int32_data")
         init.data_location = TensorProto.EXTERNAL
         del init.external_data[:]
-        for field, value in (("location", safetensors_path.name),
-                             ("offset", str(data_start + begin)), ("length", str(end - begin))):
+        for field, text in (("location", safetensors_path.name),
+                            ("offset", str(data_start + begin)), ("length", str(end - begin))):
             entry = init.external_data.add()
-            entry.key, entry.value = field, value
+            entry.key, entry.value = field, text
     shared = any(i.data_location == TensorProto.EXTERNAL for i in model.graph.initializer)
     if not shared:
         return []
