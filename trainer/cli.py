@@ -230,7 +230,9 @@ def _export(args: argparse.Namespace) -> int:
         windows = np.concatenate(
             [clip_windows(load_audio(u.path), cfg.window_samples, 16_000) for u in items]
         )
-    extra = {}
+    extra: dict = {"export": {"checkpoint": args.checkpoint, "out": args.out,
+                              "variants": args.variants, "cv_summary": args.cv_summary,
+                              "calibration": args.calibration, "extra_card": args.extra_card}}
     if args.cv_summary:
         extra["cross_validation"] = json.loads(Path(args.cv_summary).read_text())
     if args.extra_card:

@@ -54,6 +54,12 @@ BACKBONES = {
 }
 
 
+def _file(card: ModelCard, variant: str, name: str) -> str:
+    shared = card.external_data.get(name)
+    return (f"`{name}` ({variant}" + (f", its weights read from {', '.join(f'`{x}`' for x in shared)}"
+                                     if shared else "") + ")")
+
+
 def _corpora(cfg: dict) -> list[str]:
     return [Path(d.strip()).name.lower() for d in str(cfg.get("data", "")).split(",") if d.strip()]
 
@@ -108,8 +114,26 @@ def _backbone_comparison(bc: dict) -> list[str]:
     return [*lines, ""]
 
 
+#: How the first shipped card was exported (cards since record their own ``export``).
+DEFAULT_EXPORT = {"checkpoint": "runs/shipped/model.pt", "out": "models/weights",
+                  "variants": "int8,fp16,torch-fp16", "cv_summary": "docs/results/cv5_both.json",
+                  "calibration": "docs/results/calibration.json",
+                  "extra_card": "docs/results/card_extra.json"}
+
+
+def export_command(t: dict) -> str:
+    """The ``callmon export`` command line a card's files came from."""
+    e = {**DEFAULT_EXPORT, **t.get("export", {})}
+    flags = [("--checkpoint", e["checkpoint"]), ("--out", e["out"]),
+             ("--variants", e["variants"]), ("--int8-scope", t.get("int8_scope", "ffn")),
+             ("--cv-summary", e["cv_summary"]), ("--calibration", e["calibration"]),
+             ("--extra-card", e["extra_card"])]
+    return " ".join(["callmon export", *(f"{flag} {value}" for flag, value in flags if value)])
+
+
 def render(card: ModelCard) -> str:
     t = card.training
+    run = str(Path({**DEFAULT_EXPORT, **t.get("export", {})}["checkpoint"]).parent)
     cfg = t.get("config", {})
     ev = card.evaluation
     cv = t.get("cross_validation", {})
@@ -128,7 +152,7 @@ def render(card: ModelCard) -> str:
         f"| backbone | {card.backbone}: {BACKBONES.get(card.backbone, card.backbone)} |",
         "| head | softmax-weighted mix of the encoder states, attentive statistics pooling, "
         "2-layer MLP |",
-        f"| files | {', '.join(f'`{f}` ({v})' for v, f in card.files.items())} |",
+        f"| files | {', '.join(_file(card, v, f) for v, f in card.files.items())} |",
         "",
         "## Training data and licences",
         "",
@@ -168,11 +192,8 @@ def render(card: ModelCard) -> str:
         + (f", speed perturbation {cfg.get('speed_min')}–{cfg.get('speed_max')}"
            if cfg.get("speed_min", 1.0) != cfg.get("speed_max", 1.0) else "")
         + f", seed {cfg.get('seed')}. Took {t.get('train_seconds')} s on 2 CPU cores.",
-        f"- Reproduce: `{train_command(cfg)} --data {cfg.get('data')} --out runs/shipped`, "
-        "then `callmon export --checkpoint runs/shipped/model.pt --out models/weights "
-        f"--variants int8,fp16,torch-fp16 --int8-scope {t.get('int8_scope', 'ffn')} "
-        "--cv-summary docs/results/cv5_both.json --calibration docs/results/calibration.json "
-        "--extra-card docs/results/card_extra.json`. The cross-validation is the same command "
+        f"- Reproduce: `{train_command(cfg)} --data {cfg.get('data')} --out {run}`, "
+        f"then `{export_command(t)}`. The cross-validation is the same command "
         "with `--fold 0` … `--fold 4`, summarised by `callmon train --summarise`; the "
         "calibration is `callmon calibrate --runs <the five fold folders>`.",
         "- GPU: the same commands with `--accelerator cuda --precision 16-mixed`. Not run for "
