@@ -15,9 +15,8 @@ log = logging.getLogger(__name__)
 
 #: Where the shipped default model lives.
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights"
-#: Models by name: the shipped default (Whisper tiny), and Whisper base where it has been
-#: exported (``callmon export --out models/weights/whisper-base``; not shipped yet: its
-#: all-speaker training takes about 35 min on two cores and did not fit this release).
+#: Models by name: the shipped default (Whisper tiny: int8 and fp16 ONNX, float16 PyTorch
+#: weights) and Whisper base (int8 ONNX only: more accurate, slower; see its card).
 SHIPPED_MODELS = {"whisper-tiny": DEFAULT_MODEL_DIR,
                   "whisper-base": DEFAULT_MODEL_DIR / "whisper-base"}
 

@@ -26,9 +26,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--port", type=int, help="websocket ingest port (default 8080)")
     p.add_argument("--redis-url", help="Redis URL (default: $REDIS_URL, else an embedded Redis)")
     p.add_argument("--model", dest="model_path",
-                   help="whisper-tiny (the shipped default); whisper-base once exported to "
-                        "models/weights/whisper-base (not shipped yet); or a model directory "
-                        "or .onnx")
+                   help="whisper-tiny (the shipped default); whisper-base (shipped too: more "
+                        "accurate, slower, int8 on CPU only); or a model directory or .onnx")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"],
                    help="inference backend (default auto: torch on CUDA when available, else "

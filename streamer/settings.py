@@ -53,8 +53,8 @@ class Settings(BaseSettings):
         False, description="allow ingest beyond loopback without a token (auth done elsewhere)")
     max_calls: int = Field(500, ge=1)
     model_path: str | None = Field(
-        None, description="whisper-tiny (default), whisper-base (once exported to "
-                          "models/weights/whisper-base), or a model directory or .onnx")
+        None, description="whisper-tiny (default), whisper-base (more accurate, slower, int8 "
+                          "on CPU only), or a model directory or .onnx")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
     backend: Literal["auto", "onnx", "torch"] = Field(
         "auto", description="onnx (ONNX Runtime), torch (PyTorch), or auto: torch on a CUDA "

@@ -61,6 +61,35 @@ def test_sigterm_ends_live_calls_and_flushes(redis_server, ravdess_dir, call_act
     assert client.zcard(schema.LIVE_CALLS_KEY) == 0  # nothing left marked live
 
 
+def test_serve_with_the_base_model(redis_server, ravdess_dir, call_actors):
+    """``serve --model whisper-base`` (here CALLMON_MODEL_PATH) scores calls with the shipped
+    Whisper base model and its own alert rules."""
+    audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "angry", 2))
+    port = free_port()
+    server = ServerProcess(redis_url=redis_server.url, port=port,
+                           extra_env={"CALLMON_MODEL_PATH": "whisper-base"})
+    try:
+        server.wait_ready()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
+
+        async def call() -> list[dict]:
+            async with connect(f"ws://127.0.0.1:{port}/v1/stream") as ws:
+                await ws.send(json.dumps({"type": "start", "call_id": "base-1",
+                                          "sample_rate": 16000}))
+                for i in range(0, len(audio), 1600):
+                    await ws.send(encode(audio[i : i + 1600, None], "pcm_s16le"))
+                await ws.send(json.dumps({"type": "stop"}))
+                return [json.loads(m) async for m in ws]
+
+        messages = asyncio.run(asyncio.wait_for(call(), 60))
+    finally:
+        server.stop()
+    assert health["model"]["backbone"] == "whisper-base" and health["model"]["variant"] == "int8"
+    scored = [m for m in messages if m["type"] == "window" and m["scores"]]
+    assert scored and set(scored[0]["scores"]) == {"neutral", "happy", "sad", "angry", "fearful"}
+    assert messages[-1]["type"] == "ended"
+
+
 def test_killed_node_calls_are_marked_lost(shipped_model, redis_server, ravdess_dir,
                                            call_actors):
     """SIGKILL a serve process mid-call: a surviving node ends the call as ``lost`` within

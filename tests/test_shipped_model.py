@@ -67,6 +67,28 @@ def test_fp16_variant_agrees_with_int8(shipped_model, call_actors, ravdess_dir) 
     assert np.abs(a - b).max() < 0.2
 
 
+def test_whisper_base_ships_beside_tiny(shipped_model, call_actors, ravdess_dir) -> None:
+    """The larger model, chosen with ``--model whisper-base``: its own cross-validation over
+    the same test speakers, its own temperature and alert rules, int8 on every linear layer."""
+    from trainer.model_card import render
+
+    base = load_model("whisper-base", threads=2)
+    card = base.card
+    folder = ROOT / "models/weights/whisper-base"
+    assert card.backbone == "whisper-base" and card.labels == EMOTIONS_5
+    assert base.variant == "int8" and card.training["int8_scope"] == "linear"
+    assert card.files == {"int8": "emotion-int8.onnx"}  # CPU only: see the card's limits
+    folds = card.training["cross_validation"]["folds"]
+    tiny_folds = shipped_model.card.training["cross_validation"]["folds"]
+    assert [f["test_speakers"] for f in folds] == [f["test_speakers"] for f in tiny_folds]
+    assert 0.5 < card.temperature < 5 and card.alerts["frustration"]["on"] > 0
+    assert card.evaluation["alerts_cross_validated"]["test"]["clean"]["calm_hours"] > 1
+    assert (folder / "MODEL_CARD.md").read_text() == render(card)
+    items = [u for u in discover(ravdess_dir) if u.speaker in set(call_actors)]
+    report = evaluate_items(base, items, base.labels, window_samples=48_000, hop_samples=16_000)
+    assert report["uar"] > 0.6 and min(report["per_class_recall"].values()) > 0.3
+
+
 def test_evaluate_command_writes_report(tmp_path: Path, call_actors, ravdess_dir) -> None:
     out = tmp_path / "report.json"
     actor = call_actors[0]

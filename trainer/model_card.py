@@ -89,12 +89,14 @@ def _backbone_comparison(bc: dict) -> list[str]:
         tel = [f[name]["uar_telephone"] for f in folds]
         lines.append(f"| **mean** | {name} | **{_pct(sum(uar) / len(uar))}** | "
                      f"{_pct(sum(tel) / len(tel))} | | |")
-    speed = {r["model"].split("-encoder")[0]: r["ms_per_window"] for r in
-             bc.get("speed", {}).get("rows", []) if r["variant"] == "int8-ffn"
-             and r["threads"] == 1 and r["batch"] == 1}
+    speed = {(r["model"].split("-encoder")[0], r["variant"]): r["ms_per_window"] for r in
+             bc.get("speed", {}).get("rows", []) if r["threads"] == 1 and r["batch"] == 1}
     if speed:
-        lines += ["", "int8 ms per 3 s window (one thread, batch 1): "
-                  + ", ".join(f"{name} {speed[name]}" for name in names if name in speed) + "."]
+        lines += ["", "int8 ms per 3 s window (one thread, batch 1), feed-forward layers only / "
+                  "every linear layer in int8: "
+                  + ", ".join(f"{name} {speed.get((name, 'int8-ffn'), '?')} / "
+                              f"{speed.get((name, 'int8-linear'), '?')}"
+                              for name in names if (name, "int8-ffn") in speed) + "."]
     alerts = bc.get("alerts") or {}
     if all(name in alerts for name in names):
         rows: dict = {}
@@ -140,7 +142,7 @@ def render(card: ModelCard) -> str:
     corpora = _corpora(cfg)
     split = t.get("split", {})
     lines = [
-        f"# Model card: {card.name}",
+        f"# Model card: {card.name} ({card.backbone})",
         "",
         "| | |",
         "|---|---|",
