@@ -113,6 +113,14 @@ class ModelCard:
                                  "[0.05, 20]")
         return card
 
+    def check_digest(self, path: Path) -> None:
+        """Raise :class:`ModelCardError` when ``path`` differs from the SHA-256 the card
+        lists for it (files the card lists no digest for pass)."""
+        expected = self.sha256.get(path.name)
+        if expected is not None and sha256_of(path) != expected:
+            raise ModelCardError(f"{path} does not match the SHA-256 in its model card: the file "
+                                 "is corrupt or was replaced")
+
     @property
     def temperature(self) -> float:
         return float(self.calibration.get("temperature", 1.0))

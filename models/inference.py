@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.card import ModelCard, ModelCardError, sha256_of
+from models.card import ModelCard, ModelCardError
 from models.ort import is_cuda, make_session
 from models.preprocessing import as_batch, fit_length, window_starts
 
@@ -188,13 +188,9 @@ def load_model(
     for path in weights:
         if not path.is_file():
             raise ModelCardError(f"{path} is missing: {onnx_path.name} reads its weights from it")
-    for path in [onnx_path, *weights]:
-        expected = card.sha256.get(path.name)
-        if verify and expected is not None and sha256_of(path) != expected:
-            raise ModelCardError(
-                f"{path} does not match the SHA-256 in its model card: the file is corrupt "
-                "or was replaced"
-            )
+    if verify:
+        for path in [onnx_path, *weights]:
+            card.check_digest(path)
     session = make_session(onnx_path, device=device, threads=threads)
     log.info("loaded %s (%s) on %s", onnx_path, variant, session.get_providers()[0])
     return EmotionModel(session, card, variant=variant)

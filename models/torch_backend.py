@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.card import ModelCard, ModelCardError, sha256_of
+from models.card import ModelCard, ModelCardError
 from models.inference import WindowScorer, apply_temperature, resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -164,9 +164,8 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
     weights = directory / card.files[TORCH_VARIANT]
     if not weights.is_file():
         raise ModelCardError(f"{weights} is missing")
-    expected = card.sha256.get(weights.name)
-    if verify and expected is not None and sha256_of(weights) != expected:
-        raise ModelCardError(f"{weights} does not match the SHA-256 in its model card")
+    if verify:
+        card.check_digest(weights)
     if card.backbone not in RANDOM_TWINS:
         raise ModelCardError(f"the torch backend rebuilds {sorted(RANDOM_TWINS)}, not "
                              f"{card.backbone!r}: use the onnx backend")

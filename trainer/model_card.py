@@ -123,9 +123,14 @@ DEFAULT_EXPORT = {"checkpoint": "runs/shipped/model.pt", "out": "models/weights"
                   "extra_card": "docs/results/card_extra.json"}
 
 
+def _export(t: dict) -> dict:
+    """The arguments of the ``callmon export`` a card's files came from."""
+    return {**DEFAULT_EXPORT, **t.get("export", {})}
+
+
 def export_command(t: dict) -> str:
     """The ``callmon export`` command line a card's files came from."""
-    e = {**DEFAULT_EXPORT, **t.get("export", {})}
+    e = _export(t)
     flags = [("--checkpoint", e["checkpoint"]), ("--out", e["out"]),
              ("--variants", e["variants"]), ("--int8-scope", t.get("int8_scope", "ffn")),
              ("--cv-summary", e["cv_summary"]), ("--calibration", e["calibration"]),
@@ -135,7 +140,7 @@ def export_command(t: dict) -> str:
 
 def render(card: ModelCard) -> str:
     t = card.training
-    run = str(Path({**DEFAULT_EXPORT, **t.get("export", {})}["checkpoint"]).parent)
+    run = str(Path(_export(t)["checkpoint"]).parent)
     cfg = t.get("config", {})
     ev = card.evaluation
     cv = t.get("cross_validation", {})
