@@ -215,7 +215,9 @@ class WhisperEncoderBackbone(Backbone):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
-        feats = self.frontend(waveform)
+        # The front end may stay float32 while the encoder runs in half precision (the
+        # PyTorch backend on CUDA): quiet bins and the log floor underflow float16.
+        feats = self.frontend(waveform.to(self.frontend.dft.dtype)).to(enc.conv1.weight.dtype)
         x = nn.functional.gelu(enc.conv1(feats))
         x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
         frames = x.shape[1]

@@ -3,10 +3,12 @@ torch (GPU hosts usually do).
 
 The shipped weights travel as one float16 ``safetensors`` file listed in the card under
 the variant ``torch-fp16`` (its SHA-256 checked at load). On CUDA the network runs in
-half precision with the batch padded up to a bucket (1, 2, 4, … ``max_batch``); each
-bucket's forward pass is captured once as a CUDA graph and replayed, fed from a pinned host
-buffer on one stream. On CPU it runs in float32 (half-precision matmuls are slow there),
-eagerly. Outputs are the same probabilities, calibrated by the card's temperature.
+half precision, except the log-mel front end, which stays float32 as in the fp16 ONNX file
+(quiet bins and its log floor underflow float16: a quiet caller scored wrong, silence NaN),
+with the batch padded up to a bucket (1, 2, 4, … ``max_batch``); each bucket's forward pass
+is captured once as a CUDA graph and replayed, fed from a pinned host buffer on one stream.
+On CPU it runs in float32 (half-precision matmuls are slow there), eagerly. Outputs are the
+same probabilities, calibrated by the card's temperature.
 
 torch is imported here only: serving with ONNX Runtime stays torch-free.
 """
@@ -56,19 +58,27 @@ class TorchEmotionModel(WindowScorer):
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         max_batch: the largest batch scored in one pass (larger inputs are split).
         cuda_graphs: capture each batch bucket as a CUDA graph (CUDA only).
+        half: run in float16 (default: on CUDA only; on a CPU, float16 is slow and only
+            for checking the half-precision path).
     """
 
     def __init__(self, net, card: ModelCard, *, device: str = "cpu", max_batch: int = 256,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, half: bool | None = None) -> None:
         import torch
 
         self.card = card
         self.labels: tuple[str, ...] = card.labels
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.dtype = torch.float16 if self.cuda else torch.float32
-        self.variant = "torch-fp16" if self.cuda else "torch-fp32"
+        half = self.cuda if half is None else half
+        self.dtype = torch.float16 if half else torch.float32
+        self.variant = "torch-fp16" if half else "torch-fp32"
         self.net = net.to(self.device, self.dtype).eval()
+        frontend = getattr(self.net.backbone, "frontend", None)
+        if frontend is not None:
+            frontend.float()
+        # What the network takes: float32 where the backbone casts after its front end.
+        self._input_dtype = torch.float32 if frontend is not None else self.dtype
         self.max_batch = max_batch
         self.buckets = _buckets(max_batch)
         self.use_graphs = cuda_graphs and self.cuda
@@ -81,7 +91,7 @@ class TorchEmotionModel(WindowScorer):
         import torch
 
         with torch.inference_mode():
-            return torch.softmax(self.net(x.to(self.dtype)).float(), dim=-1)
+            return torch.softmax(self.net(x.to(self._input_dtype)).float(), dim=-1)
 
     def _graph(self, bucket: int):
         """The captured graph of one bucket: (graph, static input, static output)."""

@@ -100,6 +100,29 @@ def test_bad_torch_weights_are_refused(exported: Path, tmp_path: Path) -> None:
         load_torch_model(copy)
 
 
+def test_half_precision_keeps_the_front_end_in_float32(ravdess_dir: Path) -> None:
+    """The CUDA path's half precision, run on the CPU: the shipped network in float16 with
+    its log-mel front end in float32 scores quiet lines and digital silence as float32 does.
+    A float16 front end (what the CUDA path did before) turns a quiet angry caller sad and
+    silence into NaN: its log floor (1e-10) and the quiet bins underflow float16."""
+    import copy
+
+    import torch
+
+    reference = load_torch_model(None, "cpu")
+    half = TorchEmotionModel(copy.deepcopy(reference.net), reference.card, half=True)
+    assert half.variant == "torch-fp16"
+    assert half.net.backbone.frontend.dft.dtype == torch.float32
+    assert half.net.backbone.encoder.conv1.weight.dtype == torch.float16
+    clip = np.resize(actor_clips(ravdess_dir, "17", "angry", 1, intensity="02")[0], 48_000)
+    x = np.stack([clip, 0.01 * clip, 0.001 * clip, np.zeros_like(clip)]).astype(np.float32)
+    a, b = reference.run_windows(x), half.run_windows(x)
+    assert np.isfinite(b).all() and np.abs(a - b).max() < 0.01
+    with torch.inference_mode():  # the old way: the front end in float16 as well
+        old = reference.net.backbone.frontend.half()(torch.from_numpy(x).half())
+    assert not torch.isfinite(old[3]).all()
+
+
 @pytest.mark.skipif(torch_available(cuda=True), reason="this host has a CUDA device")
 def test_cuda_without_a_gpu_says_so(exported: Path) -> None:
     # What the CUDA image does when run without --gpus: a plain refusal, before any weights.
