@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,11 @@ class WindowScorer:
 
     def run_windows(self, windows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def run_window_parts(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """Score several ``(n_i, window_samples)`` arrays as one batch (the inference server's
+        coalesced requests); a backend may stage them without joining them first."""
+        return self.run_windows(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
         x = np.asarray(waveform)

@@ -231,8 +231,14 @@ class Service:
             self.embedded_redis.close()
 
 
-def load_serving_model(s: Settings):
-    """The model ``serve`` runs: ONNX Runtime, or PyTorch (``--backend``; see Settings)."""
+def load_serving_model(s: Settings, *, max_batch: int | None = None):
+    """The model ``serve`` runs: ONNX Runtime, or PyTorch (``--backend``; see Settings).
+
+    Args:
+        max_batch: the largest batch the caller will pass (default: the scheduler's,
+            ``s.max_batch``); the PyTorch backend captures CUDA graphs up to it and splits
+            larger batches.
+    """
     from models import load_model
     from models.card import ModelCard
     from models.inference import resolve_model_path
@@ -251,7 +257,7 @@ def load_serving_model(s: Settings):
     if backend == "torch":
         device = "cuda" if s.device == "auto" else s.device
         return load_torch_model(s.model_path, device, threads=s.threads,
-                                max_batch=max(s.max_batch, 32))
+                                max_batch=max(max_batch or s.max_batch, 32))
     return load_model(s.model_path, s.device, variant=s.model_variant, threads=s.threads)
 
 

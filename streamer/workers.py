@@ -33,6 +33,8 @@ from streamer.tools.redis_server import EmbeddedRedis
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+#: The most windows the model process scores in one pass, whatever each worker sends.
+INFERENCE_BATCH = 256
 
 
 def worker_argv(argv: Sequence[str], index: int) -> list[str]:
@@ -71,9 +73,11 @@ async def run_workers(settings: Settings, argv: Sequence[str], *,
     server: InferenceServer | None = None
     procs: dict[int, subprocess.Popen] = {}
     try:
-        model = await asyncio.to_thread(load_serving_model, settings)
-        server = InferenceServer(model, runtime / "inference.sock",
-                                 max_batch=max(256, settings.max_batch),
+        # The model takes the server's coalesced batches whole (the PyTorch backend split
+        # them into 32-window graph replays when it was loaded for the scheduler's batch).
+        batch = max(INFERENCE_BATCH, settings.max_batch)
+        model = await asyncio.to_thread(load_serving_model, settings, max_batch=batch)
+        server = InferenceServer(model, runtime / "inference.sock", max_batch=batch,
                                  max_wait_ms=settings.max_wait_ms / 2)
         await server.start()
         env = {**os.environ, "REDIS_URL": redis_url, "CALLMON_WORKERS": "1",

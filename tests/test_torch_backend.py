@@ -59,6 +59,9 @@ def test_same_outputs_as_onnx(exported: Path, ravdess_dir: Path) -> None:
     big = np.tile(x, (40, 1))  # beyond max_batch: split, same answers
     small = TorchEmotionModel(torch_model.net, torch_model.card, max_batch=64)
     assert np.allclose(small.run_windows(big)[:8], b, atol=1e-5)
+    # The inference server's coalesced requests, staged without joining them first.
+    assert np.allclose(small.run_window_parts([x[:3], x[3:5], x[5:]]), b, atol=1e-5)
+    assert np.allclose(small.run_window_parts([big[:40], big[40:]])[:8], b, atol=1e-5)
 
 
 def test_serve_runs_on_the_torch_backend(exported, ravdess_dir, redis_server) -> None:

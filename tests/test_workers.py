@@ -75,6 +75,20 @@ def test_remote_model_matches_the_model_and_batches_are_coalesced(shipped_model,
     assert reply[1] == 1  # status: error
 
 
+def test_the_model_process_takes_whole_coalesced_batches() -> None:
+    """serve --workers loads the model for the inference server's batches: a PyTorch model
+    loaded for the scheduler's 32 windows split each coalesced batch of 256 into eight
+    graph replays, each waiting for the GPU."""
+    from streamer.service import load_serving_model
+    from streamer.settings import Settings
+    from streamer.workers import INFERENCE_BATCH
+
+    settings = Settings(backend="torch", device="cpu")
+    assert load_serving_model(settings).max_batch == 32
+    model = load_serving_model(settings, max_batch=INFERENCE_BATCH)
+    assert model.max_batch == INFERENCE_BATCH == 256
+
+
 def _get(url: str, timeout: float = 2.0) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:

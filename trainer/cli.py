@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -282,26 +283,27 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
                    help="load-generator processes for --server-calls")
     p.add_argument("--server-duration", type=float, default=60.0,
                    help="seconds of audio per call for --server-calls")
+    p.add_argument("--frame-ms", type=int, default=20,
+                   help="audio per websocket message for --server-calls (Twilio: 20)")
+    p.add_argument("--skip", default="", metavar="PART,...",
+                   help="parts to leave out: torch, onnx, training, wav2vec2, server")
     p.set_defaults(handler=_bench_gpu)
 
 
 def _bench_gpu(args: argparse.Namespace) -> int:
-    from trainer.gpu_check import run_gpu_check
+    from trainer.gpu_check import PARTS, run_gpu_check, summary_line
 
+    skip = tuple(p.strip() for p in args.skip.split(",") if p.strip())
+    if set(skip) - set(PARTS):
+        print(f"error: --skip takes {', '.join(PARTS)}; not {args.skip!r}", file=sys.stderr)
+        return 2
     report = run_gpu_check(
         data=args.data, quick=args.quick, epochs=args.epochs,
         server_calls=[int(c) for c in args.server_calls.split(",")] if args.server_calls else None,
         workers=args.workers, generators=args.generators,
-        server_duration_s=args.server_duration)
+        server_duration_s=args.server_duration, frame_ms=args.frame_ms, skip=skip)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    inf = report["inference"]
-    print(f"{report['environment']['device_name']}: {inf['max_windows_per_s']} windows/s "
-          f"(batch {inf['best_batch']}), about {inf['calls_at_1s_hop']} calls at a 1 s hop; "
-          f"training {report['training']['seconds_per_epoch']} s/epoch "
-          f"({report['training']['precision']}), test UAR {report['training']['test_uar']}; "
-          f"{report['wav2vec2']['model']} {report['wav2vec2']['seconds_per_step']} s/step. "
-          + (f"Server path: {report['server_path']['calls_held']} calls held. "
-             if "server_path" in report else "") + f"Written to {args.out}")
+    print(summary_line(report) + f" Written to {args.out}")
     return 0
 
 

@@ -47,6 +47,10 @@ class LoadResult:
     server_loop_cpu_pct: float = 0.0
     loop_ms_per_window: float = 0.0
     server_rss_mb: float = 0.0
+    # serve --workers: the parent alone (the model and its inference server), % of one core.
+    server_parent_cpu_pct: float = 0.0
+    # The whole host's busy time (load generators and Redis included), % of all its cores.
+    host_cpu_busy_pct: float = 0.0
     gpu_util_pct: float | None = None
     gpu_memory_mb: float | None = None
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -95,6 +99,7 @@ class ServerProcess:
                                         env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
         self._loop_mark = (time.monotonic(), self._cpu_seconds(main_thread=True))
+        self._parent_mark = (time.monotonic(), self._cpu_seconds(parent_only=True))
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -118,10 +123,11 @@ class ServerProcess:
                 todo.extend(int(c) for c in children)
         return out
 
-    def _cpu_seconds(self, *, main_thread: bool = False) -> float:
-        """CPU seconds of the server's processes (or of their main threads: the event loops)."""
+    def _cpu_seconds(self, *, main_thread: bool = False, parent_only: bool = False) -> float:
+        """CPU seconds of the server's processes (or of their main threads: the event loops;
+        or of the parent process alone)."""
         total = 0.0
-        for pid in self._pids():
+        for pid in [self.process.pid] if parent_only else self._pids():
             stat = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
             with contextlib.suppress(OSError):
                 fields = Path(stat).read_text().rsplit(")", 1)[1].split()
@@ -140,6 +146,13 @@ class ServerProcess:
         now, cpu = time.monotonic(), self._cpu_seconds()
         then, cpu_then = self._cpu_mark
         self._cpu_mark = (now, cpu)
+        return 100 * (cpu - cpu_then) / max(now - then, 1e-9)
+
+    def parent_cpu_since_mark(self) -> float:
+        """The parent process's CPU use since the last call, in % of one core."""
+        now, cpu = time.monotonic(), self._cpu_seconds(parent_only=True)
+        then, cpu_then = self._parent_mark
+        self._parent_mark = (now, cpu)
         return 100 * (cpu - cpu_then) / max(now - then, 1e-9)
 
     def live_calls(self) -> int | None:
@@ -279,6 +292,8 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     for server in servers:
         server.cpu_since_mark()
         server.loop_cpu_since_mark()
+        server.parent_cpu_since_mark()
+    host_busy = host_cpu_seconds()
     if gpu is not None:
         gpu.start()
     started = time.monotonic()
@@ -294,9 +309,12 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
         shares = [calls // generators + (1 if g < calls % generators else 0)
                   for g in range(generators)]
         firsts = [sum(shares[:g]) for g in range(generators)]
+        # Each generator its own prefix, so it subscribes to its own calls' results only
+        # (one pattern for all would make Redis send every result to every generator).
         jobs = [{"urls": urls, "redis_url": redis_url, "audio": audio, "calls": n,
-                 "first": f, "prefix": prefix, "duration_s": duration_s, "frame_ms": frame_ms,
-                 "ramp_s": ramp_s} for n, f in zip(shares, firsts, strict=True) if n]
+                 "first": f, "prefix": f"{prefix}-g{g}", "duration_s": duration_s,
+                 "frame_ms": frame_ms, "ramp_s": ramp_s}
+                for g, (n, f) in enumerate(zip(shares, firsts, strict=True)) if n]
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = await asyncio.gather(*[loop.run_in_executor(pool, _generator_process, job)
@@ -304,7 +322,9 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
         latencies = [x for lat, _ in parts for x in lat]
         summaries = [x for _, summ in parts for x in summ]
     elapsed = time.monotonic() - started
+    busy, total = (b - a for a, b in zip(host_busy, host_cpu_seconds(), strict=True))
     cpu = sum(server.cpu_since_mark() for server in servers)
+    parent_cpu = sum(server.parent_cpu_since_mark() for server in servers)
     loop_cpu_s = sum(server.loop_cpu_since_mark() for server in servers)
     rss = sum(server.rss_mb() for server in servers)
     ended = [s for s in summaries if s.get("type") == "ended"]
@@ -322,10 +342,22 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     all_windows = sum(s["windows"] for s in ended)
     result.loop_ms_per_window = round(1000 * loop_cpu_s / max(all_windows, 1), 3)
     result.server_rss_mb = round(rss, 1)
+    result.server_parent_cpu_pct = round(parent_cpu, 1)
+    result.host_cpu_busy_pct = round(100 * busy / max(total, 1e-9), 1)
     if gpu is not None:
         result.gpu_util_pct, result.gpu_memory_mb = gpu.stop()
     result.latencies = latencies
     return result
+
+
+def host_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole host so far, from /proc/stat (all cores)."""
+    with contextlib.suppress(OSError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        total = sum(fields[:8])  # guest time is already counted in user
+        return (total - idle) / os.sysconf("SC_CLK_TCK"), total / os.sysconf("SC_CLK_TCK")
+    return 0.0, 0.0
 
 
 class GpuSampler:
