@@ -27,6 +27,21 @@ async def wait_event(event: asyncio.Event, timeout_s: float) -> bool:
 LOOPS = ("auto", "asyncio", "uvloop")
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to the hard limit and return it: every call is
+    a socket, and the usual soft limit (1024) would refuse a node's thousandth call with
+    "too many open files". (Raising the hard limit is the host's business: systemd's
+    LimitNOFILE, docker run --ulimit nofile=...)"""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def run(main, loop: str = "auto"):
     """Run the coroutine ``main`` to completion on a new event loop and return its result.
 

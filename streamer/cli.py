@@ -155,6 +155,7 @@ def _serve(args: argparse.Namespace, *, extensions: Sequence[ServeExtension]) ->
 
     mounts = [mount for _, choose in extensions for mount in choose(args)]
     settings = settings_from(args)
+    aio.raise_open_file_limit()
     if settings.workers > 1:
         from streamer.workers import run_workers
 

@@ -433,3 +433,21 @@ def test_event_loop_choice() -> None:
     assert aio.run(which()) == "uvloop"  # auto: uvloop when installed
     with pytest.raises(ValueError, match="loop must be one of"):
         aio.run(which(), "trio")
+
+
+def test_serve_raises_its_open_file_limit() -> None:
+    """Every call is a socket: a node started under the usual soft limit (1024) raises it to
+    the hard limit instead of refusing its thousandth call."""
+    import resource
+    import subprocess
+    import sys
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    code = ("import resource\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit("
+            "resource.RLIMIT_NOFILE)[1]))\n"
+            "from streamer.aio import raise_open_file_limit\n"
+            "print(raise_open_file_limit())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == (hard if hard != resource.RLIM_INFINITY else 1 << 20)

@@ -280,6 +280,7 @@ async def generate_load(urls: list[str], redis_url: str, audio: np.ndarray, *, c
 def _generator_process(args: dict) -> tuple[list[float], list[dict]]:
     """One load-generator process of ``bench load --generators``."""
     audio = args.pop("audio")
+    aio.raise_open_file_limit()
     return aio.run(generate_load(audio=audio, **args))
 
 
@@ -409,6 +410,7 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
     (CPU and RSS are their sums); with ``find_max``, keep raising the count until p95
     latency passes the target or windows are dropped."""
     audio = load_corpus_audio(data)
+    aio.raise_open_file_limit()  # this process's calls (one generator) and its children's
     results: list[LoadResult] = []
     with EmbeddedRedis(persist=False) as redis_server:
         servers = [ServerProcess(redis_url=redis_server.url, port=free_port(),
