@@ -61,10 +61,15 @@ class TorchEmotionModel(WindowScorer):
         cuda_graphs: capture each batch bucket as a CUDA graph (CUDA only).
         half: run in float16 (default: on CUDA only; on a CPU, float16 is slow and only
             for checking the half-precision path).
+        compile: run the network through ``torch.compile`` (Inductor's fused kernels; one
+            compilation for every batch size, then each bucket's CUDA graph over it). On an
+            H100 it took the model from 25 000 to 37 000 windows/s; it costs ~20-30 s at
+            start-up (:meth:`warmup`). Should compiling fail, the model runs uncompiled.
     """
 
     def __init__(self, net, card: ModelCard, *, device: str = "cpu", max_batch: int = 256,
-                 cuda_graphs: bool = True, half: bool | None = None) -> None:
+                 cuda_graphs: bool = True, half: bool | None = None,
+                 compile: bool = False) -> None:
         import torch
 
         self.card = card
@@ -81,7 +86,11 @@ class TorchEmotionModel(WindowScorer):
         # What the network takes: float32 where the backbone casts after its front end.
         self._input_dtype = torch.float32 if frontend is not None else self.dtype
         self.max_batch = max_batch
-        self.buckets = _buckets(max_batch)
+        self.compiled = compile
+        # Compiled with a dynamic batch size, 1 is still a size of its own (a second
+        # compilation): a lone window is scored in a batch of two instead.
+        self.buckets = [b for b in _buckets(max_batch) if b > 1 or not compile or max_batch == 1]
+        self._net_call = torch.compile(self.net, dynamic=True) if compile else self.net
         self.use_graphs = cuda_graphs and self.cuda
         self._graphs: dict[int, tuple] = {}
         # Where batches are staged: pinned on CUDA (asynchronous copies to the device).
@@ -93,7 +102,30 @@ class TorchEmotionModel(WindowScorer):
         import torch
 
         with torch.inference_mode():
-            return torch.softmax(self.net(x.to(self._input_dtype)).float(), dim=-1)
+            return torch.softmax(self._net_call(x.to(self._input_dtype)).float(), dim=-1)
+
+    def warmup(self) -> float:
+        """Compile and capture every bucket now, not on the first calls; seconds taken."""
+        import time
+
+        import torch
+
+        started = time.perf_counter()
+        self._host.zero_()
+        try:
+            self._forward(torch.zeros((self.buckets[0], self.card.window_samples),
+                                      device=self.device))
+        except Exception as exc:  # Inductor or Triton missing or failing: run uncompiled
+            if not self.compiled:
+                raise
+            log.warning("torch.compile failed (%s: %s); running uncompiled", type(exc).__name__,
+                        str(exc)[:300])
+            self.compiled, self._net_call = False, self.net
+            self.buckets = _buckets(self.max_batch)
+        if self.use_graphs:
+            for bucket in self.buckets:
+                self._run_staged(bucket)
+        return time.perf_counter() - started
 
     def _graph(self, bucket: int):
         """The captured graph of one bucket: (graph, static input, static output)."""
@@ -174,8 +206,12 @@ class TorchEmotionModel(WindowScorer):
 
 def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
                      verify: bool = True, threads: int = 1, max_batch: int = 256,
-                     cuda_graphs: bool = True) -> TorchEmotionModel:
+                     cuda_graphs: bool = True, compile: bool | None = None,
+                     warmup: bool | None = None) -> TorchEmotionModel:
     """Load the card's ``torch-fp16`` weights into the network its backbone names.
+
+    ``compile`` (``torch.compile``) and ``warmup`` (compile and capture every batch bucket
+    before returning) default to on for CUDA, off on a CPU.
 
     Raises:
         ModelCardError: the card lists no PyTorch weights, the file is missing or its
@@ -216,9 +252,14 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
     if unexpected or [m for m in missing if not m.endswith((".dft", ".mel"))]:
         raise ModelCardError(f"{weights} does not fit {card.backbone}: missing {missing}, "
                              f"unexpected {unexpected}")
+    cuda = device.startswith("cuda")
     model = TorchEmotionModel(net, card, device=device, max_batch=max_batch,
-                              cuda_graphs=cuda_graphs)
+                              cuda_graphs=cuda_graphs, compile=cuda if compile is None else compile)
     log.info("loaded %s (%s) on %s", weights, model.variant, model.device)
+    if cuda if warmup is None else warmup:
+        seconds = model.warmup()
+        log.info("warmed up in %.1f s: %s, batch buckets %s", seconds,
+                 "compiled" if model.compiled else "not compiled", model.buckets)
     return model
 
 

@@ -257,7 +257,8 @@ def load_serving_model(s: Settings, *, max_batch: int | None = None):
     if backend == "torch":
         device = "cuda" if s.device == "auto" else s.device
         return load_torch_model(s.model_path, device, threads=s.threads,
-                                max_batch=max(max_batch or s.max_batch, 32))
+                                max_batch=max(max_batch or s.max_batch, 32),
+                                compile=s.torch_compile)
     return load_model(s.model_path, s.device, variant=s.model_variant, threads=s.threads)
 
 

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     backend: Literal["auto", "onnx", "torch"] = Field(
         "auto", description="onnx (ONNX Runtime), torch (PyTorch), or auto: torch on a CUDA "
                             "device when torch has CUDA and the model ships its weights, else onnx")
+    torch_compile: bool | None = Field(
+        None, description="run the PyTorch backend's network through torch.compile "
+                          "(default: on CUDA; ~20-30 s more at start-up)")
     model_variant: str | None = Field(None, description="fp32, int8 or fp16 (default by device)")
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads")
     loop: Literal["auto", "asyncio", "uvloop"] = Field(

@@ -126,6 +126,38 @@ def test_half_precision_keeps_the_front_end_in_float32(ravdess_dir: Path) -> Non
     assert not torch.isfinite(old[3]).all()
 
 
+def test_compiled_network_scores_as_the_uncompiled_one(ravdess_dir: Path, monkeypatch) -> None:
+    """torch.compile (on by default on CUDA) compiled once for every batch size, on the CPU
+    here; and where compiling fails (no Triton, no compiler) the model runs uncompiled."""
+    import copy
+
+    import torch
+
+    reference = load_torch_model(None, "cpu")
+    assert not reference.compiled  # a CPU default
+    clips = actor_clips(ravdess_dir, "18", "fearful", 3)
+    x = np.stack([np.resize(c, 48_000) for c in clips]).astype(np.float32)
+    expected = reference.run_windows(x)
+    compiled = TorchEmotionModel(copy.deepcopy(reference.net), reference.card, compile=True,
+                                 max_batch=4)
+    assert compiled.buckets == [2, 4]  # a lone window rides in a batch of two
+    compiled.warmup()
+    assert compiled.compiled
+    np.testing.assert_allclose(compiled.run_windows(x), expected, atol=1e-4)
+    np.testing.assert_allclose(compiled.run_windows(x[:2]), expected[:2], atol=1e-4)
+
+    def broken(net, **_):
+        def run(*args):
+            raise RuntimeError("Triton is not installed")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    fallback = TorchEmotionModel(copy.deepcopy(reference.net), reference.card, compile=True)
+    fallback.warmup()
+    assert not fallback.compiled and fallback.buckets[0] == 1
+    np.testing.assert_allclose(fallback.run_windows(x), expected, atol=1e-5)
+
+
 @pytest.mark.skipif(torch_available(cuda=True), reason="this host has a CUDA device")
 def test_cuda_without_a_gpu_says_so(exported: Path) -> None:
     # What the CUDA image does when run without --gpus: a plain refusal, before any weights.
