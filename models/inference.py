@@ -67,6 +67,12 @@ class WindowScorer:
     def window_samples(self) -> int:
         return self.card.window_samples
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model runs on a GPU, where a large batch costs little more than a
+        small one (on a CPU the cost grows with the batch)."""
+        return False
+
     def run_windows(self, windows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -125,6 +131,10 @@ class EmotionModel(WindowScorer):
         self.variant = variant
         self.labels: tuple[str, ...] = card.labels
         self._check_signature()
+
+    @property
+    def on_gpu(self) -> bool:
+        return "CUDAExecutionProvider" in self.session.get_providers()
 
     def _check_signature(self) -> None:
         inputs = self.session.get_inputs()

@@ -98,6 +98,10 @@ class TorchEmotionModel(WindowScorer):
                                  pin_memory=self.cuda)
         self._stream = torch.cuda.Stream(self.device) if self.cuda else None
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.cuda
+
     def _forward(self, x):
         import torch
 

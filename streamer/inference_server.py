@@ -39,6 +39,9 @@ REQUEST = struct.Struct("<4sII")
 REPLY = struct.Struct("<4sBII")
 LENGTH = struct.Struct("<I")
 MAX_WINDOWS_PER_REQUEST = 4096
+#: The most windows an ingest worker sends in one request when the model is on a GPU (see
+#: service.scheduler_batch); on a CPU a worker keeps its configured batch.
+WORKER_MAX_BATCH = 128
 
 
 class InferenceServer:
@@ -72,7 +75,9 @@ class InferenceServer:
         self._threads: list[threading.Thread] = []
         self._connections: set[socket.socket] = set()
         self._hello = json.dumps({"labels": list(model.labels), "variant": model.variant,
-                                  "card": json.loads(model.card.to_json())}).encode()
+                                  "card": json.loads(model.card.to_json()),
+                                  "worker_batch": WORKER_MAX_BATCH if model.on_gpu else None,
+                                  }).encode()
 
     async def start(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -224,6 +229,8 @@ class RemoteModel(WindowScorer):
         self.card = ModelCard.from_dict(hello["card"], where=f"inference server {self.path}")
         self.labels = tuple(hello["labels"])
         self.variant = f"remote {hello['variant']}"
+        # How many windows the model process takes per request (None: the worker's own batch).
+        self.worker_batch: int | None = hello.get("worker_batch")
         self._lock = threading.Lock()
 
     def run_windows(self, windows: np.ndarray) -> np.ndarray:

@@ -89,6 +89,36 @@ def test_the_model_process_takes_whole_coalesced_batches() -> None:
     assert model.max_batch == INFERENCE_BATCH == 256
 
 
+def test_a_worker_catches_up_in_one_request(shipped_model, tmp_path) -> None:
+    """One request in flight per worker: when the model process is on a GPU its workers may
+    send up to 128 windows at once; on a CPU (bigger batches only wait longer) and on a node
+    of its own the configured 32 stay."""
+    from streamer.service import scheduler_batch
+    from streamer.settings import Settings
+
+    class OnGpu(type(shipped_model)):  # the same model, reporting a GPU
+        on_gpu = True
+
+    async def worker_batches() -> list:
+        out = []
+        for model in (shipped_model, OnGpu(shipped_model.session, shipped_model.card,
+                                           variant=shipped_model.variant)):
+            server = InferenceServer(model, tmp_path / "inference.sock")
+            await server.start()
+            try:
+                remote = await asyncio.to_thread(RemoteModel, server.path)
+                out.append(remote.worker_batch)
+                out.append(scheduler_batch(Settings(), remote))
+                remote.close()
+            finally:
+                await server.close()
+        return out
+
+    assert asyncio.run(worker_batches()) == [None, 32, 128, 128]
+    assert scheduler_batch(Settings(), shipped_model) == 32
+    assert scheduler_batch(Settings(max_batch=512), shipped_model) == 512
+
+
 def _get(url: str, timeout: float = 2.0) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
