@@ -213,3 +213,28 @@ def test_bench_gpu_server_path_runs_the_real_command(ravdess_dir):
     assert run["calls"] == 6 and run["refused"] == 0 and run["dropped"] == 0
     assert run["windows"] > 0 and run["p95_ms"] > 0
     assert report["calls_held"] == 6 and "--workers 2" in report["command"]
+
+
+def test_requests_are_sent_whole_without_joining_them() -> None:
+    """A worker sends the request header and its windows in one ``sendmsg`` (no joined copy
+    of megabytes of windows); whatever the socket takes at a time, every byte arrives."""
+    import threading
+
+    from streamer.inference_server import _send_all
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    windows = np.arange(300_000, dtype=np.float32)
+    got = bytearray()
+
+    def read() -> None:
+        while len(got) < 12 + windows.nbytes:
+            got.extend(b.recv(65536))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _send_all(a, [b"h" * 12, windows.data])
+    reader.join(10)
+    a.close()
+    b.close()
+    assert bytes(got) == b"h" * 12 + windows.tobytes()
