@@ -61,7 +61,7 @@ class Settings(BaseSettings):
                             "device when torch has CUDA and the model ships its weights, else onnx")
     torch_compile: bool | None = Field(
         None, description="run the PyTorch backend's network through torch.compile "
-                          "(default: on CUDA; ~20-30 s more at start-up)")
+                          "(default: on CUDA; start-up takes ~1 min longer)")
     model_variant: str | None = Field(None, description="fp32, int8 or fp16 (default by device)")
     threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads")
     loop: Literal["auto", "asyncio", "uvloop"] = Field(
