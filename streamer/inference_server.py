@@ -56,7 +56,8 @@ class InferenceServer:
     Args:
         model: the loaded model (ONNX Runtime or PyTorch backend).
         path: the Unix socket to listen on.
-        max_batch: most windows per model call (requests are never split).
+        max_batch: most windows per model call (requests are never split: one larger than
+            this goes alone, and the model splits it).
         max_wait_ms: how long a lone request waits for others to join its batch.
     """
 
@@ -155,11 +156,15 @@ class InferenceServer:
             conn.close()
 
     def _batch_loop(self) -> None:
+        held = None  # a request that would have overfilled the last batch: it opens the next
         while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            if held is not None:
+                first, held = held, None
+            else:
+                try:
+                    first = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
             batch = [first]
             size = len(first[0])
             deadline = time.monotonic() + self.max_wait_s
@@ -167,6 +172,9 @@ class InferenceServer:
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
+                    break
+                if size + len(item[0]) > self.max_batch:
+                    held = item  # the model takes max_batch at most in one pass
                     break
                 batch.append(item)
                 size += len(item[0])

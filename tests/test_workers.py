@@ -215,6 +215,37 @@ def test_bench_gpu_server_path_runs_the_real_command(ravdess_dir):
     assert report["calls_held"] == 6 and "--workers 2" in report["command"]
 
 
+def test_coalesced_batches_never_overfill_the_model(shipped_model, tmp_path) -> None:
+    """Requests join a batch only while it stays within max_batch (the PyTorch backend stages
+    up to max_batch windows in its pinned buffer; beyond it, it would join and split them)."""
+    sizes: list[int] = []
+
+    class Recording(type(shipped_model)):  # the shipped model, noting each batch's size
+        def run_window_parts(self, parts):
+            sizes.append(sum(len(p) for p in parts))
+            return super().run_window_parts(parts)
+
+    model = Recording(shipped_model.session, shipped_model.card, variant=shipped_model.variant)
+    windows = np.zeros((5, shipped_model.window_samples), dtype=np.float32)
+
+    async def main() -> list:
+        server = InferenceServer(model, tmp_path / "inference.sock", max_batch=8, max_wait_ms=50)
+        await server.start()
+        try:
+            clients = [await asyncio.to_thread(RemoteModel, server.path) for _ in range(4)]
+            out = await asyncio.gather(*[asyncio.to_thread(c.run_windows, windows)
+                                         for c in clients])
+            for c in clients:
+                c.close()
+            return out
+        finally:
+            await server.close()
+
+    answers = asyncio.run(main())
+    assert all(a.shape == (5, len(shipped_model.labels)) for a in answers)
+    assert sizes == [5, 5, 5, 5]  # two requests of 5 never share a batch of at most 8
+
+
 def test_requests_are_sent_whole_without_joining_them() -> None:
     """A worker sends the request header and its windows in one ``sendmsg`` (no joined copy
     of megabytes of windows); whatever the socket takes at a time, every byte arrives."""
