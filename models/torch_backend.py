@@ -259,10 +259,12 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
         raise ModelCardError(f"{weights} does not fit {card.backbone}: missing {missing}, "
                              f"unexpected {unexpected}")
     cuda = device.startswith("cuda")
+    compile = cuda if compile is None else compile
+    warmup = cuda if warmup is None else warmup
     model = TorchEmotionModel(net, card, device=device, max_batch=max_batch,
-                              cuda_graphs=cuda_graphs, compile=cuda if compile is None else compile)
+                              cuda_graphs=cuda_graphs, compile=compile)
     log.info("loaded %s (%s) on %s", weights, model.variant, model.device)
-    if cuda if warmup is None else warmup:
+    if warmup:
         seconds = model.warmup()
         log.info("warmed up in %.1f s: %s, batch buckets %s", seconds,
                  "compiled" if model.compiled else "not compiled", model.buckets)

@@ -291,11 +291,12 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
 
 
 def _bench_gpu(args: argparse.Namespace) -> int:
-    from trainer.gpu_check import PARTS, run_gpu_check, summary_line
+    from trainer.gpu_check import parse_skip, run_gpu_check, summary_line
 
-    skip = tuple(p.strip() for p in args.skip.split(",") if p.strip())
-    if set(skip) - set(PARTS):
-        print(f"error: --skip takes {', '.join(PARTS)}; not {args.skip!r}", file=sys.stderr)
+    try:
+        skip = parse_skip(args.skip)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     report = run_gpu_check(
         data=args.data, quick=args.quick, epochs=args.epochs,

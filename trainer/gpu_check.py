@@ -257,15 +257,25 @@ def bench_server_path(*, calls: list[int], workers: int, generators: int, backen
 PARTS = ("torch", "onnx", "training", "wav2vec2", "server")
 
 
+def parse_skip(text: str) -> tuple[str, ...]:
+    """``--skip``'s comma-separated parts, checked against :data:`PARTS`.
+
+    Raises:
+        ValueError: a part that is not one of them, named.
+    """
+    skip = tuple(p.strip() for p in text.split(",") if p.strip())
+    if set(skip) - set(PARTS):
+        raise ValueError(f"--skip takes {', '.join(PARTS)}; not {text!r}")
+    return skip
+
+
 def run_gpu_check(*, data: str, quick: bool = False, epochs: int = 25,
                   server_calls: list[int] | None = None, workers: int = 8,
                   generators: int = 4, server_duration_s: float = 60.0, frame_ms: int = 20,
                   skip: tuple[str, ...] = ()) -> dict:
     import torch
 
-    unknown = set(skip) - set(PARTS)
-    if unknown:
-        raise ValueError(f"unknown parts to skip: {sorted(unknown)} (parts: {', '.join(PARTS)})")
+    parse_skip(",".join(skip))
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     report: dict = {"environment": environment(), "quick": quick, "skipped": list(skip)}

@@ -111,11 +111,11 @@ class ServerProcess:
             env["CALLMON_LOOP"] = "asyncio"
         self.process = subprocess.Popen([sys.executable, *runner, "-m", "callmon_cli", "serve"],
                                         env=env, stdout=subprocess.DEVNULL, stderr=self.log)
-        self._cpu_mark = (time.monotonic(), self._cpu_seconds())
-        self._loop_mark = (time.monotonic(), self._cpu_seconds(main_thread=True))
-        self._parent_mark = (time.monotonic(), self._cpu_seconds(parent_only=True))
+        # (when, CPU seconds) at the last reading, per kind of reading (see _cpu_since)
+        self._marks = {kind: (time.monotonic(), self._cpu_seconds(**which))
+                       for kind, which in self._READINGS.items()}
 
-    def wait_ready(self, timeout_s: float = 180.0) -> None:  # torch.compile takes ~30 s
+    def wait_ready(self, timeout_s: float = 180.0) -> None:  # GPU warm-up: ~1 min
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -148,26 +148,30 @@ class ServerProcess:
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
+    #: What _cpu_seconds reads: every process, their main threads, the parent alone.
+    _READINGS: dict[str, dict[str, bool]] = {
+        "all": {}, "loop": {"main_thread": True}, "parent": {"parent_only": True}}
+
+    def _cpu_since(self, kind: str) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) since the last reading of ``kind``."""
+        now, cpu = time.monotonic(), self._cpu_seconds(**self._READINGS[kind])
+        then, cpu_then = self._marks[kind]
+        self._marks[kind] = (now, cpu)
+        return max(now - then, 1e-9), cpu - cpu_then
+
     def loop_cpu_since_mark(self) -> float:
-        """CPU seconds of the event-loop (main) thread since the last call."""
-        cpu = self._cpu_seconds(main_thread=True)
-        then = self._loop_mark[1]
-        self._loop_mark = (time.monotonic(), cpu)
-        return cpu - then
+        """CPU seconds of the event-loop (main) threads since the last call."""
+        return self._cpu_since("loop")[1]
 
     def cpu_since_mark(self) -> float:
         """CPU use since the last call, in % of one core."""
-        now, cpu = time.monotonic(), self._cpu_seconds()
-        then, cpu_then = self._cpu_mark
-        self._cpu_mark = (now, cpu)
-        return 100 * (cpu - cpu_then) / max(now - then, 1e-9)
+        wall, cpu = self._cpu_since("all")
+        return 100 * cpu / wall
 
     def parent_cpu_since_mark(self) -> float:
         """The parent process's CPU use since the last call, in % of one core."""
-        now, cpu = time.monotonic(), self._cpu_seconds(parent_only=True)
-        then, cpu_then = self._parent_mark
-        self._parent_mark = (now, cpu)
-        return 100 * (cpu - cpu_then) / max(now - then, 1e-9)
+        wall, cpu = self._cpu_since("parent")
+        return 100 * cpu / wall
 
     def live_calls(self) -> int | None:
         """Calls the server holds now (its /healthz), or None if it does not answer."""
@@ -297,7 +301,6 @@ async def generate_load(urls: list[str], redis_url: str, audio: np.ndarray, *, c
 def _generator_process(args: dict) -> tuple[list[float], list[dict]]:
     """One load-generator process of ``bench load --generators``."""
     audio = args.pop("audio")
-    aio.raise_open_file_limit()
     return aio.run(generate_load(audio=audio, **args))
 
 
@@ -431,7 +434,8 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
     (CPU and RSS are their sums); with ``find_max``, keep raising the count until p95
     latency passes the target or windows are dropped."""
     audio = load_corpus_audio(data)
-    aio.raise_open_file_limit()  # this process's calls (one generator) and its children's
+    # This process's calls (one generator); its children (servers, generators) inherit it.
+    aio.raise_open_file_limit()
     results: list[LoadResult] = []
     with EmbeddedRedis(persist=False) as redis_server:
         servers = [ServerProcess(redis_url=redis_server.url, port=free_port(),
