@@ -47,8 +47,9 @@ class AlertConfig:
     frustration: AlertRule = AlertRule(on=0.55, off=0.3)
     distress: AlertRule = AlertRule(on=0.6, off=0.35)
     #: The caller's own voice as reference: ``none``; ``first`` (the mean score of the
-    #: role's first ``baseline_windows`` speech windows); ``running`` (that, then a slow
-    #: average of later speech windows while no alert of the kind is active or building).
+    #: role's first ``baseline_windows`` speech windows with no alert of the kind active);
+    #: ``running`` (that, then a slow average of later speech windows while no alert of the
+    #: kind is active or building).
     baseline: str = "none"
     baseline_windows: int = 8
     baseline_rate: float = 0.02  # ``running``: weight of each new window in the reference
@@ -174,10 +175,14 @@ class RoleAlerts:
         if cfg.baseline == "none":
             return smoothed
         if state.reference is None:
-            state.reference_sum += score
-            state.reference_n += 1
-            if state.reference_n >= cfg.baseline_windows:
-                state.reference = state.reference_sum / state.reference_n
+            # Speech under an active alert of the kind is not the caller's usual voice: a
+            # caller upset from the first word keeps the alert instead of becoming the
+            # reference that clears it.
+            if state.active_id is None:
+                state.reference_sum += score
+                state.reference_n += 1
+                if state.reference_n >= cfg.baseline_windows:
+                    state.reference = state.reference_sum / state.reference_n
             return smoothed
         if cfg.baseline == "running" and state.active_id is None and state.run == 0:
             state.reference += cfg.baseline_rate * (score - state.reference)

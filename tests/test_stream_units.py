@@ -401,6 +401,39 @@ def test_caller_baseline_scores_relative_to_the_callers_own_level() -> None:
         AlertConfig(baseline="median")
 
 
+def test_a_caller_upset_from_the_first_word_keeps_the_alert() -> None:
+    """With a caller baseline, speech under an active alert never becomes the reference:
+    the alert raised on the first angry windows stays up while the anger goes on (learning
+    from it would make anger the caller's usual and clear the alert), and the reference is
+    learned once the caller calms down."""
+    rule = AlertRule(on=0.5, off=0.3, consecutive=2, clear_hold_s=5)
+    for baseline in ("first", "running"):
+        a = RoleAlerts("c", "customer", AlertConfig(smoothing=1.0, baseline=baseline,
+                                                    baseline_windows=4, frustration=rule,
+                                                    distress=rule))
+        out = []
+        for i in range(60):
+            out += a.update(scores={"angry": 0.85, "neutral": 0.15}, window_index=i,
+                            end_s=3 + i)
+        assert [(x.kind, x.state) for x in out] == [("frustration", "raised")], baseline
+        assert a.kinds["frustration"].reference is None
+        assert a.value("frustration") == pytest.approx(0.85)
+        for i in range(60, 80):  # calm again: cleared, and the calm voice is the reference
+            out += a.update(scores={"angry": 0.1, "neutral": 0.9}, window_index=i, end_s=3 + i)
+        assert [(x.kind, x.state) for x in out][-1] == ("frustration", "cleared")
+        # Learned from the calm windows (and the two angry windows that raised the alert);
+        # "running" keeps drifting down towards the calm level.
+        learned = (2 * 0.85 + 2 * 0.1) / 4
+        reference = a.kinds["frustration"].reference
+        assert reference is not None and 0.1 < reference <= learned + 1e-9
+        assert baseline == "running" or reference == pytest.approx(learned)
+        assert a.value("frustration") == pytest.approx(0.0)
+        for i in range(80, 83):  # angry again: relative to the calm reference, it alerts
+            out += a.update(scores={"angry": 0.85, "neutral": 0.15}, window_index=i,
+                            end_s=3 + i)
+        assert [(x.kind, x.state) for x in out][-1] == ("frustration", "raised")
+
+
 def test_alert_rules_come_from_the_card_under_explicit_settings() -> None:
     from streamer.alerts import alert_config_dict, alert_config_from
     from streamer.service import alert_config
