@@ -129,6 +129,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--calm-minutes", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="calibration.json")
+    p.add_argument("--card", default=None,
+                   help="a model folder whose card takes the temperature, alert rules and "
+                        "figures (MODEL_CARD.md rendered again; its weights are not touched)")
     p.set_defaults(handler=_calibrate)
 
     p = bench.add_parser(
@@ -375,11 +378,28 @@ def _bench_soak(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from streamer.tools.calibrate import calibrate_cv, write
 
+    if args.card and not (Path(args.card) / "model_card.json").is_file():
+        raise ValueError(f"--card {args.card}: no model_card.json there (a folder written by "
+                         "callmon export)")
+
+    before = None
+    if args.card:
+        from models.card import ModelCard
+        from streamer.alerts import alert_config_from
+
+        before = alert_config_from(ModelCard.load(Path(args.card)).alerts)
     report = calibrate_cv([Path(r) for r in args.runs.split(",") if r.strip()],
                           [d for d in args.data.split(",") if d.strip()],
                           target_fa_per_hour=args.target_fa_per_hour,
-                          calm_minutes=args.calm_minutes, threads=args.threads)
+                          calm_minutes=args.calm_minutes, threads=args.threads, compare=before)
     write(report, Path(args.out))
+    if args.card:
+        from models.card_markdown import with_calibration
+        from models.card_markdown import write as write_card
+
+        card = with_calibration(ModelCard.load(Path(args.card)), report)
+        card.save(Path(args.card))
+        write_card(card, Path(args.card))
     summary = {"temperature": report["temperature"], "alerts": report["alerts"],
                "ece": [(f["test_window_ece_before"], f["test_window_ece_after"])
                        for f in report["folds"]],

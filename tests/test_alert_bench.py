@@ -48,16 +48,26 @@ def scored(shipped_model, ravdess_dir, speaker):
     return calls, score_calls(calls, shipped_model.run_windows, shipped_model.labels)
 
 
-def test_calls_are_calm_then_target(scored, speaker) -> None:
+def test_calls_are_calm_then_target(scored, speaker, shipped_model, ravdess_dir) -> None:
     calls, _ = scored
-    kinds = [c.kind for c in calls]
-    assert kinds == ["calm", "angry", "sad", "fearful"]
-    calm = calls[0]
-    assert calm.onset_s is None and calm.seconds >= 60 and calm.rate_hz == 16_000
-    for c in calls[1:]:
+    assert [c.target for c in calls] == ["angry_from_start", "sad_from_start",
+                                         "fearful_from_start", None, "angry", "sad", "fearful"]
+    calm = calls[3]
+    assert calm.kind == "calm" and calm.onset_s is None and calm.seconds >= 60
+    assert calm.rate_hz == 16_000
+    for c in calls[4:]:
         assert 28 <= c.onset_s <= 40 and c.seconds - c.onset_s >= 20
         assert c.speaker == speaker
+    # Upset from the first word: the target from 0 s, nothing calm to learn a baseline from.
+    for c in calls[:3]:
+        assert c.onset_s == 0.0 and c.calm_seconds == 0.0 and c.seconds >= 20
     assert all(np.isfinite(c.audio).all() and np.abs(c.audio).max() <= 1.0 for c in calls)
+    # Those calls have their own random stream: the others are the same without them.
+    items = load_corpora([ravdess_dir])
+    without = build_calls(items, [speaker], shipped_model.labels, calm_minutes=1.0, seed=3,
+                          from_start=False)
+    assert [c.call_id for c in without] == [c.call_id for c in calls[3:]]
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(without, calls[3:], strict=True))
 
 
 def test_results_come_from_the_server_path(scored, shipped_model) -> None:
@@ -67,7 +77,8 @@ def test_results_come_from_the_server_path(scored, shipped_model) -> None:
         assert indices == list(range(len(indices)))
         # One window per second of audio once the first 3 s are in, as serve produces.
         assert abs(len(indices) - (call.seconds - 3 + 1)) <= 1
-        assert any(s is None for _, s in sc.windows)  # the voice gate finds the pauses
+        if call.onset_s != 0.0:  # (20 s of shouting from the first word has no silent window)
+            assert any(s is None for _, s in sc.windows)  # the voice gate finds the pauses
         speech = [s for _, s in sc.windows if s is not None]
         assert speech and set(speech[0]) == set(shipped_model.labels)
     results = run_alerts(scored_calls, AlertConfig())
@@ -92,6 +103,15 @@ def test_an_engine_that_never_alerts_detects_nothing(scored) -> None:
     assert all(overall[e]["detected_within_deadline"] == 0 and overall[e]["missed"] == 1
                for e in ("angry", "sad", "fearful"))
     assert replay(scored_calls, never)[1].raised == []
+    # Calls upset from the first word are their own targets, never calm speech.
+    assert all(overall[f"{e}_from_start"]["calls"] == 1 and
+               overall[f"{e}_from_start"]["missed"] == 1 for e in ("angry", "sad", "fearful"))
+    always = AlertConfig(frustration=AlertRule(on=0.01, off=0.0, consecutive=1),
+                         distress=AlertRule(on=0.01, off=0.0, consecutive=1))
+    hot = summarise(run_alerts([sc for sc in scored_calls if sc.call.onset_s == 0.0], always))
+    assert hot["overall"]["calm_hours"] == 0 and hot["overall"]["false_alerts_per_hour"] == {
+        "frustration": None, "distress": None}
+    assert hot["overall"]["angry_from_start"]["detected_within_deadline"] == 1
 
 
 def test_telephone_calls_arrive_at_8k(shipped_model, ravdess_dir, speaker) -> None:
@@ -173,7 +193,9 @@ def test_bench_alerts_command(tmp_path, ravdess_dir, fold_model) -> None:
     report = json.loads(out.read_text())
     assert report["speakers"] == [f"ravdess/{held}"]
     assert report["alert_config"]["frustration"]["on"] > 0
-    assert len(report["calls"]) == 4 and out.with_suffix(".png").stat().st_size > 10_000
+    assert len(report["calls"]) == 7 and out.with_suffix(".png").stat().st_size > 10_000
+    assert report["overall"]["angry_from_start"]["calls"] == 1
+    assert "from the first word" in proc.stdout
     seen = ModelCard.load(fold_model).training["split"]["train"][0]
     bad = subprocess.run(
         [sys.executable, str(ROOT / "callmon_cli.py"), "bench", "alerts", "--data",
@@ -235,3 +257,50 @@ def test_fold_caches_written_before_the_move_still_load(tmp_path) -> None:
     assert loaded["test_clean"][0].call.call_id == "c"
     (tmp_path / "broken.pkl").write_bytes(b"not a pickle")
     assert load_scored(tmp_path / "broken.pkl") is None
+
+
+def _scored_call(speaker: str, kind: str, angry: list[float], onset_s: float | None):
+    """A call scored window by window (one window a second) with these angry scores."""
+    from streamer.tools.alert_bench import ScoredCall, SyntheticCall
+    from streamer.windowing import Window
+
+    n = len(angry) + 2
+    call = SyntheticCall(f"{speaker}-{kind}", speaker, kind, np.zeros(n, np.float32), 1,
+                         onset_s)
+    windows = [(Window(call.call_id, "customer", 0, i, float(i), i + 3.0,
+                       np.zeros(0, np.float32), 1.0, True, 0.0),
+                {"neutral": 1 - a, "happy": 0.0, "sad": 0.0, "angry": a, "fearful": 0.0})
+               for i, a in enumerate(angry)]
+    return ScoredCall(call, windows)
+
+
+def _speaker_calls(speaker: str, calm_angry: float) -> list:
+    """A 20-minute calm call at ``calm_angry``, and a calm-then-angry call (0.9 from 60 s)."""
+    return [_scored_call(speaker, "calm", [calm_angry] * 1200, None),
+            _scored_call(speaker, "angry", [0.1] * 60 + [0.9] * 20, 63.0)]
+
+
+def test_nested_selection_never_chooses_with_the_speakers_it_is_judged_on() -> None:
+    """Speaker A's calm voice sounds angry (0.6), B's does not (0.1). Fold 0 is judged on A
+    and chooses its rules without any call of A — so a threshold that A's calm voice
+    crosses, and A's false alerts show in the estimate; the shipped rules, chosen on every
+    call, avoid them. The ceiling is what the best rule does on the test calls themselves."""
+    from streamer.tools.calibrate import SearchSpace, ceiling, choose_nested, tally_settings
+
+    a, b = _speaker_calls("x/A", 0.6), _speaker_calls("x/B", 0.1)
+    groups = {(0, "test", "clean", "x/A"): a, (0, "val", "clean", "x/B"): b,
+              (1, "test", "clean", "x/B"): b, (1, "val", "clean", "x/A"): a}
+    space = SearchSpace(smoothing=(1.0,), baseline=("none",), consecutive=(2,),
+                        on=(0.3, 0.5, 0.8, 0.95))
+    tallies = tally_settings(groups, space)
+    out = choose_nested(tallies, groups, [["x/A"], ["x/B"]], target_fa_per_hour=0.0,
+                        space=space)
+    assert out["alerts"]["frustration"]["on"] == 0.8  # above A's calm voice, under anger
+    assert [f["frustration"]["on"] for f in out["fold_alerts"]] == [0.3, 0.8]
+    test = out["test"]["clean"]["overall"]
+    assert test["false_alerts"]["frustration"] == 1  # A's calm call under fold 0's rules
+    assert test["angry"]["calls"] == 2 and test["angry"]["detected_within_deadline"] == 2
+    best = ceiling(tallies, [g for g in groups if g[1] == "test"], target_fa_per_hour=0.0)
+    assert best["frustration"]["setting"]["on"] == 0.8
+    assert best["frustration"]["detected_within_deadline"] == 2
+    assert best["frustration"]["false_alerts_per_hour"] == 0.0

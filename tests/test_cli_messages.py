@@ -25,6 +25,8 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["stream", "/nonexistent/call.wav"], "/nonexistent/call.wav: no such file"),
     (["stream", "README.md"], "README.md is not a readable audio file (Format not recognised"),
     (["alerts", "--redis-url", "redis://127.0.0.1:{port}"], "cannot reach Redis"),
+    (["calibrate", "--runs", "runs/f0", "--card", "/nonexistent"],
+     "--card /nonexistent: no model_card.json there"),
 ])
 def test_one_line_and_a_non_zero_exit(args, says, ravdess_dir) -> None:
     clip = str(ravdess_dir / "Actor_01" / "03-01-01-01-01-01-01.flac")

@@ -39,7 +39,7 @@ def test_card_is_consistent(shipped_model) -> None:
     assert size_mb < 40  # int8 ONNX, float16 safetensors, and fp16 ONNX reading those weights
     assert card.external_data == {card.files["fp16"]: [card.files["torch-fp16"]]}
     # The human-readable card is the JSON card rendered: the two never disagree.
-    from trainer.model_card import render
+    from models.card_markdown import render
 
     assert (ROOT / "models/weights/MODEL_CARD.md").read_text() == render(card)
 
@@ -70,7 +70,7 @@ def test_fp16_variant_agrees_with_int8(shipped_model, call_actors, ravdess_dir) 
 def test_whisper_base_ships_beside_tiny(shipped_model, call_actors, ravdess_dir) -> None:
     """The larger model, chosen with ``--model whisper-base``: its own cross-validation over
     the same test speakers, its own temperature and alert rules, int8 on every linear layer."""
-    from trainer.model_card import render
+    from models.card_markdown import render
 
     base = load_model("whisper-base", threads=2)
     card = base.card

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from streamer import schema
-from streamer.inference_server import REPLY, REQUEST, InferenceServer, RemoteModel
+from streamer.inference_server import LENGTH, REPLY, REQUEST, InferenceServer, RemoteModel
 from streamer.tools.client import stream_native
 from streamer.tools.redis_server import free_port
 
@@ -51,7 +51,8 @@ def test_remote_model_matches_the_model_and_batches_are_coalesced(shipped_model,
             def bad_request() -> tuple:
                 with socket.socket(socket.AF_UNIX) as raw:
                     raw.connect(str(server.path))
-                    raw.recv(1 << 16)  # the hello
+                    with raw.makefile("rb") as f:  # the hello: its length, then JSON
+                        f.read(LENGTH.unpack(f.read(LENGTH.size))[0])
                     raw.sendall(REQUEST.pack(b"CMW1", 1, 100) + b"\0" * 400)
                     return REPLY.unpack(raw.recv(REPLY.size))
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from models.card import ModelCard, sha256_of
+from models.card_markdown import calibration_fields
 from models.network import EmotionNet, ProbabilityModel
 from models.torch_backend import TORCH_FILE, TORCH_VARIANT, save_torch_weights
 
@@ -256,6 +257,7 @@ def export_checkpoint(
     if "fp32" not in variants:
         fp32.unlink()
         del files["fp32"]
+    fields = calibration_fields(calibration) if calibration else {}
     card = ModelCard(
         name=name,
         labels=tuple(cfg.label_names),
@@ -274,28 +276,14 @@ def export_checkpoint(
             "held_out": _brief(metrics.get("test")),
             "held_out_telephone": _brief(metrics.get("test_telephone")),
             "onnx_parity": parity_report,
-            **({"alerts_cross_validated": {
-                "target_false_alerts_per_hour": calibration["target_false_alerts_per_hour"],
-                "test": {ch: v["overall"] for ch, v in calibration["test"].items()},
-                "per_corpus": {ch: v["per_corpus"] for ch, v in calibration["test"].items()},
-                "test_without_baseline": calibration["test_without_baseline"],
-                "test_with_baseline": calibration.get("test_with_baseline"),
-                "operating_points": calibration.get("operating_points", []),
-                "test_default_rules_uncalibrated":
-                    calibration["test_default_rules_uncalibrated"],
-                "ece": [{k: f[k] for k in ("test_speakers", "temperature",
-                                           "test_window_ece_before", "test_window_ece_after")}
-                        for f in calibration["folds"]],
-            }} if calibration else {}),
+            **({"alerts_cross_validated": fields["alerts_cross_validated"]}
+               if calibration else {}),
         },
-        calibration=({"temperature": calibration["temperature"],
-                      "fitted_on": "validation speakers of each cross-validation fold (median)",
-                      "fold_temperatures": [f["temperature"] for f in calibration["folds"]]}
-                     if calibration else {}),
-        alerts=calibration["alerts"] if calibration else {},
+        calibration=fields.get("calibration", {}),
+        alerts=fields.get("alerts", {}),
     )
     card.save(out_dir)
-    from trainer.model_card import write as write_model_card
+    from models.card_markdown import write as write_model_card
 
     write_model_card(card, out_dir)
     log.info("exported %s to %s", sorted(files), out_dir)

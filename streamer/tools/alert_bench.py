@@ -45,6 +45,16 @@ CALM_EMOTIONS = ("neutral", "happy")  # calm maps onto neutral in the five-class
 #: Target emotion → the alert kind it should raise, and the deadline after its onset.
 TARGETS = {"angry": ("frustration", 10.0), "sad": ("distress", 15.0),
            "fearful": ("distress", 15.0)}
+#: Figures are kept per target: calm-then-target calls under the emotion's name, calls that
+#: are upset from the first word (no calm part to learn a caller baseline from) as
+#: ``<emotion>_from_start``.
+FROM_START = "_from_start"
+TARGET_KEYS = (*TARGETS, *(e + FROM_START for e in TARGETS))
+
+
+def target_kind(key: str) -> str:
+    """The alert kind a target key (:data:`TARGET_KEYS`) should raise."""
+    return TARGETS[key.removesuffix(FROM_START)][0]
 NOISE_DBFS = -65.0  # the line's noise floor between and under the clips
 TELEPHONE_RATE_HZ = 8_000
 
@@ -71,6 +81,13 @@ class SyntheticCall:
     @property
     def calm_seconds(self) -> float:
         return self.seconds if self.onset_s is None else self.onset_s
+
+    @property
+    def target(self) -> str | None:
+        """The key its figures are kept under (:data:`TARGET_KEYS`); None for calm calls."""
+        if self.onset_s is None:
+            return None
+        return self.kind + (FROM_START if self.onset_s == 0.0 else "")
 
 
 @dataclass(slots=True)
@@ -134,8 +151,12 @@ def _line(audio: np.ndarray, rng: np.random.Generator, telephone: bool) -> tuple
 
 def build_calls(items: Sequence[Utterance], speakers: Sequence[str], labels: Sequence[str], *,
                 calm_minutes: float = 4.0, prefix_s: float = 30.0, target_s: float = 20.0,
-                telephone: bool = False, seed: int = 0) -> list[SyntheticCall]:
-    """One calm call and one calm-then-target call per target emotion, per speaker.
+                telephone: bool = False, seed: int = 0, calm_then_target: bool = True,
+                from_start: bool = True) -> list[SyntheticCall]:
+    """Per speaker: one calm call and one calm-then-target call per target emotion
+    (``calm_then_target``), and one call upset from the first word per target emotion
+    (``from_start``: ``target_s`` of the target, onset at 0 s). The from-start calls draw
+    on their own random stream, so the other calls are the same with or without them.
 
     Raises:
         AlertBenchError: a speaker has no calm clips (neutral, calm or happy).
@@ -156,6 +177,19 @@ def build_calls(items: Sequence[Utterance], speakers: Sequence[str], labels: Seq
                 "cannot be built")
         calm = [load_audio(u.path) for u in calm_items]
         tag = speaker.replace("/", "-")
+        if from_start:
+            start_rng = np.random.default_rng([seed, *speaker.encode(), 1])
+            for emotion in TARGETS:
+                target_items = by_emotion.get(emotion, [])
+                if target_items:
+                    order = start_rng.permutation(len(target_items))
+                    target = _calm_stretch([load_audio(target_items[i].path) for i in order],
+                                           target_s, start_rng)
+                    audio, rate = _line(target, start_rng, telephone)
+                    calls.append(SyntheticCall(f"{tag}-{emotion}-from-start", speaker, emotion,
+                                               audio, rate, 0.0))
+        if not calm_then_target:
+            continue
         audio, rate = _line(_calm_stretch(calm, 60 * calm_minutes, rng), rng, telephone)
         calls.append(SyntheticCall(f"{tag}-calm", speaker, "calm", audio, rate, None))
         for emotion in TARGETS:
@@ -272,8 +306,8 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
         calm_s = sum(r.call.calm_seconds for r in rs)
         false = {k: 0 for k in ("frustration", "distress")}
         alerted_s = {k: 0.0 for k in ("frustration", "distress")}
-        targets: dict[str, list[float | None]] = {e: [] for e in TARGETS}
-        active_at_onset = {e: 0 for e in TARGETS}
+        targets: dict[str, list[float | None]] = {e: [] for e in TARGET_KEYS}
+        active_at_onset = {e: 0 for e in TARGET_KEYS}
         for r in rs:
             limit = r.call.calm_seconds
             for kind, at, cleared in r.raised:
@@ -284,11 +318,12 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
                 continue
             kind, deadline = TARGETS[r.call.kind]
             onset = r.call.onset_s
+            key = r.call.target or r.call.kind
             # An alert of the right kind active at the onset, or raised after it.
-            targets[r.call.kind].append(time_to_alert(r.raised, kind, onset))
+            targets[key].append(time_to_alert(r.raised, kind, onset))
             # A false alert still active at the onset covers the target: counted as detected
             # at 0 s, and counted here so that nobody mistakes it for a fast detection.
-            active_at_onset[r.call.kind] += any(
+            active_at_onset[key] += any(
                 k == kind and at <= onset and (cleared is None or cleared > onset)
                 for k, at, cleared in r.raised)
         hours = calm_s / 3600
@@ -302,7 +337,7 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
                                   for k, v in alerted_s.items()},
         }
         for emotion, delays in targets.items():
-            kind, deadline = TARGETS[emotion]
+            kind, deadline = TARGETS[emotion.removesuffix(FROM_START)]
             hit = [d for d in delays if d is not None and d <= deadline]
             seen = [d for d in delays if d is not None]
             out[emotion] = {
@@ -409,10 +444,11 @@ def bench_alerts(*, data: Sequence[str | Path], model, alerts: AlertConfig,
 def format_report(report: dict) -> str:
     """A table a person reads: one row per corpus and speaker, then overall."""
     head = ("| speakers | calm h | frustration FA/h | distress FA/h | angry ≤10 s | sad ≤15 s | "
-            "fearful ≤15 s | median s to alert (angry/sad/fearful) |")
+            "fearful ≤15 s | median s to alert (angry/sad/fearful) | from the first word: "
+            "angry/sad/fearful in time |")
     lines = [f"{report['channel']}, model {report['model']['backbone']} "
              f"({report['model']['variant']}), T={report['model']['temperature']}", "",
-             head, "|---" * 8 + "|"]
+             head, "|---" * 9 + "|"]
 
     def row(name: str, b: dict) -> str:
         def det(e: str) -> str:
@@ -422,8 +458,9 @@ def format_report(report: dict) -> str:
         med = "/".join("–" if b[e]["median_time_to_alert_s"] is None
                        else f"{b[e]['median_time_to_alert_s']:.0f}" for e in TARGETS)
         fa = b["false_alerts_per_hour"]
+        start = ", ".join(det(e + FROM_START) for e in TARGETS)
         return (f"| {name} | {b['calm_hours']:.2f} | {fa['frustration']} | {fa['distress']} | "
-                f"{det('angry')} | {det('sad')} | {det('fearful')} | {med} |")
+                f"{det('angry')} | {det('sad')} | {det('fearful')} | {med} | {start} |")
 
     for name, b in report["per_speaker"].items():
         lines.append(row(name, b))
@@ -454,7 +491,7 @@ def plot_report(report: dict, path: Path) -> None:
         kind, deadline = TARGETS[emotion]
         delays = [time_to_alert([(a["kind"], a["raised_s"], a["cleared_s"]) for a in c["alerts"]],
                                 kind, c["onset_s"])
-                  for c in report["calls"] if c["kind"] == emotion]
+                  for c in report["calls"] if c["kind"] == emotion and c["onset_s"]]
         shown = [d if d is not None else deadline * 2.2 for d in delays]
         jitter = np.linspace(-0.15, 0.15, len(shown))
         ax2.scatter(i + jitter, shown,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from models.card import ModelCard, alert_rows
+from models.card import ModelCard, alert_rows, ceiling_lines
 
 
 def _pct(x: float) -> str:
@@ -106,8 +107,9 @@ def _backbone_comparison(bc: dict) -> list[str]:
                 for channel, block in alerts[name]["operating_points"][i]["test"].items():
                     rows[f"{name}, budget {budget:g}/h, {channel}"] = block
         lines += ["", "Alert benchmark on the test speakers of these folds: each backbone's "
-                  "temperature and rules chosen by `callmon calibrate` on the same folds' "
-                  "validation speakers for a false-alert budget of "
+                  "temperature and rules chosen by `callmon calibrate` on the same folds "
+                  "(nested: each fold's test speakers judged under rules chosen without them) "
+                  "for a false-alert budget of "
                   f"{', '.join(f'{b:g}' for b in budgets)} per hour (at 1/h: "
                   + "; ".join(f"{name}: {alerts[name]['rules']}" for name in names) + "):",
                   "", *alert_rows(rows)]
@@ -261,7 +263,7 @@ def render(card: ModelCard) -> str:
         lines += ["", f"How the recipe was chosen: {t['selection']}"]
     alerts_cv = ev.get("alerts_cross_validated")
     if card.calibration or alerts_cv:
-        lines += ["", "## Calibration and alert thresholds (chosen on validation speakers)", ""]
+        lines += ["", "## Calibration and alert thresholds (chosen on held-out speakers)", ""]
     if card.calibration:
         lines.append(
             f"- Temperature {card.calibration['temperature']:g}: the median of the per-fold "
@@ -281,40 +283,52 @@ def render(card: ModelCard) -> str:
                           f"windows, clear after {a[k]['clear_hold_s']:g} s"
                           for k in ("frustration", "distress"))
         target = alerts_cv["target_false_alerts_per_hour"] if alerts_cv else 1
+        how = (alerts_cv or {}).get("selection", "on the validation calls of all folds")
         lines.append(f"- Alert rules stored in this card (the server's defaults): smoothing "
                      f"{a['smoothing']:g}, caller baseline `{a.get('baseline', 'none')}`; "
-                     f"{rules}. Chosen by `callmon calibrate` on the validation calls of all "
-                     f"folds for at most {target:g} false alert per hour of calm speech per "
-                     "kind.")
+                     f"{rules}. Chosen by `callmon calibrate` for at most {target:g} false alert "
+                     f"per hour of calm speech per kind: {how}.")
     if alerts_cv:
+        nested = "selection" in alerts_cv
         lines += ["", "### Alert benchmark on the test speakers of every fold (`callmon bench "
-                  "alerts` calls: ≥ 4 min calm per speaker, then calm → angry / sad / fearful)",
-                  "", *alert_rows(alerts_cv["test"]), ""]
+                  "alerts` calls: ≥ 4 min calm per speaker, then calm → angry / sad / fearful"
+                  + ("; each fold under rules chosen without its test speakers" if nested
+                     else "") + ")", "", *alert_rows(alerts_cv["test"]), ""]
         for corpus_channel, blocks in (alerts_cv.get("per_corpus") or {}).items():
             lines += [f"Per corpus, {corpus_channel}:", "",
                       *alert_rows({c: b for c, b in blocks.items()}), ""]
+        if alerts_cv.get("ceiling"):
+            lines += [*ceiling_lines(alerts_cv["ceiling"], alerts_cv["target_false_alerts_per_hour"]),
+                      ""]
+        block = alerts_cv.get("test_compared_rules")
+        if block:
+            lines += [f"The rules this card had before (`{block['alerts']}`), on the same test "
+                      "calls:", "", *alert_rows(block), ""]
+        block = alerts_cv.get("test_rules_from_validation_only")
+        if block:
+            lines += [f"The rules the validation calls alone would choose (`{block['alerts']}`), "
+                      "on the same test calls:", "",
+                      *alert_rows(block), ""]
         for key, title in (("test_without_baseline", "without a caller baseline"),
                            ("test_with_baseline", "with a caller baseline")):
             block = alerts_cv.get(key)
             if block:
-                lines += [f"The best rules {title} on the validation calls "
-                          f"(`{block['alerts']}`), on the same test calls:", "",
-                          *alert_rows({k: v for k, v in block.items() if k != "alerts"}), ""]
+                lines += [f"The best rules {title} (`{block['alerts']}`), on the same test "
+                          f"calls{', nested' if nested else ''}:", "",
+                          *alert_rows(block), ""]
         points = alerts_cv.get("operating_points") or []
         if len(points) > 1:
             lines += ["Operating points — the rules `callmon calibrate` picks for a looser "
-                      "false-alert budget on the validation calls, on the same test calls "
-                      "(set them with the `CALLMON_*` alert settings to trade false alerts "
-                      "for detection):", ""]
+                      "false-alert budget, on the same test calls"
+                      + (" (nested)" if nested else "") + " (set them with the `CALLMON_*` "
+                      "alert settings to trade false alerts for detection):", ""]
             for p in points:
                 a = p["alerts"]
                 lines += [f"- budget {p['target_false_alerts_per_hour']:g}/h: smoothing "
                           f"{a['smoothing']}, baseline {a['baseline']}, "
                           f"{a['frustration']['consecutive']} windows, frustration on "
                           f"{a['frustration']['on']}, distress on {a['distress']['on']}", ""]
-                lines += [*alert_rows({k: v for k, v in p.items()
-                                        if k not in ("alerts", "target_false_alerts_per_hour")}),
-                          ""]
+                lines += [*alert_rows(p), ""]
         if alerts_cv.get("test_default_rules_uncalibrated"):
             lines += ["The old hand-set rules (on 0.55 / 0.60, no temperature), same test "
                       "calls:", "", *alert_rows(alerts_cv["test_default_rules_uncalibrated"]),
@@ -341,6 +355,41 @@ def render(card: ModelCard) -> str:
         "noisier and mostly neutral. Expect lower figures there and check the alert rate on "
         "your own calls with `callmon bench alerts --data <your manifest corpus>`."])]
     return "\n".join(lines) + "\n"
+
+
+def calibration_fields(calibration: dict) -> dict:
+    """The card's fields that ``callmon calibrate``'s report fills: the temperature, the
+    alert rules, and the cross-validated alert figures (``evaluation.alerts_cross_validated``)."""
+    return {
+        "alerts_cross_validated": {
+            "target_false_alerts_per_hour": calibration["target_false_alerts_per_hour"],
+            **({"selection": calibration["selection"]} if "selection" in calibration else {}),
+            "test": {ch: v["overall"] for ch, v in calibration["test"].items()},
+            "per_corpus": {ch: v["per_corpus"] for ch, v in calibration["test"].items()},
+            **{k: calibration[k] for k in ("ceiling", "test_rules_from_validation_only",
+                                           "test_compared_rules", "fold_alerts")
+               if k in calibration},
+            "test_without_baseline": calibration["test_without_baseline"],
+            "test_with_baseline": calibration.get("test_with_baseline"),
+            "operating_points": calibration.get("operating_points", []),
+            "test_default_rules_uncalibrated": calibration["test_default_rules_uncalibrated"],
+            "ece": [{k: f[k] for k in ("test_speakers", "temperature", "test_window_ece_before",
+                                       "test_window_ece_after")}
+                    for f in calibration["folds"]],
+        },
+        "calibration": {"temperature": calibration["temperature"],
+                        "fitted_on": "validation speakers of each cross-validation fold (median)",
+                        "fold_temperatures": [f["temperature"] for f in calibration["folds"]]},
+        "alerts": calibration["alerts"],
+    }
+
+
+def with_calibration(card: ModelCard, calibration: dict) -> ModelCard:
+    """``card`` with the temperature, alert rules and alert figures of a calibration report."""
+    fields = calibration_fields(calibration)
+    return replace(card, evaluation={**card.evaluation,
+                                     "alerts_cross_validated": fields["alerts_cross_validated"]},
+                   calibration=fields["calibration"], alerts=fields["alerts"])
 
 
 def write(card: ModelCard, directory: Path) -> Path:
