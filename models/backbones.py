@@ -76,6 +76,39 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
+class SpecAugment(nn.Module):
+    """Training-time masking of log-mel features (Park et al. 2019, SpecAugment): per
+    example, ``freq_masks`` bands of up to ``freq_width`` mel bins and ``time_masks``
+    stretches of up to ``time_width`` frames are set to the example's mean. The identity in
+    eval mode, and without parameters or buffers: checkpoints and exports are unchanged."""
+
+    def __init__(self, *, freq_masks: int = 2, freq_width: int = 10, time_masks: int = 2,
+                 time_width: int = 30) -> None:
+        super().__init__()
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+
+    @staticmethod
+    def _bands(n_masks: int, width: int, size: int, batch: int, device: torch.device,
+               shape: tuple[int, int, int]) -> torch.Tensor:
+        idx = torch.arange(size, device=device).view(shape)
+        mask = torch.zeros((batch, *shape[1:]), dtype=torch.bool, device=device)
+        for _ in range(n_masks):
+            w = torch.randint(0, min(width, size) + 1, (batch, 1, 1), device=device)
+            start = (torch.rand((batch, 1, 1), device=device) * (size - w + 1)).long()
+            mask = mask | ((idx >= start) & (idx < start + w))
+        return mask
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_mels, frames)`` → the same, masked while training."""
+        if not self.training:
+            return feats
+        b, f, t = feats.shape
+        mask = (self._bands(self.freq_masks, self.freq_width, f, b, feats.device, (1, f, 1))
+                | self._bands(self.time_masks, self.time_width, t, b, feats.device, (1, 1, t)))
+        return torch.where(mask, feats.mean(dim=(1, 2), keepdim=True), feats)
+
+
 class LogMel(nn.Module):
     """Whisper's log-mel front end as convolutions, so it exports to plain ONNX ops.
 
@@ -148,6 +181,8 @@ class WhisperEncoderBackbone(Backbone):
         )
         config._attn_implementation = "sdpa"
         self.frontend = LogMel()
+        #: Training-time feature masking (``callmon train --spec-augment``); None: off.
+        self.spec_augment: SpecAugment | None = None
         self.encoder = WhisperEncoder(config)
         self.num_layers = layers + 1  # the embedding output plus each transformer layer
         self.dim = d_model
@@ -218,6 +253,8 @@ class WhisperEncoderBackbone(Backbone):
         # The front end may stay float32 while the encoder runs in half precision (the
         # PyTorch backend on CUDA): quiet bins and the log floor underflow float16.
         feats = self.frontend(waveform.to(self.frontend.dft.dtype)).to(enc.conv1.weight.dtype)
+        if self.spec_augment is not None:
+            feats = self.spec_augment(feats)
         x = nn.functional.gelu(enc.conv1(feats))
         x = nn.functional.gelu(enc.conv2(x)).transpose(1, 2)
         frames = x.shape[1]

@@ -35,6 +35,8 @@ def train_command(cfg: dict) -> str:
     for key, flag in flags.items():
         if key in cfg:
             parts.append(f"{flag} {cfg[key]}")
+    if cfg.get("spec_augment"):
+        parts.append("--spec-augment")
     return " ".join(parts)
 
 

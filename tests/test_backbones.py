@@ -178,3 +178,41 @@ def test_whisper_base_joins_its_two_wheels_and_checks_the_digest(tmp_path: Path)
     with torch.inference_mode():
         states = b(torch.zeros(1, 48_000) + 0.01)
     assert states.shape == (7, 1, 150, 512)
+
+
+def test_spec_augment_masks_only_while_training(tmp_path: Path) -> None:
+    """Training masks bands of mel bins and stretches of frames with the example's mean;
+    eval mode, the state dict and so the exported model are untouched."""
+    from dataclasses import replace
+
+    from models.backbones import SpecAugment
+    from trainer.config import TrainConfig
+    from trainer.train import build_net
+
+    torch.manual_seed(0)
+    feats = torch.randn(8, 80, 300)
+    aug = SpecAugment(freq_masks=2, freq_width=10, time_masks=2, time_width=30)
+    assert torch.equal(aug.eval()(feats), feats)
+    masked = aug.train()(feats)
+    changed = masked != feats
+    assert changed.any()
+    for i in range(8):  # whole bands and stretches, each at the example's mean
+        rows = changed[i].all(dim=1).sum().item()  # mel bins masked in every frame
+        cols = changed[i].all(dim=0).sum().item()  # frames masked in every bin
+        assert rows <= 20 and cols <= 60
+        assert torch.allclose(masked[i][changed[i]], feats[i].mean().expand(int(changed[i].sum())))
+    cfg = replace(TrainConfig(), spec_augment=True)
+    plain, augmented = build_net(replace(cfg, spec_augment=False), pretrained=False), build_net(
+        cfg, pretrained=False)
+    assert augmented.backbone.spec_augment is not None and plain.backbone.spec_augment is None
+    assert plain.state_dict().keys() == augmented.state_dict().keys()
+    augmented.load_state_dict(plain.state_dict())
+    wave = torch.randn(2, 48_000)
+    assert torch.allclose(plain.eval()(wave), augmented.eval()(wave))
+    augmented.train()
+    assert not torch.allclose(plain.train()(wave), augmented(wave))  # (dropout aside, masks)
+    from trainer.bench import save_random_wav2vec2
+
+    wav2vec2 = f"wav2vec2:{save_random_wav2vec2(tmp_path, base=False)}"
+    with pytest.raises(ValueError, match="has none"):
+        build_net(replace(cfg, backbone=wav2vec2), pretrained=False)

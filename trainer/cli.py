@@ -46,6 +46,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
         help="speed perturbation: lowest factor (1 = off)",
     )
     p.add_argument("--speed-max", type=float, default=defaults["speed_max"])
+    p.add_argument("--spec-augment", action="store_true",
+                   help="mask log-mel bands and time stretches while training (SpecAugment)")
     p.add_argument("--folds", type=int, default=defaults["folds"])
     p.add_argument("--fold", type=int, default=defaults["fold"],
                    help="test fold (0-based); -1 trains on every speaker (no validation, no test)")
@@ -150,6 +152,7 @@ def _train(args: argparse.Namespace) -> int:
         patience=args.patience,
         select=args.select, speed_min=args.speed_min,
         speed_max=args.speed_max,
+        spec_augment=args.spec_augment,
         folds=args.folds,
         fold=args.fold,
         seed=args.seed,

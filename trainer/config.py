@@ -33,6 +33,7 @@ class TrainConfig:
     p_noise: float = 0.5
     speed_min: float = 1.0  # speed perturbation range; 1.0/1.0 turns it off
     speed_max: float = 1.0
+    spec_augment: bool = False  # mask log-mel bands and stretches while training (Whisper)
     folds: int = 5
     fold: int = 4  # which fold is the test fold; the shipped model holds out the last one
     val_speakers: int = 2  # taken from the training speakers for early stopping

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.backbones import build_backbone, random_twin
+from models.backbones import SpecAugment, WhisperEncoderBackbone, build_backbone, random_twin
 from models.corpora import (
     Utterance,
     corpus_of,
@@ -54,6 +54,10 @@ def build_net(cfg: TrainConfig, *, pretrained: bool = True) -> EmotionNet:
     backbone = build_backbone(cfg.backbone if pretrained else random_twin(cfg.backbone))
     if cfg.freeze_layers >= 0:
         backbone.freeze(cfg.freeze_layers)
+    if cfg.spec_augment:
+        if not isinstance(backbone, WhisperEncoderBackbone):
+            raise ValueError(f"--spec-augment masks log-mel features: {cfg.backbone} has none")
+        backbone.spec_augment = SpecAugment()
     return EmotionNet(backbone, num_classes=len(cfg.label_names))
 
 
