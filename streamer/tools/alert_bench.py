@@ -5,7 +5,9 @@ Synthetic calls are built from held-out speakers of any manifest corpus:
 * **calm calls**: the speaker's neutral, calm and happy clips in random order with short
   pauses, at least ``calm_minutes`` long (clips repeat when the corpus has too few);
 * **calm-then-target calls**: a calm stretch, then the speaker's angry clips (a
-  frustration target) or sad or fearful clips (distress targets).
+  frustration target) or sad or fearful clips (distress targets);
+* **calls upset from the first word**: the target clips from 0 s, nothing calm before them
+  (kept apart as ``<emotion>_from_start``).
 
 Each call goes through the server's own path, offline and faster than real time: the
 streaming windower with its resampler and voice gate (:class:`streamer.calls.CallSession`),
@@ -52,11 +54,13 @@ FROM_START = "_from_start"
 TARGET_KEYS = (*TARGETS, *(e + FROM_START for e in TARGETS))
 
 
+NOISE_DBFS = -65.0  # the line's noise floor between and under the clips
+TELEPHONE_RATE_HZ = 8_000
+
+
 def target_kind(key: str) -> str:
     """The alert kind a target key (:data:`TARGET_KEYS`) should raise."""
     return TARGETS[key.removesuffix(FROM_START)][0]
-NOISE_DBFS = -65.0  # the line's noise floor between and under the clips
-TELEPHONE_RATE_HZ = 8_000
 
 
 class AlertBenchError(ValueError):

@@ -11,8 +11,8 @@ call was scored by a model that never trained on its speaker.
    kind) is chosen on a pool of such calls: per kind, the lowest threshold whose false
    alerts stay within the target rate, then the shared settings that detect the most
    targets. What ships is chosen on every call (validation and test speakers of every
-   fold: about twice the calm speech of the validation calls alone, which had chosen
-   rules that doubled or tripled their budget on unseen speakers);
+   fold: nearly three times the calm speech of the validation calls alone, which had
+   chosen rules that came out at two to four times their budget on unseen speakers);
 3. the estimate is nested: each fold's test calls are judged under rules chosen on a pool
    without its test speakers (no call of theirs, whichever fold's model scored it).
 
