@@ -106,12 +106,39 @@ COMPARISON = (
     f"{alerts_text(CAL_T)}. Base is exported with every encoder linear layer in int8 "
     f"(25 MB; feed-forward layers only would be 43 MB): 13.8 ms per window on one core "
     f"against tiny's 9.0 ms. {capacity_text()}")
+SPEC = r("docs/results/cv4_spec_augment.json")
+SPEC_FOLDS = [f["fold"] for f in SPEC["folds"]]
+
+
+def shipped_recipe(corpus=None, channel="clean"):
+    """Mean UAR (%) of the shipped recipe's folds (runs/both-fF) on the folds SPEC ran."""
+    ms = [r(f"runs/both-f{f}/metrics.json") for f in SPEC_FOLDS]
+    if corpus is None:
+        key = "test" if channel == "clean" else "test_telephone"
+        return 100 * sum(m[key]["uar"] for m in ms) / len(ms)
+    return 100 * sum(m["test_by_corpus"][corpus][channel]["uar"] for m in ms) / len(ms)
+
+
+SPEC_AUGMENT = (
+    f"One change was cross-validated since: SpecAugment-style masking of log-mel bands and "
+    f"time stretches (`callmon train --spec-augment`), on folds "
+    f"{', '.join(map(str, SPEC_FOLDS))} (fold 4 was not run): "
+    f"{100 * SPEC['clean']['uar']['mean']:.1f} % UAR against {shipped_recipe():.1f} % for "
+    f"the shipped recipe on the same folds (unseen RAVDESS actors "
+    f"{100 * SPEC['by_corpus']['ravdess']['clean']['uar']['mean']:.1f} % against "
+    f"{shipped_recipe('ravdess'):.1f} %, over a telephone line "
+    f"{100 * SPEC['by_corpus']['ravdess']['telephone']['uar']['mean']:.1f} % against "
+    f"{shipped_recipe('ravdess', 'telephone'):.1f} %; unseen EmoDB speakers, one per fold, "
+    f"{100 * SPEC['by_corpus']['emodb']['clean']['uar']['mean']:.1f} % against "
+    f"{shipped_recipe('emodb'):.1f} %), so it was not adopted "
+    "(docs/results/cv4_spec_augment.json). ")
 SELECTION = (
     "The recipe is the one cross-validated for the RAVDESS-only model (25 epochs, last "
     "epoch kept, speed perturbation 0.9-1.1, telephone and noise augmentation), now "
     "trained on both corpora with folds that hold speakers of each out; no new recipe "
     "search was run (one fold costs 12-14 min for tiny, 23-33 min for base on these 2 CPU "
-    "cores, and no GPU was lent). " + COMPARISON + " Tiny stays the default: it holds the 100 "
+    "cores, and no GPU was lent). " + SPEC_AUGMENT + COMPARISON
+    + " Tiny stays the default: it holds the 100 "
     "calls a 2-core node must hold and base does not, and it ships for every backend (int8 "
     "and fp16 ONNX, float16 PyTorch weights for GPU hosts); base ships beside it as int8 ONNX "
     "for CPU serving where its accuracy is worth 15-30 % fewer calls per core "
