@@ -43,8 +43,11 @@ def torch_available(cuda: bool = False) -> bool:
     return torch.cuda.is_available() if cuda else True
 
 
-def _buckets(max_batch: int) -> list[int]:
-    out, b = [], 1
+def _buckets(max_batch: int, *, compiled: bool = False) -> list[int]:
+    """Batch sizes a batch is padded up to: 1, 2, 4, … ``max_batch``. Compiled with a
+    dynamic batch size, 1 is still a size of its own (a second compilation): a lone window
+    is scored in a batch of two instead."""
+    out, b = [], 2 if compiled and max_batch > 1 else 1
     while b < max_batch:
         out.append(b)
         b *= 2
@@ -89,9 +92,7 @@ class TorchEmotionModel(WindowScorer):
         self._input_dtype = torch.float32 if frontend is not None else self.dtype
         self.max_batch = max_batch
         self.compiled = compile
-        # Compiled with a dynamic batch size, 1 is still a size of its own (a second
-        # compilation): a lone window is scored in a batch of two instead.
-        self.buckets = [b for b in _buckets(max_batch) if b > 1 or not compile or max_batch == 1]
+        self.buckets = _buckets(max_batch, compiled=compile)
         self._net_call = torch.compile(self.net, dynamic=True) if compile else self.net
         self.use_graphs = cuda_graphs and self.cuda
         self._graphs: dict[int, tuple] = {}

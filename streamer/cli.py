@@ -378,26 +378,26 @@ def _bench_soak(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     from streamer.tools.calibrate import calibrate_cv, write
 
-    if args.card and not (Path(args.card) / "model_card.json").is_file():
-        raise ValueError(f"--card {args.card}: no model_card.json there (a folder written by "
-                         "callmon export)")
-
-    before = None
+    card = None
     if args.card:
         from models.card import ModelCard
         from streamer.alerts import alert_config_from
 
-        before = alert_config_from(ModelCard.load(Path(args.card)).alerts)
+        if not (Path(args.card) / "model_card.json").is_file():
+            raise ValueError(f"--card {args.card}: no model_card.json there (a folder written "
+                             "by callmon export)")
+        card = ModelCard.load(Path(args.card))
     report = calibrate_cv([Path(r) for r in args.runs.split(",") if r.strip()],
                           [d for d in args.data.split(",") if d.strip()],
                           target_fa_per_hour=args.target_fa_per_hour,
-                          calm_minutes=args.calm_minutes, threads=args.threads, compare=before)
+                          calm_minutes=args.calm_minutes, threads=args.threads,
+                          compare=alert_config_from(card.alerts) if card else None)
     write(report, Path(args.out))
-    if args.card:
+    if card:
         from models.card_markdown import with_calibration
         from models.card_markdown import write as write_card
 
-        card = with_calibration(ModelCard.load(Path(args.card)), report)
+        card = with_calibration(card, report)
         card.save(Path(args.card))
         write_card(card, Path(args.card))
     summary = {"temperature": report["temperature"], "alerts": report["alerts"],

@@ -258,14 +258,19 @@ PARTS = ("torch", "onnx", "training", "wav2vec2", "server")
 
 
 def parse_skip(text: str) -> tuple[str, ...]:
-    """``--skip``'s comma-separated parts, checked against :data:`PARTS`.
+    """``--skip``'s comma-separated parts, checked against :data:`PARTS` (:func:`check_skip`)."""
+    return check_skip(tuple(p.strip() for p in text.split(",") if p.strip()), text)
+
+
+def check_skip(skip: tuple[str, ...], given: str | None = None) -> tuple[str, ...]:
+    """``skip`` when every part is one of :data:`PARTS`.
 
     Raises:
-        ValueError: a part that is not one of them, named.
+        ValueError: a part that is not one of them, named (as ``given``, if given).
     """
-    skip = tuple(p.strip() for p in text.split(",") if p.strip())
     if set(skip) - set(PARTS):
-        raise ValueError(f"--skip takes {', '.join(PARTS)}; not {text!r}")
+        shown = ",".join(skip) if given is None else given
+        raise ValueError(f"--skip takes {', '.join(PARTS)}; not {shown!r}")
     return skip
 
 
@@ -275,7 +280,7 @@ def run_gpu_check(*, data: str, quick: bool = False, epochs: int = 25,
                   skip: tuple[str, ...] = ()) -> dict:
     import torch
 
-    parse_skip(",".join(skip))
+    check_skip(skip)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     report: dict = {"environment": environment(), "quick": quick, "skipped": list(skip)}

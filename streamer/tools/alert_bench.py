@@ -33,7 +33,7 @@ import numpy as np
 
 from models.corpora import Utterance, corpus_name, discover, load_audio
 from models.labels import map_to_label_set
-from streamer.alerts import AlertConfig, alert_config_dict
+from streamer.alerts import KINDS, AlertConfig, alert_config_dict
 from streamer.calls import CallSession, ResultOrder, WindowingConfig
 from streamer.protocol import StreamStart
 from streamer.schema import Alert
@@ -302,58 +302,95 @@ def time_to_alert(raised: Sequence[tuple[str, float, float | None]], kind: str,
     return min(hits) if hits else None
 
 
-def summarise(results: Sequence[CallAlerts]) -> dict:
-    """False alerts per hour of calm speech, detection and time to alert, overall and per
-    speaker and corpus."""
+@dataclass(slots=True)
+class Tally:
+    """What :func:`summarise` counts, additive: the sum of two tallies is the tally of
+    their calls together (the threshold search adds them up per speaker and fold).
 
-    def block(rs: Sequence[CallAlerts]) -> dict:
-        calm_s = sum(r.call.calm_seconds for r in rs)
-        false = {k: 0 for k in ("frustration", "distress")}
-        alerted_s = {k: 0.0 for k in ("frustration", "distress")}
-        targets: dict[str, list[float | None]] = {e: [] for e in TARGET_KEYS}
-        active_at_onset = {e: 0 for e in TARGET_KEYS}
-        for r in rs:
+    ``delays`` holds, per target key (:data:`TARGET_KEYS`), each target call's time to
+    alert (None: never alerted).
+    """
+
+    calm_s: float = 0.0
+    false: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
+    alerted_s: dict[str, float] = field(default_factory=lambda: {k: 0.0 for k in KINDS})
+    delays: dict[str, list[float | None]] = field(
+        default_factory=lambda: {e: [] for e in TARGET_KEYS})
+    active_at_onset: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TARGET_KEYS, 0))
+
+    @classmethod
+    def of(cls, results: Sequence[CallAlerts]) -> Tally:
+        t = cls()
+        for r in results:
             limit = r.call.calm_seconds
+            t.calm_s += limit
             for kind, at, cleared in r.raised:
                 if at <= limit:
-                    false[kind] += 1
-                    alerted_s[kind] += min(limit, r.call.seconds if cleared is None else cleared) - at
+                    t.false[kind] += 1
+                    t.alerted_s[kind] += min(limit, r.call.seconds if cleared is None else cleared) - at
             if r.call.onset_s is None:
                 continue
-            kind, deadline = TARGETS[r.call.kind]
+            kind = TARGETS[r.call.kind][0]
             onset = r.call.onset_s
             key = r.call.target or r.call.kind
             # An alert of the right kind active at the onset, or raised after it.
-            targets[key].append(time_to_alert(r.raised, kind, onset))
+            t.delays[key].append(time_to_alert(r.raised, kind, onset))
             # A false alert still active at the onset covers the target: counted as detected
             # at 0 s, and counted here so that nobody mistakes it for a fast detection.
-            active_at_onset[key] += any(
+            t.active_at_onset[key] += any(
                 k == kind and at <= onset and (cleared is None or cleared > onset)
                 for k, at, cleared in r.raised)
-        hours = calm_s / 3600
+        return t
+
+    def add(self, other: Tally) -> Tally:
+        self.calm_s += other.calm_s
+        for k in KINDS:
+            self.false[k] += other.false[k]
+            self.alerted_s[k] += other.alerted_s[k]
+        for e in TARGET_KEYS:
+            self.delays[e] += other.delays[e]
+            self.active_at_onset[e] += other.active_at_onset[e]
+        return self
+
+    def in_time(self, key: str) -> list[float]:
+        """Times to alert of the ``key`` targets alerted within their deadline."""
+        deadline = TARGETS[key.removesuffix(FROM_START)][1]
+        return [d for d in self.delays[key] if d is not None and d <= deadline]
+
+    def figures(self) -> dict:
+        """The benchmark's figures (one block of :func:`summarise`)."""
+        hours = self.calm_s / 3600
         out: dict = {
             "calm_hours": round(hours, 3),
-            "false_alerts": false,
+            "false_alerts": dict(self.false),
             "false_alerts_per_hour": {k: round(v / hours, 2) if hours else None
-                                      for k, v in false.items()},
+                                      for k, v in self.false.items()},
             # How much of the calm speech a supervisor saw under a (false) alert.
-            "calm_time_alerted": {k: round(v / calm_s, 4) if calm_s else None
-                                  for k, v in alerted_s.items()},
+            "calm_time_alerted": {k: round(v / self.calm_s, 4) if self.calm_s else None
+                                  for k, v in self.alerted_s.items()},
         }
-        for emotion, delays in targets.items():
-            kind, deadline = TARGETS[emotion.removesuffix(FROM_START)]
-            hit = [d for d in delays if d is not None and d <= deadline]
+        for key, delays in self.delays.items():
+            kind, deadline = TARGETS[key.removesuffix(FROM_START)]
+            hit = self.in_time(key)
             seen = [d for d in delays if d is not None]
-            out[emotion] = {
+            out[key] = {
                 "alert": kind, "deadline_s": deadline, "calls": len(delays),
                 "detected_within_deadline": len(hit),
                 "detection_rate": round(len(hit) / len(delays), 3) if delays else None,
                 "median_time_to_alert_s": round(float(np.median(seen)), 1) if seen else None,
                 "max_time_to_alert_s": round(float(np.max(seen)), 1) if seen else None,
                 "missed": len(delays) - len(seen),
-                "already_active_at_onset": active_at_onset[emotion],
+                "already_active_at_onset": self.active_at_onset[key],
             }
         return out
+
+
+def summarise(results: Sequence[CallAlerts]) -> dict:
+    """False alerts per hour of calm speech, detection and time to alert, overall and per
+    speaker and corpus."""
+
+    def block(rs: Sequence[CallAlerts]) -> dict:
+        return Tally.of(rs).figures()
 
     speakers = sorted({r.call.speaker for r in results})
     corpora = sorted({s.split("/")[0] for s in speakers})

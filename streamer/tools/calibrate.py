@@ -30,7 +30,7 @@ import json
 import logging
 import pickle
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,15 @@ from models.preprocessing import clip_windows
 from streamer.alerts import BASELINES, KINDS, AlertConfig, AlertRule, RoleAlerts, alert_config_dict
 from streamer.tools.alert_bench import (
     TARGET_KEYS,
-    TARGETS,
     CallAlerts,
     ScoredCall,
+    Tally,
     build_calls,
     load_corpora,
     pair_alerts,
     score_calls,
     summarise,
     target_kind,
-    time_to_alert,
 )
 
 log = logging.getLogger(__name__)
@@ -168,48 +167,11 @@ def _config(space: SearchSpace, smoothing: float, baseline: str, consecutive: in
                        frustration=rules["frustration"], distress=rules["distress"])
 
 
-@dataclass(slots=True)
-class Tally:
-    """Additive alert figures of some calls under one setting: false alerts per kind over
-    the calm seconds, and per target emotion the calls, those alerted within the deadline
-    and their times to alert. Sums of tallies are the figures of the calls together."""
-
-    calm_s: float = 0.0
-    false: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TARGET_KEYS, 0))
-    delays: dict[str, list[float]] = field(default_factory=lambda: {e: [] for e in TARGET_KEYS})
-
-    def add(self, other: Tally) -> Tally:
-        for k in KINDS:
-            self.false[k] += other.false[k]
-        for e in TARGET_KEYS:
-            self.calls[e] += other.calls[e]
-            self.delays[e] += other.delays[e]
-        self.calm_s += other.calm_s
-        return self
-
-    @classmethod
-    def of(cls, results: Sequence[CallAlerts]) -> Tally:
-        t = cls()
-        for r in results:
-            t.calm_s += r.call.calm_seconds
-            for kind, at, _ in r.raised:
-                if at <= r.call.calm_seconds:
-                    t.false[kind] += 1
-            if r.call.onset_s is not None:
-                kind, deadline = TARGETS[r.call.kind]
-                key = r.call.target or r.call.kind
-                t.calls[key] += 1
-                delay = time_to_alert(r.raised, kind, r.call.onset_s)
-                if delay is not None and delay <= deadline:
-                    t.delays[key].append(delay)
-        return t
-
-    def kind(self, kind: str) -> tuple[int, int, float]:
-        """(false alerts, targets alerted within their deadline, mean time to alert)."""
-        delays = [d for e in TARGET_KEYS if target_kind(e) == kind for d in self.delays[e]]
-        return (self.false[kind], len(delays),
-                float(np.mean(delays)) if delays else 99.0)
+def _kind_figures(t: Tally, kind: str) -> tuple[int, int, float]:
+    """(false alerts, targets alerted within their deadline, mean time to alert) of one
+    kind in a tally."""
+    delays = [d for e in TARGET_KEYS if target_kind(e) == kind for d in t.in_time(e)]
+    return t.false[kind], len(delays), float(np.mean(delays)) if delays else 99.0
 
 
 #: What the search can pool: every scored call of one speaker in one (fold, role, channel).
@@ -258,9 +220,9 @@ def choose(tallies: dict[Setting, dict[Group, Tally]], pool: Sequence[Group], *,
         per_on = {on: pooled[(smoothing, baseline, consecutive, on)] for on in space.on}
         figures = {}
         for kind in KINDS:
-            ok = [on for on in space.on if per_on[on].kind(kind)[0] <= allowed]
-            pick = min(ok) if ok else min(space.on, key=lambda o: (per_on[o].kind(kind)[0], o))
-            false, hits, delay = per_on[pick].kind(kind)
+            ok = [on for on in space.on if _kind_figures(per_on[on], kind)[0] <= allowed]
+            pick = min(ok) if ok else min(space.on, key=lambda o: (_kind_figures(per_on[o], kind)[0], o))
+            false, hits, delay = _kind_figures(per_on[pick], kind)
             figures[kind] = {"on": pick, "false_alerts": false, "detected": hits,
                              "mean_time_to_alert_s": round(delay, 1), "within_target": bool(ok)}
         rows.append({"smoothing": smoothing, "baseline": baseline, "consecutive": consecutive,
@@ -300,17 +262,19 @@ def ceiling(tallies: dict[Setting, dict[Group, Tally]], pool: Sequence[Group], *
     allowed = int(np.floor(target_fa_per_hour * calm_h + 1e-9))
     out = {}
     for kind in KINDS:
-        ok = [s for s, t in pooled.items() if t.kind(kind)[0] <= allowed]
-        best = max(ok, key=lambda s: (pooled[s].kind(kind)[1], -pooled[s].kind(kind)[0]))
+        ok = [s for s, t in pooled.items() if _kind_figures(t, kind)[0] <= allowed]
+        best = max(ok, key=lambda s: (_kind_figures(pooled[s], kind)[1],
+                                     -_kind_figures(pooled[s], kind)[0]))
         t = pooled[best]
-        false, hits, _ = t.kind(kind)
+        false, hits, _ = _kind_figures(t, kind)
         out[kind] = {"setting": dict(zip(("smoothing", "baseline", "consecutive", "on"), best,
                                          strict=True)),
                      "false_alerts_per_hour": round(false / calm_h, 2),
                      "detected_within_deadline": hits,
-                     "targets": sum(t.calls[e] for e in TARGET_KEYS if target_kind(e) == kind),
-                     "per_target": {e: len(t.delays[e]) for e in TARGET_KEYS
-                                    if target_kind(e) == kind and t.calls[e]}}
+                     "targets": sum(len(t.delays[e]) for e in TARGET_KEYS
+                                    if target_kind(e) == kind),
+                     "per_target": {e: len(t.in_time(e)) for e in TARGET_KEYS
+                                    if target_kind(e) == kind and t.delays[e]}}
     return out
 
 
@@ -384,6 +348,17 @@ def score_fold(fold_dir: Path, data: Sequence[str], *, calm_minutes: float, seed
     return out
 
 
+def _test_calls(groups: Mapping[Group, Sequence[ScoredCall]], channel: str,
+                fold: int | None = None) -> list[ScoredCall]:
+    """The test calls of one channel: of every fold, or of ``fold``."""
+    return [sc for g in sorted(groups) if g[1] == "test" and g[2] == channel
+            and fold in (None, g[0]) for sc in groups[g]]
+
+
+def _calm_hours(groups: Mapping[Group, Sequence[ScoredCall]], pool: Sequence[Group]) -> float:
+    return round(sum(sc.call.calm_seconds for g in pool for sc in groups[g]) / 3600, 3)
+
+
 def choose_nested(tallies: dict[Setting, dict[Group, Tally]],
                   groups: Mapping[Group, Sequence[ScoredCall]],
                   test_speakers: Sequence[Sequence[str]], *, target_fa_per_hour: float,
@@ -405,9 +380,9 @@ def choose_nested(tallies: dict[Setting, dict[Group, Tally]],
         per_fold.append(choose(tallies, pool, target_fa_per_hour=target_fa_per_hour,
                                space=space, baselines=baselines)[0])
     channels = sorted({g[2] for g in everyone if g[1] == "test"})
-    test = {ch: summarise([r for i, cfg in enumerate(per_fold) for r in replay(
-        [sc for g in everyone if g[:3] == (i, "test", ch) for sc in groups[g]], cfg)])
-        for ch in channels}
+    test = {ch: summarise([r for i, cfg in enumerate(per_fold)
+                           for r in replay(_test_calls(groups, ch, i), cfg)])
+            for ch in channels}
     return {"alerts": alert_config_dict(shipped), "rows": rows,
             "fold_alerts": [alert_config_dict(c) for c in per_fold], "test": test}
 
@@ -423,7 +398,7 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
     labels = folds[0]["labels"]
     report: dict = {"folds": [], "target_false_alerts_per_hour": target_fa_per_hour}
     groups: dict[Group, list[ScoredCall]] = {}
-    raw_test_calls: dict[str, list[ScoredCall]] = {"clean": [], "telephone": []}
+    raw_groups: dict[Group, list[ScoredCall]] = {}  # the test calls, without temperature
     for i, (d, f) in enumerate(zip(fold_dirs, folds, strict=True)):
         vp, vt = f["val_windows"]
         tp, tt = f["test_windows"]
@@ -441,15 +416,17 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
                 for sc in with_temperature(f[f"{role}_{channel}"], t, labels):
                     groups.setdefault((i, role, channel, sc.call.speaker), []).append(sc)
                 if role == "test":
-                    raw_test_calls[channel] += f[f"test_{channel}"]
+                    for sc in f[f"test_{channel}"]:
+                        raw_groups.setdefault((i, role, channel, sc.call.speaker), []).append(sc)
     tallies = tally_settings(groups, space)
     everyone = sorted(groups)
     validation = [g for g in everyone if g[1] == "val"]
     test_speakers = [f["split"]["test"] for f in folds]
 
-    def test_calls(i: int, channel: str) -> list[ScoredCall]:
-        return [sc for g in everyone if g[0] == i and g[1] == "test" and g[2] == channel
-                for sc in groups[g]]
+    def on_test(config: AlertConfig, calls=groups) -> dict:
+        """Fixed rules on every test call, per channel."""
+        return {ch: summarise(replay(_test_calls(calls, ch), config))["overall"]
+                for ch in ("clean", "telephone")}
 
     def nested(target: float, baselines: Sequence[str] | None = None) -> dict:
         return choose_nested(tallies, groups, test_speakers, target_fa_per_hour=target,
@@ -476,31 +453,21 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
         "alerts": chosen["alerts"],
         "fold_alerts": chosen["fold_alerts"],
         "search": chosen["rows"],
-        "selection_calm_hours": round(_pooled(tallies, everyone)[space.settings()[0]].calm_s
-                                      / 3600, 3),
-        "validation_calm_hours": round(_pooled(tallies, validation)[space.settings()[0]].calm_s
-                                       / 3600, 3),
+        "selection_calm_hours": _calm_hours(groups, everyone),
+        "validation_calm_hours": _calm_hours(groups, validation),
         "test": chosen["test"],
         "test_without_baseline": brief(nested(target_fa_per_hour, ("none",))),
         "test_with_baseline": brief(nested(target_fa_per_hour,
                                            tuple(b for b in space.baseline if b != "none"))),
         "operating_points": operating_points,
-        "test_rules_from_validation_only": {
-            "alerts": alert_config_dict(from_validation),
-            **{ch: summarise(replay([sc for i in range(len(folds)) for sc in test_calls(i, ch)],
-                                    from_validation))["overall"]
-               for ch in ("clean", "telephone")}},
-        **({"test_compared_rules": {
-            "alerts": alert_config_dict(compare),
-            **{ch: summarise(replay([sc for i in range(len(folds)) for sc in test_calls(i, ch)],
-                                    compare))["overall"]
-               for ch in ("clean", "telephone")}}} if compare else {}),
+        "test_rules_from_validation_only": {"alerts": alert_config_dict(from_validation),
+                                            **on_test(from_validation)},
+        **({"test_compared_rules": {"alerts": alert_config_dict(compare), **on_test(compare)}}
+           if compare else {}),
         "ceiling": {ch: ceiling(tallies, [g for g in everyone if g[1] == "test" and g[2] == ch],
                                 target_fa_per_hour=target_fa_per_hour)
                     for ch in ("clean", "telephone")},
-        "test_default_rules_uncalibrated": {
-            ch: summarise(replay(calls, replace(AlertConfig())))["overall"]
-            for ch, calls in raw_test_calls.items()},
+        "test_default_rules_uncalibrated": on_test(AlertConfig(), raw_groups),
     })
     return report
 
