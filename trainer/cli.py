@@ -48,6 +48,13 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--speed-max", type=float, default=defaults["speed_max"])
     p.add_argument("--spec-augment", action="store_true",
                    help="mask log-mel bands and time stretches while training (SpecAugment)")
+    p.add_argument("--distill-from", default=defaults["distill_from"], metavar="MODEL_PT",
+                   help="teacher checkpoint (model.pt of a run; {fold} becomes the run's fold, "
+                        "'all' for --fold -1) whose soft targets join the loss; it must not "
+                        "have trained on this run's validation or test speakers")
+    p.add_argument("--distill-weight", type=float, default=defaults["distill_weight"],
+                   help="share of the loss given to the teacher's soft targets")
+    p.add_argument("--distill-temperature", type=float, default=defaults["distill_temperature"])
     p.add_argument("--folds", type=int, default=defaults["folds"])
     p.add_argument("--fold", type=int, default=defaults["fold"],
                    help="test fold (0-based); -1 trains on every speaker (no validation, no test)")
@@ -153,6 +160,8 @@ def _train(args: argparse.Namespace) -> int:
         select=args.select, speed_min=args.speed_min,
         speed_max=args.speed_max,
         spec_augment=args.spec_augment,
+        distill_from=args.distill_from, distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature,
         folds=args.folds,
         fold=args.fold,
         seed=args.seed,

@@ -34,6 +34,9 @@ class TrainConfig:
     speed_min: float = 1.0  # speed perturbation range; 1.0/1.0 turns it off
     speed_max: float = 1.0
     spec_augment: bool = False  # mask log-mel bands and stretches while training (Whisper)
+    distill_from: str = ""  # teacher model.pt ("{fold}" → the run's fold, "all" for -1)
+    distill_weight: float = 0.5  # share of the loss given to the teacher's soft targets
+    distill_temperature: float = 2.0
     folds: int = 5
     fold: int = 4  # which fold is the test fold; the shipped model holds out the last one
     val_speakers: int = 2  # taken from the training speakers for early stopping

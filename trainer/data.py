@@ -33,6 +33,8 @@ class CropDataset(Dataset):
         train: random crops and augmentation when true, centre crops otherwise.
         speed_range: if given, each training crop is speed-perturbed by a factor drawn
             uniformly from it.
+        soft_targets: ``(len(audio), classes)`` teacher probabilities; when given, items are
+            ``(crop, target, soft target)``.
         seed: base seed; each (epoch, index) pair draws from its own stream.
     """
 
@@ -46,9 +48,12 @@ class CropDataset(Dataset):
         seed: int = 0,
         augment_kwargs: dict | None = None,
         speed_range: tuple[float, float] | None = None,
+        soft_targets: np.ndarray | None = None,
     ) -> None:
         if len(audio) != len(targets):
             raise ValueError("audio and targets differ in length")
+        if soft_targets is not None and len(soft_targets) != len(audio):
+            raise ValueError("audio and soft targets differ in length")
         self.audio = list(audio)
         self.targets = list(targets)
         self.window_samples = window_samples
@@ -57,6 +62,7 @@ class CropDataset(Dataset):
         self.epoch = 0
         self.augment_kwargs = augment_kwargs or {}
         self.speed_range = speed_range
+        self.soft_targets = soft_targets
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -64,7 +70,9 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.audio)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(
+        self, index: int
+    ) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             source = self.audio[index]
@@ -74,7 +82,10 @@ class CropDataset(Dataset):
             x = augment(x, rng, **self.augment_kwargs)
         else:
             x = crop(self.audio[index], self.window_samples, None)
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), self.targets[index]
+        wave = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.soft_targets is not None:
+            return wave, self.targets[index], torch.from_numpy(self.soft_targets[index])
+        return wave, self.targets[index]
 
 
 def class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:

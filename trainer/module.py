@@ -1,5 +1,6 @@
-"""The LightningModule: class-balanced cross-entropy, AdamW with separate backbone and head
-learning rates, linear warm-up then cosine decay, validation UAR for early stopping."""
+"""The LightningModule: class-balanced cross-entropy (plus, with a teacher, distillation from
+its soft targets), AdamW with separate backbone and head learning rates, linear warm-up then
+cosine decay, validation UAR for early stopping."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from models.network import EmotionNet
+from trainer.distill import distillation_loss
 from trainer.metrics import classification_report
 
 
@@ -36,6 +38,9 @@ class EmotionModule(L.LightningModule):
         warmup_frac: share of all optimiser steps spent warming up.
         class_weights: per-class loss weights (inverse frequency), or ``None``.
         label_smoothing: cross-entropy label smoothing.
+        distill_weight: share of the loss given to a teacher's soft targets, when batches
+            carry them (``(waveform, target, soft target)``); the hard label gets the rest.
+        distill_temperature: the temperature the soft targets were computed at.
     """
 
     def __init__(
@@ -49,6 +54,8 @@ class EmotionModule(L.LightningModule):
         warmup_frac: float = 0.1,
         class_weights: torch.Tensor | None = None,
         label_smoothing: float = 0.05,
+        distill_weight: float = 0.5,
+        distill_temperature: float = 2.0,
     ) -> None:
         super().__init__()
         self.net = net
@@ -58,6 +65,10 @@ class EmotionModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_frac = warmup_frac
         self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError("distill_weight must be in [0, 1]")
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
         self._val_probs: list[np.ndarray] = []
         self._val_targets: list[np.ndarray] = []
         self.save_hyperparameters(ignore=["net", "class_weights"])
@@ -65,10 +76,14 @@ class EmotionModule(L.LightningModule):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.net(waveform)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
         logits = self.net(x)
         loss = self.loss(logits.float(), y)
+        if len(batch) == 3:
+            kd = distillation_loss(logits, batch[2], temperature=self.distill_temperature)
+            self.log("train_distill", kd, batch_size=len(y))
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * kd
         acc = (logits.argmax(-1) == y).float().mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
         self.log("train_acc", acc, prog_bar=True, batch_size=len(y))

@@ -110,12 +110,15 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     train_targets = [t for _, t in train_kept]
     log.info("fold %d: %d train, %d val utterances; skipped %s", cfg.fold, len(train_kept),
              len(val_kept), skipped)
+    train_audio = decoded([u for u, _ in train_kept])
+    teacher = _teacher_targets(cfg, split, train_audio) if cfg.distill_from else None
     aug = {"p_telephone": cfg.p_telephone, "p_noise": cfg.p_noise}
-    train_ds = CropDataset(decoded([u for u, _ in train_kept]), train_targets,
+    train_ds = CropDataset(train_audio, train_targets,
                            window_samples=cfg.window_samples, train=True, seed=cfg.seed,
                            augment_kwargs=aug,
                            speed_range=None if cfg.speed_min == cfg.speed_max == 1.0
-                           else (cfg.speed_min, cfg.speed_max))
+                           else (cfg.speed_min, cfg.speed_max),
+                           soft_targets=None if teacher is None else teacher["targets"])
     val_ds = CropDataset(decoded([u for u, _ in val_kept]), [t for _, t in val_kept],
                          window_samples=cfg.window_samples, train=False)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -129,6 +132,7 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         weight_decay=cfg.weight_decay, warmup_frac=cfg.warmup_frac,
         class_weights=class_weights(train_targets, len(labels)),
         label_smoothing=cfg.label_smoothing,
+        distill_weight=cfg.distill_weight, distill_temperature=cfg.distill_temperature,
     )
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", mode="max",
                                  monitor="val_uar" if len(val_ds) else None,
@@ -181,7 +185,7 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
 
     corpora = sorted({corpus_of(u.speaker) for u in test_items})
 
-    metrics = {
+    metrics: dict = {
         "config": asdict(cfg),
         "split": split,
         "labels": list(labels),
@@ -191,6 +195,8 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         "train_seconds": round(train_seconds, 1),
         "best_val_uar": best_val,
         "last_val_uar": None if last_val is None else float(last_val),
+        **({"teacher": {k: v for k, v in teacher.items() if k != "targets"}}
+           if teacher is not None else {}),
         "selected_val_uar": best_val if cfg.select == "best_val" else (
             None if last_val is None else float(last_val)),
         "test": evaluate(telephone=False) if test_items else {},
@@ -203,6 +209,28 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     metrics["checkpoint"] = str(out / "model.pt")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _teacher_targets(cfg: TrainConfig, split: dict[str, list[str]],
+                     clips: list[np.ndarray]) -> dict:
+    """The teacher's soft targets for the training clips, after checking that it never
+    trained on this run's validation or test speakers."""
+    from trainer.distill import check_teacher_split, soft_targets, teacher_path
+
+    path = teacher_path(cfg.distill_from, cfg.fold)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {path} not found (--distill-from)")
+    net, teacher_cfg, teacher_metrics = load_checkpoint(path)
+    check_teacher_split(teacher_metrics["split"], split, teacher_labels=teacher_cfg.label_names,
+                        labels=cfg.label_names)
+    started = time.perf_counter()
+    targets = soft_targets(net, clips, temperature=cfg.distill_temperature,
+                           window_samples=cfg.window_samples,
+                           hop_samples=int(round(cfg.eval_hop_s * SAMPLE_RATE_HZ)))
+    log.info("teacher %s (%s): soft targets for %d clips in %.0f s", path, teacher_cfg.backbone,
+             len(clips), time.perf_counter() - started)
+    return {"checkpoint": str(path), "backbone": teacher_cfg.backbone,
+            "targets": targets, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def save_checkpoint(net: EmotionNet, cfg: TrainConfig, metrics: dict, path: Path) -> None:
