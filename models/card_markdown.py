@@ -37,6 +37,10 @@ def train_command(cfg: dict) -> str:
             parts.append(f"{flag} {cfg[key]}")
     if cfg.get("spec_augment"):
         parts.append("--spec-augment")
+    if cfg.get("distill_from"):
+        parts.append(f"--distill-from '{cfg['distill_from']}' --distill-weight "
+                     f"{cfg.get('distill_weight')} --distill-temperature "
+                     f"{cfg.get('distill_temperature')}")
     return " ".join(parts)
 
 

@@ -129,3 +129,16 @@ def test_a_teacher_that_trained_on_the_test_speakers_is_refused(teacher_run,
     missing = replace(student, fold=4, distill_from=str(tmp_path / "nowhere.pt"))
     with pytest.raises(FileNotFoundError, match="teacher checkpoint"):
         train(missing)
+
+
+def test_the_cards_train_command_names_the_teacher() -> None:
+    from dataclasses import asdict
+
+    from models.card_markdown import train_command
+
+    cfg = asdict(TrainConfig(distill_from="runs/base-{fold}/model.pt", distill_weight=0.5,
+                             distill_temperature=2.0, fold=-1))
+    command = train_command(cfg)
+    assert "--distill-from 'runs/base-{fold}/model.pt' --distill-weight 0.5" in command
+    assert "--distill-temperature 2.0" in command and "--fold -1" in command
+    assert "--distill" not in train_command(asdict(TrainConfig()))
