@@ -65,18 +65,29 @@ def test_soft_targets_average_each_clips_tempered_windows() -> None:
 
 
 def test_a_teacher_is_checked_against_the_students_split() -> None:
-    split = {"train": ["r/03", "r/04"], "val": ["r/02"], "test": ["r/01"]}
-    check_teacher_split({"train": ["r/03", "r/04", "r/05"], "val": [], "test": []}, split,
-                        teacher_labels=LABELS, labels=LABELS)
-    with pytest.raises(TeacherError, match="r/01"):
-        check_teacher_split({"train": ["r/01", "r/03"], "val": [], "test": []}, split,
-                            teacher_labels=LABELS, labels=LABELS)
-    with pytest.raises(TeacherError, match="r/02"):
-        check_teacher_split({"train": ["r/02"], "val": [], "test": []}, split,
-                            teacher_labels=LABELS, labels=LABELS)
+    both, ravdess = "../shared/data/ravdess,../shared/data/emodb", "/elsewhere/RAVDESS"
+    split = {"train": ["ravdess/03"], "val": ["ravdess/02"], "test": ["ravdess/01", "emodb/03"]}
+
+    def check(teacher_train, student_split=split, teacher_data=both, data=both,
+              teacher_labels=LABELS):
+        check_teacher_split({"train": teacher_train, "val": [], "test": []}, student_split,
+                            teacher_data=teacher_data, data=data,
+                            teacher_labels=teacher_labels, labels=LABELS)
+
+    check(["ravdess/03", "ravdess/04", "emodb/08"])
+    with pytest.raises(TeacherError, match="ravdess/01"):
+        check(["ravdess/01", "ravdess/03"])
+    with pytest.raises(TeacherError, match="ravdess/02"):
+        check(["ravdess/02"])
     with pytest.raises(TeacherError, match="classes"):
-        check_teacher_split({"train": [], "val": [], "test": []}, split,
-                            teacher_labels=LABELS[:4], labels=LABELS)
+        check([], teacher_labels=LABELS[:4])
+    # A run over one corpus names speakers without the corpus: compared by corpus all the same.
+    lone = {"train": ["03"], "val": ["02"], "test": ["01"]}
+    with pytest.raises(TeacherError, match="ravdess/01"):
+        check(["ravdess/01"], student_split=lone, data=ravdess)
+    check(["emodb/01", "emodb/02"], student_split=lone, data=ravdess)
+    with pytest.raises(TeacherError, match="ravdess/01"):
+        check(["01", "03"], teacher_data=ravdess)
     assert teacher_path("runs/base-f{fold}/model.pt", 3) == Path("runs/base-f3/model.pt")
     assert teacher_path("runs/base-f{fold}/model.pt", -1) == Path("runs/base-fall/model.pt")
 
@@ -123,7 +134,7 @@ def test_a_teacher_that_trained_on_the_test_speakers_is_refused(teacher_run,
     cfg, teacher = teacher_run
     student = replace(cfg, out=str(tmp_path / "student"), fold=0,
                       distill_from=teacher["checkpoint"])
-    with pytest.raises(TeacherError, match="the teacher trained on 0"):
+    with pytest.raises(TeacherError, match="the teacher trained on ravdess/0"):
         train(student)
     assert not (tmp_path / "student" / "model.pt").exists()
     missing = replace(student, fold=4, distill_from=str(tmp_path / "nowhere.pt"))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.corpora import corpus_name
 from trainer.evaluate import predict_clip_probs
 
 
@@ -30,13 +31,25 @@ def teacher_path(pattern: str, fold: int) -> Path:
     return Path(pattern.replace("{fold}", "all" if fold < 0 else str(fold)))
 
 
+def qualified(speakers: Sequence[str], data: str) -> set[str]:
+    """Speaker ids as ``corpus/speaker`` whatever the run read: a run over one corpus keeps
+    bare ids, so a teacher and a student that read different corpora still compare."""
+    roots = [r.strip() for r in data.split(",") if r.strip()]
+    if len(roots) == 1:
+        return {f"{corpus_name(roots[0])}/{s}" for s in speakers}
+    return set(speakers)
+
+
 def check_teacher_split(teacher_split: dict[str, list[str]], split: dict[str, list[str]],
-                        *, teacher_labels: Sequence[str], labels: Sequence[str]) -> None:
+                        *, teacher_data: str, data: str, teacher_labels: Sequence[str],
+                        labels: Sequence[str]) -> None:
     """Refuse a teacher whose training speakers include a speaker the student validates or
-    tests on, or whose classes differ from the student's."""
+    tests on, or whose classes differ from the student's. ``teacher_data`` and ``data`` are
+    the corpus folders each run read (``TrainConfig.data``)."""
     if list(teacher_labels) != list(labels):
         raise TeacherError(f"teacher classes {list(teacher_labels)} differ from {list(labels)}")
-    leaked = sorted(set(teacher_split["train"]) & (set(split["val"]) | set(split["test"])))
+    leaked = sorted(qualified(teacher_split["train"], teacher_data)
+                    & qualified(split["val"] + split["test"], data))
     if leaked:
         raise TeacherError(
             f"the teacher trained on {', '.join(leaked)}, whom this run validates or tests on; "

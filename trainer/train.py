@@ -221,7 +221,8 @@ def _teacher_targets(cfg: TrainConfig, split: dict[str, list[str]],
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint {path} not found (--distill-from)")
     net, teacher_cfg, teacher_metrics = load_checkpoint(path)
-    check_teacher_split(teacher_metrics["split"], split, teacher_labels=teacher_cfg.label_names,
+    check_teacher_split(teacher_metrics["split"], split, teacher_data=teacher_cfg.data,
+                        data=cfg.data, teacher_labels=teacher_cfg.label_names,
                         labels=cfg.label_names)
     started = time.perf_counter()
     targets = soft_targets(net, clips, temperature=cfg.distill_temperature,
