@@ -54,5 +54,9 @@ class TrainConfig:
         return int(round(self.window_s * SAMPLE_RATE_HZ))
 
     @property
+    def eval_hop_samples(self) -> int:
+        return int(round(self.eval_hop_s * SAMPLE_RATE_HZ))
+
+    @property
     def label_names(self) -> tuple[str, ...]:
         return LABEL_SETS[self.labels]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from models.corpora import corpus_name
-from trainer.evaluate import predict_clip_probs
+from trainer.evaluate import predict_clip_probs, torch_predict
 
 
 class TeacherError(ValueError):
@@ -62,12 +62,7 @@ def soft_targets(net: torch.nn.Module, clips: Sequence[np.ndarray], *, temperatu
     averaged over each clip's windows."""
     if temperature <= 0:
         raise ValueError("the distillation temperature must be positive")
-    net = net.float().eval()
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return torch.softmax(net(torch.from_numpy(batch)) / temperature, -1).numpy()
-
+    predict = torch_predict(net.float().eval(), temperature=temperature)
     probs = predict_clip_probs(predict, clips, window_samples=window_samples,
                                hop_samples=hop_samples, batch_size=batch_size)
     return probs.astype(np.float32)

@@ -20,6 +20,18 @@ log = logging.getLogger(__name__)
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
+def torch_predict(net, *, temperature: float = 1.0) -> PredictFn:
+    """A PyTorch network (float32, eval mode) as a :data:`PredictFn`: the softmax of its
+    logits divided by ``temperature``, computed in inference mode."""
+    import torch
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(net(torch.from_numpy(batch)) / temperature, -1).numpy()
+
+    return predict
+
+
 def predict_clip_probs(
     predict: PredictFn,
     clips: Sequence[np.ndarray],

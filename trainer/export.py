@@ -14,6 +14,7 @@ from models.card import ModelCard, sha256_of
 from models.card_markdown import calibration_fields
 from models.network import EmotionNet, ProbabilityModel
 from models.torch_backend import TORCH_FILE, TORCH_VARIANT, save_torch_weights
+from trainer.evaluate import torch_predict
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,10 @@ def parity(net: EmotionNet, onnx_path: Path, windows: np.ndarray, *, batch_size:
 
     session = make_session(onnx_path, device="cpu", threads=2)
     torch_probs, onnx_probs = [], []
-    net = net.float().eval()
+    predict = torch_predict(net.float().eval())
     for i in range(0, len(windows), batch_size):
         batch = windows[i : i + batch_size]
-        with torch.inference_mode():
-            torch_probs.append(torch.softmax(net(torch.from_numpy(batch)), -1).numpy())
+        torch_probs.append(predict(batch))
         onnx_probs.append(session.run(None, {"waveform": batch})[0])
     a, b = np.concatenate(torch_probs), np.concatenate(onnx_probs)
     return {

@@ -21,8 +21,8 @@ from models.corpora import (
     speakers_of,
 )
 from models.network import EmotionNet
-from trainer.config import SAMPLE_RATE_HZ, TrainConfig
-from trainer.evaluate import evaluate_items
+from trainer.config import TrainConfig
+from trainer.evaluate import evaluate_items, torch_predict
 from trainer.metrics import summarise_folds
 
 log = logging.getLogger(__name__)
@@ -111,14 +111,14 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     log.info("fold %d: %d train, %d val utterances; skipped %s", cfg.fold, len(train_kept),
              len(val_kept), skipped)
     train_audio = decoded([u for u, _ in train_kept])
-    teacher = _teacher_targets(cfg, split, train_audio) if cfg.distill_from else None
+    soft, teacher = _teacher_targets(cfg, split, train_audio) if cfg.distill_from else (None, None)
     aug = {"p_telephone": cfg.p_telephone, "p_noise": cfg.p_noise}
     train_ds = CropDataset(train_audio, train_targets,
                            window_samples=cfg.window_samples, train=True, seed=cfg.seed,
                            augment_kwargs=aug,
                            speed_range=None if cfg.speed_min == cfg.speed_max == 1.0
                            else (cfg.speed_min, cfg.speed_max),
-                           soft_targets=None if teacher is None else teacher["targets"])
+                           soft_targets=soft)
     val_ds = CropDataset(decoded([u for u, _ in val_kept]), [t for _, t in val_kept],
                          window_samples=cfg.window_samples, train=False)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -167,20 +167,15 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
                 if checkpoint.best_model_score is not None else None)
     last_val = trainer.callback_metrics.get("val_uar")
     net = module.net.float().eval().cpu()
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return torch.softmax(net(torch.from_numpy(batch)), -1).numpy()
-
+    predict = torch_predict(net)
     test_items = by_role["test"]
     test_audio = decoded(test_items)
-    hop = int(round(cfg.eval_hop_s * SAMPLE_RATE_HZ))
 
     def evaluate(telephone: bool, corpus: str | None = None) -> dict:
         pairs = [(u, a) for u, a in zip(test_items, test_audio, strict=True)
                  if corpus is None or corpus_of(u.speaker) == corpus]
         return evaluate_items(predict, [u for u, _ in pairs], labels,
-                              window_samples=cfg.window_samples, hop_samples=hop,
+                              window_samples=cfg.window_samples, hop_samples=cfg.eval_hop_samples,
                               audio=[a for _, a in pairs], telephone=telephone)
 
     corpora = sorted({corpus_of(u.speaker) for u in test_items})
@@ -195,8 +190,7 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         "train_seconds": round(train_seconds, 1),
         "best_val_uar": best_val,
         "last_val_uar": None if last_val is None else float(last_val),
-        **({"teacher": {k: v for k, v in teacher.items() if k != "targets"}}
-           if teacher is not None else {}),
+        **({"teacher": teacher} if teacher is not None else {}),
         "selected_val_uar": best_val if cfg.select == "best_val" else (
             None if last_val is None else float(last_val)),
         "test": evaluate(telephone=False) if test_items else {},
@@ -212,9 +206,9 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
 
 
 def _teacher_targets(cfg: TrainConfig, split: dict[str, list[str]],
-                     clips: list[np.ndarray]) -> dict:
+                     clips: list[np.ndarray]) -> tuple[np.ndarray, dict]:
     """The teacher's soft targets for the training clips, after checking that it never
-    trained on this run's validation or test speakers."""
+    trained on this run's validation or test speakers, and what the metrics record of it."""
     from trainer.distill import check_teacher_split, soft_targets, teacher_path
 
     path = teacher_path(cfg.distill_from, cfg.fold)
@@ -226,12 +220,12 @@ def _teacher_targets(cfg: TrainConfig, split: dict[str, list[str]],
                         labels=cfg.label_names)
     started = time.perf_counter()
     targets = soft_targets(net, clips, temperature=cfg.distill_temperature,
-                           window_samples=cfg.window_samples,
-                           hop_samples=int(round(cfg.eval_hop_s * SAMPLE_RATE_HZ)))
+                           window_samples=cfg.window_samples, hop_samples=cfg.eval_hop_samples)
+    seconds = round(time.perf_counter() - started, 1)
     log.info("teacher %s (%s): soft targets for %d clips in %.0f s", path, teacher_cfg.backbone,
-             len(clips), time.perf_counter() - started)
-    return {"checkpoint": str(path), "backbone": teacher_cfg.backbone,
-            "targets": targets, "seconds": round(time.perf_counter() - started, 1)}
+             len(clips), seconds)
+    return targets, {"checkpoint": str(path), "backbone": teacher_cfg.backbone,
+                     "seconds": seconds}
 
 
 def save_checkpoint(net: EmotionNet, cfg: TrainConfig, metrics: dict, path: Path) -> None:
