@@ -152,6 +152,21 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--out", default="bench_alerts.json", help="JSON report (a PNG beside it)")
     p.set_defaults(handler=_bench_alerts)
 
+    p = bench.add_parser(
+        "compare", help="two alert reports (callmon calibrate or bench alerts) on the same "
+                        "speakers and calls: each figure's difference with its bootstrap "
+                        "interval over speakers")
+    p.add_argument("first", help="the reference report (JSON)")
+    p.add_argument("second", help="the report compared with it (JSON)")
+    p.add_argument("--names", default=None,
+                   help="what to call the two in the table (comma-separated; default: the "
+                        "file names)")
+    p.add_argument("--channel", default="clean,telephone",
+                   help="comma-separated channels of a calibrate report to compare")
+    p.add_argument("--draws", type=int, default=2000, help="bootstrap draws")
+    p.add_argument("--out", default=None, help="also write the comparison as JSON")
+    p.set_defaults(handler=_bench_compare)
+
 
 def _serve(args: argparse.Namespace, *, extensions: Sequence[ServeExtension]) -> int:
     from streamer.service import run
@@ -407,6 +422,39 @@ def _calibrate(args: argparse.Namespace) -> int:
                                  for k in ("false_alerts_per_hour", "angry", "sad", "fearful")}
                   for ch in report["test"]}}
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from streamer.tools.intervals import paired, paired_rows, per_speaker_blocks
+
+    paths = [Path(args.first), Path(args.second)]
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read a JSON report ({exc})") from exc
+    names = [n.strip() for n in args.names.split(",")] if args.names else [p.stem for p in paths]
+    if len(names) != 2:
+        raise ValueError(f"--names needs two names, got {args.names!r}")
+    if args.draws < 100:
+        raise ValueError("--draws must be at least 100")
+    channels = [c.strip() for c in args.channel.split(",") if c.strip()]
+    if "test" not in reports[0] and "per_speaker" in reports[0]:
+        # A bench alerts report holds one channel: its own (the second must be of the same).
+        channels = ["telephone" if str(reports[0].get("channel", "")).startswith("telephone")
+                    else "clean"]
+    compared: dict[str, dict] = {}
+    for ch in channels:
+        block = compared[ch] = paired(per_speaker_blocks(reports[0], ch),
+                                      per_speaker_blocks(reports[1], ch), draws=args.draws)
+        print(f"{ch} calls, {block['speakers']} speakers, second minus first:\n")
+        print("\n".join(paired_rows(block, *names)) + "\n")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"first": str(paths[0]), "second": str(paths[1]),
+                                              "names": names, "channels": compared},
+                                             indent=2) + "\n")
     return 0
 
 

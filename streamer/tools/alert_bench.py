@@ -37,6 +37,7 @@ from streamer.alerts import KINDS, AlertConfig, alert_config_dict
 from streamer.calls import CallSession, ResultOrder, WindowingConfig
 from streamer.protocol import StreamStart
 from streamer.schema import Alert
+from streamer.tools.intervals import interval_line, intervals
 from streamer.windowing import MODEL_RATE_HZ, Window
 
 log = logging.getLogger(__name__)
@@ -466,6 +467,7 @@ def bench_alerts(*, data: Sequence[str | Path], model, alerts: AlertConfig,
     results = run_alerts(scored, alerts, windowing)
     report = summarise(results)
     report.update({
+        "intervals": intervals(report["per_speaker"]),
         "model": {"name": model.card.name, "backbone": model.card.backbone,
                   "variant": getattr(model, "variant", None),
                   "temperature": model.card.temperature},
@@ -508,6 +510,8 @@ def format_report(report: dict) -> str:
     for name, b in report["per_corpus"].items():
         lines.append(row(f"**{name}**", b))
     lines.append(row("**all**", report["overall"]))
+    if "intervals" in report:
+        lines += ["", interval_line(report["intervals"]) + "."]
     return "\n".join(lines)
 
 

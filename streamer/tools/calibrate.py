@@ -54,6 +54,7 @@ from streamer.tools.alert_bench import (
     summarise,
     target_kind,
 )
+from streamer.tools.intervals import interval_line, intervals
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +457,7 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
         "selection_calm_hours": _calm_hours(groups, everyone),
         "validation_calm_hours": _calm_hours(groups, validation),
         "test": chosen["test"],
+        "test_intervals": {ch: intervals(v["per_speaker"]) for ch, v in chosen["test"].items()},
         "test_without_baseline": brief(nested(target_fa_per_hour, ("none",))),
         "test_with_baseline": brief(nested(target_fa_per_hour,
                                            tuple(b for b in space.baseline if b != "none"))),
@@ -506,6 +508,8 @@ def report_markdown(report: dict) -> str:
               "", "## On the test speakers of every fold (nested: never used to choose their "
               "rules)", "",
               *alert_rows({ch: v["overall"] for ch, v in report["test"].items()}), ""]
+    for ch, block in report.get("test_intervals", {}).items():
+        lines += [f"{ch.capitalize()}: {interval_line(block)}.", ""]
     for ch, v in report["test"].items():
         lines += [f"Per corpus, {ch}:", "",
                   *alert_rows(v["per_corpus"]), "",

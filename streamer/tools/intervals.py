@@ -1,0 +1,200 @@
+"""How far an alert-benchmark figure can be trusted: a bootstrap over speakers.
+
+False alerts cluster by voice: one speaker whose calm speech the model hears as sad raises
+most of a fold's distress alerts, and the next speaker none. The calls and the alerts are
+therefore not independent draws; the speakers are. Every interval here resamples speakers
+(with replacement, within their corpus, so a draw keeps the corpora's proportions), adds up
+their false alerts, calm hours, targets and detections, and takes the figure of the sum,
+exactly as the benchmark computes it for the real set.
+
+:func:`paired` compares two reports on the *same* speakers and calls (two recipes judged by
+the same benchmark): each draw resamples the speakers once for both, so a voice that is hard
+for both does not widen the interval of their difference.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+DRAWS = 2000
+LEVEL = 0.95
+
+
+def _parts(block: dict) -> tuple[list[str], list[str]]:
+    """The alert kinds and the target keys of one figures block (``Tally.figures``)."""
+    keys = [k for k, v in block.items() if isinstance(v, dict) and "detected_within_deadline" in v]
+    return list(block["false_alerts"]), keys
+
+
+def figure_names(block: dict) -> list[str]:
+    """The figures an interval is given for: false alerts per hour of calm speech per kind,
+    then the share of each target's calls alerted within its deadline."""
+    kinds, keys = _parts(block)
+    return [f"{kind}_false_alerts_per_hour" for kind in kinds] + [
+        f"{key}_detection_rate" for key in keys]
+
+
+def _arrays(per_speaker: Mapping[str, dict], speakers: Sequence[str]
+            ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The figure names, and per speaker (rows) and figure (columns) the figure's numerator
+    and denominator."""
+    kinds, keys = _parts(per_speaker[speakers[0]])
+    names = figure_names(per_speaker[speakers[0]])
+    num = np.zeros((len(speakers), len(names)))
+    den = np.zeros_like(num)
+    for i, s in enumerate(speakers):
+        block = per_speaker[s]
+        for j, kind in enumerate(kinds):
+            num[i, j] = block["false_alerts"][kind]
+            den[i, j] = block["calm_hours"]
+        for j, key in enumerate(keys, start=len(kinds)):
+            num[i, j] = block[key]["detected_within_deadline"]
+            den[i, j] = block[key]["calls"]
+    return names, num, den
+
+
+def _draws(speakers: Sequence[str], draws: int, seed: int) -> np.ndarray:
+    """``draws`` resamplings of the speakers' row indices, each corpus resampled within
+    itself (a speaker is ``corpus/id``)."""
+    rng = np.random.default_rng(seed)
+    corpora: dict[str, list[int]] = {}
+    for i, s in enumerate(speakers):
+        corpora.setdefault(s.split("/")[0], []).append(i)
+    return np.concatenate([np.asarray(rows)[rng.integers(0, len(rows), (draws, len(rows)))]
+                           for rows in corpora.values()], axis=1)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _bounds(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    tail = (1.0 - level) / 2 * 100
+    with warnings.catch_warnings():  # a figure without calls is all NaN: reported as None
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
+    return lo, hi
+
+
+def _rounded(x: float) -> float | None:
+    return None if not np.isfinite(x) else round(float(x), 3)
+
+
+def intervals(per_speaker: Mapping[str, dict], *, draws: int = DRAWS, level: float = LEVEL,
+              seed: int = 0) -> dict:
+    """Each figure of :func:`figure_names` over the speakers of ``per_speaker`` (a benchmark
+    report's ``per_speaker`` blocks), with its ``level`` bootstrap interval over speakers.
+
+    Returns:
+        ``{"speakers": n, "draws": .., "level": .., "figures": {name: {"value", "low",
+        "high"}}}``; a figure no speaker has (no calls of that target) is ``None``.
+    """
+    speakers = sorted(per_speaker)
+    if not speakers:
+        raise ValueError("no speakers to resample")
+    names, num, den = _arrays(per_speaker, speakers)
+    idx = _draws(speakers, draws, seed)
+    samples = _ratio(num[idx].sum(axis=1), den[idx].sum(axis=1))
+    lo, hi = _bounds(samples, level)
+    value = _ratio(num.sum(axis=0), den.sum(axis=0))
+    figures = {name: None if den[:, j].sum() == 0 else
+               {"value": _rounded(value[j]), "low": _rounded(lo[j]), "high": _rounded(hi[j])}
+               for j, name in enumerate(names)}
+    return {"speakers": len(speakers), "draws": draws, "level": level, "figures": figures}
+
+
+def paired(a: Mapping[str, dict], b: Mapping[str, dict], *, draws: int = DRAWS,
+           level: float = LEVEL, seed: int = 0) -> dict:
+    """Figure by figure, ``b`` minus ``a`` on the same speakers, with the ``level``
+    bootstrap interval of that difference (both resampled with the same draw).
+
+    Raises:
+        ValueError: the two reports are not on the same speakers, or not on the same calls
+            (different calm hours or numbers of target calls for a speaker).
+    """
+    if set(a) != set(b):
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        raise ValueError("the two reports are on different speakers: only in the first "
+                         f"{only_a or 'none'}, only in the second {only_b or 'none'}")
+    speakers = sorted(a)
+    if not speakers:
+        raise ValueError("no speakers to resample")
+    names, num_a, den_a = _arrays(a, speakers)
+    names_b, num_b, den_b = _arrays(b, speakers)
+    if names != names_b:
+        raise ValueError(f"the two reports give different figures: {names} and {names_b}")
+    if not np.allclose(den_a, den_b, atol=0.002):
+        bad = sorted({speakers[i] for i in np.nonzero(~np.isclose(den_a, den_b, atol=0.002))[0]})
+        raise ValueError("the two reports were not run on the same calls (calm hours or target "
+                         f"calls differ for {', '.join(bad)}): a paired comparison needs the "
+                         "same benchmark (same corpora, speakers, --calm-minutes and seed)")
+    idx = _draws(speakers, draws, seed)
+    diff = (_ratio(num_b[idx].sum(axis=1), den_b[idx].sum(axis=1))
+            - _ratio(num_a[idx].sum(axis=1), den_a[idx].sum(axis=1)))
+    lo, hi = _bounds(diff, level)
+    va, vb = _ratio(num_a.sum(axis=0), den_a.sum(axis=0)), _ratio(num_b.sum(axis=0), den_b.sum(axis=0))
+    figures = {name: None if den_a[:, j].sum() == 0 else
+               {"first": _rounded(va[j]), "second": _rounded(vb[j]),
+                "difference": _rounded(vb[j] - va[j]), "low": _rounded(lo[j]),
+                "high": _rounded(hi[j])}
+               for j, name in enumerate(names)}
+    return {"speakers": len(speakers), "draws": draws, "level": level, "figures": figures}
+
+
+def per_speaker_blocks(report: dict, channel: str) -> dict[str, dict]:
+    """The per-speaker blocks of a ``callmon calibrate`` report (its nested test figures on
+    ``channel``) or of a ``callmon bench alerts`` report (its one channel)."""
+    if "test" in report:
+        if channel not in report["test"]:
+            raise ValueError(f"the report has no {channel!r} test calls "
+                             f"(it has {', '.join(report['test'])})")
+        return report["test"][channel]["per_speaker"]
+    if "per_speaker" in report:
+        got = "telephone" if str(report.get("channel", "")).startswith("telephone") else "clean"
+        if got != channel:
+            raise ValueError(f"the report is of {got} calls, not {channel}")
+        return report["per_speaker"]
+    raise ValueError("not a report of callmon calibrate or callmon bench alerts "
+                     "(no 'test' or 'per_speaker' block)")
+
+
+def _label(name: str) -> str:
+    if name.endswith("_false_alerts_per_hour"):
+        return f"{name.removesuffix('_false_alerts_per_hour')} false alerts / h"
+    key = name.removesuffix("_detection_rate")
+    return f"{key.replace('_', ' ')} in time"
+
+
+def _show(name: str, x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.2f}" if name.endswith("per_hour") else f"{100 * x:.0f} %"
+
+
+def interval_line(block: dict) -> str:
+    """One sentence a person reads: each figure with its interval."""
+    parts = [f"{_label(n)} {_show(n, f['value'])} [{_show(n, f['low'])}, {_show(n, f['high'])}]"
+             for n, f in block["figures"].items() if f is not None]
+    return (f"{100 * block['level']:.0f} % intervals, bootstrap over the {block['speakers']} speakers "
+            f"({block['draws']} draws, each corpus resampled within itself): " + "; ".join(parts))
+
+
+def paired_rows(block: dict, first: str, second: str) -> list[str]:
+    """A Markdown table of a :func:`paired` comparison."""
+    lines = [f"| figure | {first} | {second} | difference | {100 * block['level']:.0f} % interval |",
+             "|---|---|---|---|---|"]
+    for name, f in block["figures"].items():
+        if f is None:
+            continue
+        d, lo, hi = f["difference"], f["low"], f["high"]
+        if name.endswith("per_hour"):
+            diff, span = f"{d:+.2f}", f"[{lo:+.2f}, {hi:+.2f}]"
+        else:
+            diff, span = f"{100 * d:+.0f} pts", f"[{100 * lo:+.0f}, {100 * hi:+.0f}]"
+        lines.append(f"| {_label(name)} | {_show(name, f['first'])} | "
+                     f"{_show(name, f['second'])} | {diff} | {span} |")
+    return lines
