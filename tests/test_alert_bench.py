@@ -196,6 +196,10 @@ def test_bench_alerts_command(tmp_path, ravdess_dir, fold_model) -> None:
     assert len(report["calls"]) == 7 and out.with_suffix(".png").stat().st_size > 10_000
     assert report["overall"]["angry_from_start"]["calls"] == 1
     assert "from the first word" in proc.stdout
+    # One speaker: every figure's interval over speakers is the figure itself.
+    assert "95 % intervals, bootstrap over the 1 speaker (2000 draws" in proc.stdout
+    angry = report["intervals"]["figures"]["angry_detection_rate"]
+    assert angry["low"] == angry["value"] == angry["high"]
     seen = ModelCard.load(fold_model).training["split"]["train"][0]
     bad = subprocess.run(
         [sys.executable, str(ROOT / "callmon_cli.py"), "bench", "alerts", "--data",

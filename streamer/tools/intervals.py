@@ -179,7 +179,8 @@ def interval_line(block: dict) -> str:
     """One sentence a person reads: each figure with its interval."""
     parts = [f"{_label(n)} {_show(n, f['value'])} [{_show(n, f['low'])}, {_show(n, f['high'])}]"
              for n, f in block["figures"].items() if f is not None]
-    return (f"{100 * block['level']:.0f} % intervals, bootstrap over the {block['speakers']} speakers "
+    return (f"{100 * block['level']:.0f} % intervals, bootstrap over the {block['speakers']} "
+            f"speaker{'s' if block['speakers'] != 1 else ''} "
             f"({block['draws']} draws, each corpus resampled within itself): " + "; ".join(parts))
 
 
