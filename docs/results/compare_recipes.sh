@@ -1,0 +1,23 @@
+#!/bin/bash
+# Each recipe and the second seed against the shipped tiny recipe, speaker by speaker, on the
+# same held-out calls (callmon bench compare: paired bootstrap over speakers). From the
+# repository root: bash docs/results/compare_recipes.sh
+set -euo pipefail
+R=docs/results
+{
+  echo "# Recipes against the shipped tiny recipe: paired differences on the same speakers"
+  echo
+  echo "Each row: the variant's nested alert figure on the 25 held-out speakers' test calls, minus"
+  echo "the shipped recipe's, with the 95 % interval of that difference from 2000 bootstrap draws"
+  echo "of the speakers (each corpus within itself; \`callmon bench compare\`). An interval that"
+  echo "contains zero is no evidence either way. Written by \`bash $R/compare_recipes.sh\`."
+  for v in seed2:"the shipped recipe, second seed" spec_augment:"SpecAugment" \
+           freeze2:"two lowest layers frozen" distill:"distilled from base" \
+           ens2:"the two seeds averaged (an ensemble: two tiny models per window)" \
+           whisper-base:"Whisper base"; do
+    name=${v%%:*}; title=${v#*:}
+    echo; echo "## $title (\`calibration_$name.json\`)"; echo
+    callmon bench compare $R/calibration.json $R/calibration_$name.json \
+        --names "shipped,$name" --out $R/compare_$name.json
+  done
+} > $R/compare_recipes.md
