@@ -162,7 +162,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="what to call the two in the table (comma-separated; default: the "
                         "file names)")
     p.add_argument("--channel", default="clean,telephone",
-                   help="comma-separated channels of a calibrate report to compare")
+                   help="comma-separated channels of a calibrate report to compare (a bench "
+                        "alerts report holds one channel: that one is compared)")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws")
     p.add_argument("--out", default=None, help="also write the comparison as JSON")
     p.set_defaults(handler=_bench_compare)
