@@ -11,7 +11,8 @@ R=docs/results
   echo "the shipped recipe's, with the 95 % interval of that difference from 2000 bootstrap draws"
   echo "of the speakers (each corpus within itself; \`callmon bench compare\`). An interval that"
   echo "contains zero is no evidence either way. Written by \`bash $R/compare_recipes.sh\`."
-  for v in seed2:"the shipped recipe, second seed" spec_augment:"SpecAugment" \
+  for v in seed2:"the shipped recipe, seed 4321" seed3:"the shipped recipe, seed 99" \
+           spec_augment:"SpecAugment" \
            freeze2:"two lowest layers frozen" distill:"distilled from base" \
            ens2:"the two seeds averaged (an ensemble: two tiny models per window)" \
            whisper-base:"Whisper base"; do
