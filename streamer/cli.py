@@ -427,7 +427,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
-    from streamer.tools.intervals import paired, paired_rows, per_speaker_blocks
+    from streamer.tools.intervals import paired, paired_rows, per_speaker_blocks, report_channels
 
     paths = [Path(args.first), Path(args.second)]
     reports = []
@@ -442,10 +442,9 @@ def _bench_compare(args: argparse.Namespace) -> int:
     if args.draws < 100:
         raise ValueError("--draws must be at least 100")
     channels = [c.strip() for c in args.channel.split(",") if c.strip()]
-    if "test" not in reports[0] and "per_speaker" in reports[0]:
+    if "test" not in reports[0]:
         # A bench alerts report holds one channel: its own (the second must be of the same).
-        channels = ["telephone" if str(reports[0].get("channel", "")).startswith("telephone")
-                    else "clean"]
+        channels = report_channels(reports[0])
     compared: dict[str, dict] = {}
     for ch in channels:
         block = compared[ch] = paired(per_speaker_blocks(reports[0], ch),

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Each recipe and the second seed against the shipped tiny recipe, speaker by speaker, on the
+# Each recipe change, the other seeds, their ensemble and base against the shipped tiny recipe, speaker by speaker, on the
 # same held-out calls (callmon bench compare: paired bootstrap over speakers). From the
 # repository root: bash docs/results/compare_recipes.sh
 set -euo pipefail

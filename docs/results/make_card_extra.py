@@ -11,7 +11,13 @@ from pathlib import Path
 
 from models.card import ModelCard
 from models.card_markdown import write
-from streamer.tools.intervals import intervals, per_speaker_blocks
+from streamer.tools.intervals import (
+    difference_text,
+    figure_text,
+    intervals,
+    label,
+    per_speaker_blocks,
+)
 
 
 def r(f):
@@ -161,13 +167,8 @@ def clear_of_noise():
             for name, f in block["figures"].items():
                 compared += f is not None
                 if f and (f["low"] > 0 or f["high"] < 0):
-                    if name.endswith("_per_hour"):
-                        out.append(f"{c['names'][1]} {name.replace('_', ' ')} ({ch}) "
-                                   f"{f['difference']:+.2f} [{f['low']:+.2f}, {f['high']:+.2f}]")
-                        continue
-                    what = name.replace("_detection_rate", " within its deadline").replace("_", " ")
-                    out.append(f"{c['names'][1]} {what} ({ch}) {100 * f['difference']:+.0f} points "
-                               f"[{100 * f['low']:+.0f}, {100 * f['high']:+.0f}]")
+                    diff, span = difference_text(name, f)
+                    out.append(f"{c['names'][1]} {label(name)} ({ch}) {diff} {span}")
     return out, compared
 
 
@@ -194,11 +195,8 @@ def noise_text():
     cv1 = r("docs/results/cv5_both.json")
     ci = intervals(per_speaker_blocks(CAL_T, "clean"))["figures"]
 
-    def span(name, hourly=True):
-        f = ci[name]
-        if hourly:
-            return f"{f['value']:.2f} [{f['low']:.2f}, {f['high']:.2f}]"
-        return f"{100 * f['value']:.0f} % [{100 * f['low']:.0f}, {100 * f['high']:.0f}]"
+    def span(name):
+        return figure_text(name, ci[name])
 
     clear, compared = clear_of_noise()
     return (
@@ -211,17 +209,17 @@ def noise_text():
         "folds' clean-call figures at frustration "
         f"{span('frustration_false_alerts_per_hour')} and distress "
         f"{span('distress_false_alerts_per_hour')} false alerts per hour, angry within 10 s "
-        f"{span('angry_detection_rate', False)}, sad and fearful within 15 s "
-        f"{span('sad_detection_rate', False)} and {span('fearful_detection_rate', False)}. "
+        f"{span('angry_detection_rate')}, sad and fearful within 15 s "
+        f"{span('sad_detection_rate')} and {span('fearful_detection_rate')}. "
         "Paired over the same speakers and calls (callmon bench compare; "
         "docs/results/compare_recipes.md), "
         + ("no recipe change, no seed, no ensemble and not Whisper base differs from the "
            "shipped recipe in false alerts beyond that noise; "
            if not any("false alerts" in c for c in clear) else "")
-        + "the differences whose interval excludes zero are "
+        + "the differences (second minus shipped) whose interval excludes zero are "
         + "; ".join(clear) + f" (of {compared} compared, a few are expected by chance at 95 %"
         + ("; base's better distress detection holds on both channels"
-           if all(any(c.startswith("whisper-base sad") and f"({ch})" in c for c in clear)
+           if all(any(c.startswith("whisper-base sad in time") and f"({ch})" in c for c in clear)
                   for ch in ("clean", "telephone")) else "") + ")"
         + ". Choosing between such recipes needs more speakers or several seeds per candidate, "
         "not one run each. ")

@@ -29,20 +29,14 @@ def _parts(block: dict) -> tuple[list[str], list[str]]:
     return list(block["false_alerts"]), keys
 
 
-def figure_names(block: dict) -> list[str]:
-    """The figures an interval is given for: false alerts per hour of calm speech per kind,
-    then the share of each target's calls alerted within its deadline."""
-    kinds, keys = _parts(block)
-    return [f"{kind}_false_alerts_per_hour" for kind in kinds] + [
-        f"{key}_detection_rate" for key in keys]
-
-
 def _arrays(per_speaker: Mapping[str, dict], speakers: Sequence[str]
             ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The figure names, and per speaker (rows) and figure (columns) the figure's numerator
-    and denominator."""
+    """The figure names (false alerts per hour of calm speech per kind, then the share of each
+    target's calls alerted within its deadline), and per speaker (rows) and figure (columns)
+    the figure's numerator and denominator."""
     kinds, keys = _parts(per_speaker[speakers[0]])
-    names = figure_names(per_speaker[speakers[0]])
+    names = [f"{kind}_false_alerts_per_hour" for kind in kinds] + [
+        f"{key}_detection_rate" for key in keys]
     num = np.zeros((len(speakers), len(names)))
     den = np.zeros_like(num)
     for i, s in enumerate(speakers):
@@ -72,6 +66,13 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _of_sum(num: np.ndarray, den: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """Each figure of the speakers summed: all of them, or of each draw of ``idx``."""
+    if idx is None:
+        return _ratio(num.sum(axis=0), den.sum(axis=0))
+    return _ratio(num[idx].sum(axis=1), den[idx].sum(axis=1))
+
+
 def _bounds(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     tail = (1.0 - level) / 2 * 100
     with warnings.catch_warnings():  # a figure without calls is all NaN: reported as None
@@ -86,8 +87,9 @@ def _rounded(x: float) -> float | None:
 
 def intervals(per_speaker: Mapping[str, dict], *, draws: int = DRAWS, level: float = LEVEL,
               seed: int = 0) -> dict:
-    """Each figure of :func:`figure_names` over the speakers of ``per_speaker`` (a benchmark
-    report's ``per_speaker`` blocks), with its ``level`` bootstrap interval over speakers.
+    """Each figure (false alerts per hour per kind, each target's detection rate) over the
+    speakers of ``per_speaker`` (a benchmark report's ``per_speaker`` blocks), with its
+    ``level`` bootstrap interval over speakers.
 
     Returns:
         ``{"speakers": n, "draws": .., "level": .., "figures": {name: {"value", "low",
@@ -97,10 +99,8 @@ def intervals(per_speaker: Mapping[str, dict], *, draws: int = DRAWS, level: flo
     if not speakers:
         raise ValueError("no speakers to resample")
     names, num, den = _arrays(per_speaker, speakers)
-    idx = _draws(speakers, draws, seed)
-    samples = _ratio(num[idx].sum(axis=1), den[idx].sum(axis=1))
-    lo, hi = _bounds(samples, level)
-    value = _ratio(num.sum(axis=0), den.sum(axis=0))
+    lo, hi = _bounds(_of_sum(num, den, _draws(speakers, draws, seed)), level)
+    value = _of_sum(num, den)
     figures = {name: None if den[:, j].sum() == 0 else
                {"value": _rounded(value[j]), "low": _rounded(lo[j]), "high": _rounded(hi[j])}
                for j, name in enumerate(names)}
@@ -133,10 +133,8 @@ def paired(a: Mapping[str, dict], b: Mapping[str, dict], *, draws: int = DRAWS,
                          f"calls differ for {', '.join(bad)}): a paired comparison needs the "
                          "same benchmark (same corpora, speakers, --calm-minutes and seed)")
     idx = _draws(speakers, draws, seed)
-    diff = (_ratio(num_b[idx].sum(axis=1), den_b[idx].sum(axis=1))
-            - _ratio(num_a[idx].sum(axis=1), den_a[idx].sum(axis=1)))
-    lo, hi = _bounds(diff, level)
-    va, vb = _ratio(num_a.sum(axis=0), den_a.sum(axis=0)), _ratio(num_b.sum(axis=0), den_b.sum(axis=0))
+    lo, hi = _bounds(_of_sum(num_b, den_b, idx) - _of_sum(num_a, den_a, idx), level)
+    va, vb = _of_sum(num_a, den_a), _of_sum(num_b, den_b)
     figures = {name: None if den_a[:, j].sum() == 0 else
                {"first": _rounded(va[j]), "second": _rounded(vb[j]),
                 "difference": _rounded(vb[j] - va[j]), "low": _rounded(lo[j]),
@@ -145,24 +143,33 @@ def paired(a: Mapping[str, dict], b: Mapping[str, dict], *, draws: int = DRAWS,
     return {"speakers": len(speakers), "draws": draws, "level": level, "figures": figures}
 
 
-def per_speaker_blocks(report: dict, channel: str) -> dict[str, dict]:
-    """The per-speaker blocks of a ``callmon calibrate`` report (its nested test figures on
-    ``channel``) or of a ``callmon bench alerts`` report (its one channel)."""
+def report_channels(report: dict) -> list[str]:
+    """The channels a report has figures for: a ``callmon calibrate`` report's test channels,
+    or the one channel of a ``callmon bench alerts`` report."""
     if "test" in report:
-        if channel not in report["test"]:
-            raise ValueError(f"the report has no {channel!r} test calls "
-                             f"(it has {', '.join(report['test'])})")
-        return report["test"][channel]["per_speaker"]
+        return list(report["test"])
     if "per_speaker" in report:
-        got = "telephone" if str(report.get("channel", "")).startswith("telephone") else "clean"
-        if got != channel:
-            raise ValueError(f"the report is of {got} calls, not {channel}")
-        return report["per_speaker"]
+        return ["telephone" if str(report.get("channel", "")).startswith("telephone") else "clean"]
     raise ValueError("not a report of callmon calibrate or callmon bench alerts "
                      "(no 'test' or 'per_speaker' block)")
 
 
-def _label(name: str) -> str:
+def per_speaker_blocks(report: dict, channel: str) -> dict[str, dict]:
+    """The per-speaker blocks of a ``callmon calibrate`` report (its nested test figures on
+    ``channel``) or of a ``callmon bench alerts`` report (its one channel)."""
+    channels = report_channels(report)
+    if "test" in report:
+        if channel not in channels:
+            raise ValueError(f"the report has no {channel!r} test calls "
+                             f"(it has {', '.join(channels)})")
+        return report["test"][channel]["per_speaker"]
+    if channels != [channel]:
+        raise ValueError(f"the report is of {channels[0]} calls, not {channel}")
+    return report["per_speaker"]
+
+
+def label(name: str) -> str:
+    """A figure's name as a person reads it."""
     if name.endswith("_false_alerts_per_hour"):
         return f"{name.removesuffix('_false_alerts_per_hour')} false alerts / h"
     key = name.removesuffix("_detection_rate")
@@ -175,9 +182,22 @@ def _show(name: str, x: float | None) -> str:
     return f"{x:.2f}" if name.endswith("per_hour") else f"{100 * x:.0f} %"
 
 
+def figure_text(name: str, f: dict) -> str:
+    """A figure of :func:`intervals` with its interval, as a person reads it."""
+    return f"{_show(name, f['value'])} [{_show(name, f['low'])}, {_show(name, f['high'])}]"
+
+
+def difference_text(name: str, f: dict) -> tuple[str, str]:
+    """A difference of :func:`paired` and its interval, as a person reads them."""
+    d, lo, hi = f["difference"], f["low"], f["high"]
+    if name.endswith("per_hour"):
+        return f"{d:+.2f}", f"[{lo:+.2f}, {hi:+.2f}]"
+    return f"{100 * d:+.0f} pts", f"[{100 * lo:+.0f}, {100 * hi:+.0f}]"
+
+
 def interval_line(block: dict) -> str:
     """One sentence a person reads: each figure with its interval."""
-    parts = [f"{_label(n)} {_show(n, f['value'])} [{_show(n, f['low'])}, {_show(n, f['high'])}]"
+    parts = [f"{label(n)} {figure_text(n, f)}"
              for n, f in block["figures"].items() if f is not None]
     return (f"{100 * block['level']:.0f} % intervals, bootstrap over the {block['speakers']} "
             f"speaker{'s' if block['speakers'] != 1 else ''} "
@@ -191,11 +211,7 @@ def paired_rows(block: dict, first: str, second: str) -> list[str]:
     for name, f in block["figures"].items():
         if f is None:
             continue
-        d, lo, hi = f["difference"], f["low"], f["high"]
-        if name.endswith("per_hour"):
-            diff, span = f"{d:+.2f}", f"[{lo:+.2f}, {hi:+.2f}]"
-        else:
-            diff, span = f"{100 * d:+.0f} pts", f"[{100 * lo:+.0f}, {100 * hi:+.0f}]"
-        lines.append(f"| {_label(name)} | {_show(name, f['first'])} | "
+        diff, span = difference_text(name, f)
+        lines.append(f"| {label(name)} | {_show(name, f['first'])} | "
                      f"{_show(name, f['second'])} | {diff} | {span} |")
     return lines
