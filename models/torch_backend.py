@@ -231,7 +231,7 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
     except ImportError as exc:
         raise RuntimeError("the torch backend needs PyTorch and safetensors (callmon[train], "
                            "or the host's CUDA build of torch)") from exc
-    from models.backbones import RANDOM_TWINS, build_backbone, random_twin
+    from models.backbones import RANDOM_TWINS, build_backbone, random_twin, rebuildable
     from models.network import EmotionNet
 
     directory = resolve_model_path(path)
@@ -244,7 +244,7 @@ def load_torch_model(path: Path | str | None = None, device: str = "cpu", *,
         raise ModelCardError(f"{weights} is missing")
     if verify:
         card.check_digest(weights)
-    if card.backbone not in RANDOM_TWINS:
+    if not rebuildable(card.backbone):
         raise ModelCardError(f"the torch backend rebuilds {sorted(RANDOM_TWINS)}, not "
                              f"{card.backbone!r}: use the onnx backend")
     if device.startswith("cuda") and not torch_available(cuda=True):

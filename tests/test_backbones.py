@@ -130,6 +130,29 @@ def test_backbone_output_shape_and_freezing() -> None:
     assert "encoder.conv1.weight" in frozen
 
 
+def test_a_cut_encoder_computes_the_full_encoders_lower_layers() -> None:
+    """``whisper-tiny:2`` is tiny.en's stem and lowest 2 layers, bit for bit the states the
+    full encoder computes there (Whisper's final LayerNorm moves onto the last kept state)."""
+    from models.backbones import random_twin, rebuildable, split_layers
+
+    full, cut = build_backbone("whisper-tiny").eval(), build_backbone("whisper-tiny:2").eval()
+    assert len(cut.encoder.layers) == 2 and cut.num_layers == 3
+    x = 0.05 * torch.randn(1, 48_000, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ours, theirs = cut(x), full(x)
+        last = full.encoder.layer_norm(theirs[2])
+    assert torch.equal(ours[:2], theirs[:2])
+    assert torch.allclose(ours[2], last, atol=1e-6)
+    assert split_layers("whisper-base:4") == ("whisper-base", 4)
+    assert split_layers("wav2vec2:/some/dir") == ("wav2vec2:/some/dir", None)
+    assert random_twin("whisper-base:4") == "whisper-base-random:4"
+    assert rebuildable("whisper-base:4") and not rebuildable("wav2vec2:/some/dir")
+    assert build_backbone("whisper-base-random:3").num_layers == 4
+    for bad in ("whisper-tiny:5", "whisper-base:0", "whisper-base:two"):
+        with pytest.raises(ValueError, match="how many of .* layers to keep"):
+            build_backbone(bad)
+
+
 def test_unknown_backbone_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown backbone 'hubert'"):
         build_backbone("hubert")
@@ -178,6 +201,8 @@ def test_whisper_base_joins_its_two_wheels_and_checks_the_digest(tmp_path: Path)
     with torch.inference_mode():
         states = b(torch.zeros(1, 48_000) + 0.01)
     assert states.shape == (7, 1, 150, 512)
+    cut = build_backbone("whisper-base:4", weights=joined)  # only the lowest 4 layers loaded
+    assert cut(torch.zeros(1, 48_000) + 0.01).shape == (5, 1, 150, 512)
 
 
 def test_spec_augment_masks_only_while_training(tmp_path: Path) -> None:

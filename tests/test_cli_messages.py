@@ -27,6 +27,8 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["alerts", "--redis-url", "redis://127.0.0.1:{port}"], "cannot reach Redis"),
     (["calibrate", "--runs", "runs/f0", "--card", "/nonexistent"],
      "--card /nonexistent: no model_card.json there"),
+    (["bench", "model", "--backbones", "whisper-base:9"], "how many of whisper-base's 6 layers"),
+    (["bench", "model", "--backbones", "hubert"], "'hubert' is not whisper-tiny or whisper-base"),
 ])
 def test_one_line_and_a_non_zero_exit(args, says, ravdess_dir) -> None:
     clip = str(ravdess_dir / "Actor_01" / "03-01-01-01-01-01-01.flac")
@@ -134,3 +136,20 @@ def test_mic_without_a_sound_card_says_so_and_leaves_no_call(shipped_model, redi
     log = [json.loads(f[b"data"]) for _, f in client.xrange(schema.ALERTS_STREAM)]
     client.close()
     assert not [e for e in log if e.get("call_id") == "mic-phantom"]
+
+
+def test_bench_model_times_each_backbone_named(tmp_path) -> None:
+    """Cut encoders are timed like whole ones, and the first backbone is the reference."""
+    import json
+
+    out = tmp_path / "bench.json"
+    proc = callmon("bench", "model", "--backbones", "whisper-tiny:1,whisper-base:1",
+                   "--no-wav2vec2", "--repeats", "2", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows[::12]] == ["whisper-tiny-encoder (1 layers)",
+                                                "whisper-base-encoder (1 layers)"]
+    assert {(r["variant"], r["threads"], r["batch"]) for r in rows} == {
+        (v, t, b) for v in ("fp32", "int8-ffn", "int8-linear") for t in (1, 2) for b in (1, 16)}
+    assert rows[0]["params_m"] < rows[12]["params_m"]
+    assert "× whisper-tiny-encoder (1 layers)" in proc.stdout

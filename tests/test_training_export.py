@@ -55,6 +55,27 @@ def test_whisper_fast_dev_run_in_bf16(tmp_path: Path, ravdess_dir: Path) -> None
     assert loaded_cfg.freeze_layers == 2 and net.head.layer_logits.shape == (5,)
 
 
+def test_a_cut_whisper_trains_exports_and_serves(tmp_path: Path, ravdess_dir: Path) -> None:
+    """``whisper-tiny:2`` (the lowest 2 layers) through training, checkpoint, ONNX export and
+    both serving backends: its card names the cut, and nothing rebuilds the full depth."""
+    from models.torch_backend import load_torch_model
+
+    cfg = TrainConfig(data=str(ravdess_dir), out=str(tmp_path / "run"), backbone="whisper-tiny:2",
+                      fast_dev_run=True, limit_items=40, batch_size=2, progress=False,
+                      precision="32")
+    metrics = train(cfg)
+    net, loaded_cfg, _ = load_checkpoint(metrics["checkpoint"])
+    assert loaded_cfg.backbone == "whisper-tiny:2" and len(net.backbone.encoder.layers) == 2
+    windows = (0.05 * np.random.default_rng(1).standard_normal((4, 48_000))).astype(np.float32)
+    card = export_checkpoint(metrics["checkpoint"], tmp_path / "model", variants=("fp32", "torch-fp16"),
+                             parity_windows=windows)
+    assert card.backbone == "whisper-tiny:2"
+    assert card.evaluation["onnx_parity"]["fp32"]["max_abs_prob_diff"] < 1e-3
+    onnx_probs = load_model(tmp_path / "model", variant="fp32")(windows)
+    torch_probs = load_torch_model(tmp_path / "model", device="cpu")(windows)
+    assert np.abs(onnx_probs - torch_probs).max() < 1e-2
+
+
 def test_export_parity_and_loading(tiny_run: dict, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     windows = (0.05 * rng.standard_normal((12, 48_000))).astype(np.float32)

@@ -64,25 +64,40 @@ def _export_variants(net, directory: Path) -> dict[str, Path]:
     }
 
 
+#: Whisper backbones ``callmon bench model`` times by default: the two shipped sizes and base
+#: cut to its lowest 4 layers (tiny's depth at base's width).
+BENCH_BACKBONES = ("whisper-tiny", "whisper-base", "whisper-base:4")
+
+
+def _row_name(backbone: str) -> str:
+    from models.backbones import split_layers
+
+    base, layers = split_layers(backbone)
+    return f"{base}-encoder" + (f" ({layers} layers)" if layers else "")
+
+
 def run_model_bench(*, repeats: int = 10, include_wav2vec2: bool = True,
-                    shipped: Path | None = None) -> dict:
+                    shipped: Path | None = None,
+                    backbones: tuple[str, ...] = BENCH_BACKBONES) -> dict:
+    """Every backbone in ``backbones`` (Whisper names, ``:N`` allowed; the first is the
+    table's ×1 reference) exported fp32, int8 (FFN) and int8 (every linear layer), timed
+    at 1 and 2 threads, batch 1 and 16; random weights, as speed does not depend on them."""
     import torch
 
-    from models.backbones import WHISPER_BASE, Wav2Vec2Backbone, WhisperEncoderBackbone
+    from models.backbones import Wav2Vec2Backbone, build_backbone, random_twin
     from models.network import EmotionNet
 
     torch.manual_seed(0)
     results: dict = {"window_s": WINDOW / 16_000, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        models = {"whisper-tiny-encoder": EmotionNet(WhisperEncoderBackbone(), num_classes=5),
-                  "whisper-base-encoder": EmotionNet(WhisperEncoderBackbone(**WHISPER_BASE),
-                                                     num_classes=5)}
+        models = {_row_name(b): EmotionNet(build_backbone(random_twin(b)), num_classes=5)
+                  for b in backbones}
         if include_wav2vec2:
             w2v_dir = save_random_wav2vec2(tmp_path / "w2v")
             models["wav2vec2-base"] = EmotionNet(Wav2Vec2Backbone(w2v_dir), num_classes=5)
-        for name, net in models.items():
-            out = tmp_path / name
+        for i, (name, net) in enumerate(models.items()):
+            out = tmp_path / f"m{i}"
             out.mkdir()
             files = _export_variants(net.eval(), out)
             params = sum(p.numel() for p in net.parameters())
@@ -104,9 +119,10 @@ def run_model_bench(*, repeats: int = 10, include_wav2vec2: bool = True,
 
 def format_table(results: dict) -> str:
     rows = results["rows"]
+    reference = rows[0]["model"]
     whisper = {(r["variant"], r["threads"], r["batch"]): r["ms_per_window"]
-               for r in rows if r["model"] == "whisper-tiny-encoder"}
-    lines = ["| model | params (M) | variant | threads | batch | ms / 3 s window | × whisper |",
+               for r in rows if r["model"] == reference}
+    lines = [f"| model | params (M) | variant | threads | batch | ms / 3 s window | × {reference} |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         base = whisper[(r["variant"], r["threads"], r["batch"])]

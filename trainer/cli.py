@@ -8,6 +8,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from trainer.bench import BENCH_BACKBONES
+
 DEFAULT_DATA = "../shared/data/ravdess"
 
 
@@ -26,7 +28,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument(
         "--backbone",
         default=defaults["backbone"],
-        help="whisper-tiny, whisper-random, or wav2vec2:<local dir or hub id>",
+        help="whisper-tiny, whisper-base (either as NAME:N keeps its lowest N layers), "
+             "whisper-random, or wav2vec2:<local dir or hub id>",
     )
     p.add_argument("--freeze-layers", type=int, default=defaults["freeze_layers"])
     p.add_argument("--epochs", type=int, default=defaults["epochs"])
@@ -278,6 +281,9 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("model", help="ms per 3 s window: shipped architecture vs wav2vec2-base")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-wav2vec2", action="store_true", help="skip the wav2vec2-base comparison")
+    p.add_argument("--backbones", default=",".join(BENCH_BACKBONES), metavar="NAME,...",
+                   help="Whisper backbones to time (NAME:N keeps the lowest N layers); the "
+                        "first is the table's reference")
     p.add_argument("--out", default=None, help="also write the figures as JSON")
     p.set_defaults(handler=_bench_model)
 
@@ -332,9 +338,20 @@ def _bench_model(args: argparse.Namespace) -> int:
         card = ModelCard.load(DEFAULT_MODEL_DIR)
         if "int8" in card.files:
             shipped = DEFAULT_MODEL_DIR / card.files["int8"]
-    results = run_model_bench(
-        repeats=args.repeats, include_wav2vec2=not args.no_wav2vec2, shipped=shipped
-    )
+    from models.backbones import split_layers
+
+    backbones = tuple(b.strip() for b in args.backbones.split(",") if b.strip())
+    try:
+        if not backbones:
+            raise ValueError("--backbones names no backbone")
+        for b in backbones:
+            if split_layers(b)[0] not in ("whisper-tiny", "whisper-base"):
+                raise ValueError(f"--backbones: {b!r} is not whisper-tiny or whisper-base[:N]")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = run_model_bench(repeats=args.repeats, include_wav2vec2=not args.no_wav2vec2,
+                              shipped=shipped, backbones=backbones)
     results["onnxruntime"] = onnxruntime.__version__
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
