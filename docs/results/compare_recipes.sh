@@ -1,5 +1,5 @@
 #!/bin/bash
-# Each recipe change, the other seeds, their ensemble and base against the shipped tiny recipe, speaker by speaker, on the
+# Each recipe change, the other seeds, their ensemble, base and base cut to 4 layers against the shipped tiny recipe, speaker by speaker, on the
 # same held-out calls (callmon bench compare: paired bootstrap over speakers). From the
 # repository root: bash docs/results/compare_recipes.sh
 set -euo pipefail
@@ -15,10 +15,14 @@ R=docs/results
            spec_augment:"SpecAugment" \
            freeze2:"two lowest layers frozen" distill:"distilled from base" \
            ens2:"the two seeds averaged (an ensemble: two tiny models per window)" \
-           whisper-base:"Whisper base"; do
+           whisper-base:"Whisper base" \
+           base4:"Whisper base cut to its lowest 4 layers (\`--backbone whisper-base:4\`)"; do
     name=${v%%:*}; title=${v#*:}
     echo; echo "## $title (\`calibration_$name.json\`)"; echo
     callmon bench compare $R/calibration.json $R/calibration_$name.json \
         --names "shipped,$name" --out $R/compare_$name.json
   done
+  echo; echo "## Whisper base cut to its lowest 4 layers against the whole of base"; echo
+  callmon bench compare $R/calibration_whisper-base.json $R/calibration_base4.json \
+      --names "whisper-base,base4" --out $R/compare_base4_vs_base.json
 } > $R/compare_recipes.md
