@@ -1,8 +1,9 @@
 """``callmon bench model``: milliseconds per 3 s window in ONNX Runtime on this CPU.
 
-Both architectures are exported the same way from random weights (speed does not depend
-on the weights): the Whisper-tiny-encoder model callmon ships and a wav2vec2-base-shaped
-model (the reference design's backbone). The shipped int8 file is timed too.
+Every architecture is exported the same way from random weights (speed does not depend on
+the weights): the Whisper tiny and base encoder models callmon ships, any Whisper encoder cut
+to its lowest layers (``--backbones``), and a wav2vec2-base-shaped model (the reference
+design's backbone). The shipped int8 file is timed too.
 """
 
 from __future__ import annotations

@@ -278,7 +278,8 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def add_bench_commands(bench: argparse._SubParsersAction) -> None:
-    p = bench.add_parser("model", help="ms per 3 s window: shipped architecture vs wav2vec2-base")
+    p = bench.add_parser(
+        "model", help="ms per 3 s window: Whisper tiny, base (whole or cut) and wav2vec2-base")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-wav2vec2", action="store_true", help="skip the wav2vec2-base comparison")
     p.add_argument("--backbones", default=",".join(BENCH_BACKBONES), metavar="NAME,...",
