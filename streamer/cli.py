@@ -156,8 +156,10 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
         "compare", help="two alert reports (callmon calibrate or bench alerts) on the same "
                         "speakers and calls: each figure's difference with its bootstrap "
                         "interval over speakers")
-    p.add_argument("first", help="the reference report (JSON)")
-    p.add_argument("second", help="the report compared with it (JSON)")
+    p.add_argument("first", help="the reference report (JSON); several runs of one recipe "
+                                 "(seeds, on the same calls) comma-separated: their mean, and "
+                                 "the bootstrap resamples them too")
+    p.add_argument("second", help="the report compared with it (JSON; or several, likewise)")
     p.add_argument("--names", default=None,
                    help="what to call the two in the table (comma-separated; default: the "
                         "file names)")
@@ -429,30 +431,39 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _bench_compare(args: argparse.Namespace) -> int:
     from streamer.tools.intervals import paired, paired_rows, per_speaker_blocks, report_channels
 
-    paths = [Path(args.first), Path(args.second)]
-    reports = []
-    for path in paths:
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read a JSON report ({exc})") from exc
-    names = [n.strip() for n in args.names.split(",")] if args.names else [p.stem for p in paths]
+    sides = [[Path(p.strip()) for p in side.split(",") if p.strip()]
+             for side in (args.first, args.second)]
+    if not all(sides):
+        raise ValueError("each side of the comparison needs a report")
+    reports: list[list[dict]] = [[], []]
+    for side, paths in zip(reports, sides, strict=True):
+        for path in paths:
+            try:
+                side.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path}: cannot read a JSON report ({exc})") from exc
+    names = ([n.strip() for n in args.names.split(",")] if args.names else
+             [paths[0].stem + (f" ×{len(paths)}" if len(paths) > 1 else "") for paths in sides])
     if len(names) != 2:
         raise ValueError(f"--names needs two names, got {args.names!r}")
     if args.draws < 100:
         raise ValueError("--draws must be at least 100")
     channels = [c.strip() for c in args.channel.split(",") if c.strip()]
-    if "test" not in reports[0]:
-        # A bench alerts report holds one channel: its own (the second must be of the same).
-        channels = report_channels(reports[0])
+    if "test" not in reports[0][0]:
+        # A bench alerts report holds one channel: its own (the others must be of the same).
+        channels = report_channels(reports[0][0])
     compared: dict[str, dict] = {}
     for ch in channels:
-        block = compared[ch] = paired(per_speaker_blocks(reports[0], ch),
-                                      per_speaker_blocks(reports[1], ch), draws=args.draws)
-        print(f"{ch} calls, {block['speakers']} speakers, second minus first:\n")
+        block = compared[ch] = paired([per_speaker_blocks(r, ch) for r in reports[0]],
+                                      [per_speaker_blocks(r, ch) for r in reports[1]],
+                                      draws=args.draws)
+        runs = "" if block["runs"] == [1, 1] else (
+            f", runs {block['runs'][0]} and {block['runs'][1]} (their means; the bootstrap "
+            "resamples them too)")
+        print(f"{ch} calls, {block['speakers']} speakers{runs}, second minus first:\n")
         print("\n".join(paired_rows(block, *names)) + "\n")
     if args.out:
-        Path(args.out).write_text(json.dumps({"first": str(paths[0]), "second": str(paths[1]),
+        Path(args.out).write_text(json.dumps({"first": args.first, "second": args.second,
                                               "names": names, "channels": compared},
                                              indent=2) + "\n")
     return 0

@@ -80,6 +80,25 @@ def test_paired_refuses_other_speakers_or_other_calls() -> None:
         paired(speakers(3, calm_h=0.1), speakers(3, calm_h=0.2))
 
 
+def test_several_seeds_per_side_are_averaged_and_resampled() -> None:
+    """A side of several runs (seeds) is their mean; runs alike change nothing, and runs
+    that disagree widen the interval even where every speaker agrees with the others."""
+    a, b = speakers(10, angry=(4.0, None)), speakers(10, angry=(4.0, 8.0))
+    assert paired([a, a, a], b) == {**paired(a, b), "runs": [3, 1]}
+    # Two seeds of the reference: one raises a false alert on every voice, one on none.
+    calm, noisy = speakers(10), speakers(10, frustration=1)
+    f = paired([calm, noisy], calm)["figures"]["frustration_false_alerts_per_hour"]
+    assert (f["first"], f["second"], f["difference"]) == (5.0, 0.0, -5.0)
+    assert f["low"] == -10.0 and f["high"] == 0.0  # both seeds twice, or the calm one twice
+    assert paired(noisy, calm)["figures"]["frustration_false_alerts_per_hour"]["low"] == -10.0
+    with pytest.raises(ValueError, match="different speakers: .* only in report 2"):
+        paired([speakers(3), speakers(2)], speakers(3))
+    with pytest.raises(ValueError, match="not run on the same calls"):
+        paired([speakers(3)], [speakers(3), speakers(3, calm_h=0.2)])
+    with pytest.raises(ValueError, match="has no report"):
+        paired([], speakers(3))
+
+
 def test_per_speaker_blocks_of_either_report() -> None:
     per = speakers(2)
     calibrate = {"test": {"clean": {"per_speaker": per}}}
@@ -115,6 +134,21 @@ def test_bench_compare_prints_and_writes_the_difference(tmp_path) -> None:
     written = json.loads(out.read_text())
     assert written["names"] == ["old", "new"]
     assert written["channels"]["clean"]["figures"]["sad_detection_rate"]["difference"] == 1.0
+
+
+def test_bench_compare_takes_several_seeds_a_side(tmp_path) -> None:
+    paths = []
+    for i, distress in enumerate((0, 2, 1)):
+        paths.append(tmp_path / f"seed{i}.json")
+        paths[-1].write_text(json.dumps({"channel": "clean (16 kHz)",
+                                         "per_speaker": speakers(5, distress=distress)}))
+    out = tmp_path / "cmp.json"
+    proc = callmon(f"{paths[0]},{paths[1]}", str(paths[2]), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "runs 2 and 1 (their means; the bootstrap resamples them too)" in proc.stdout
+    assert "| figure | seed0 ×2 | seed2 | difference |" in proc.stdout
+    figure = json.loads(out.read_text())["channels"]["clean"]["figures"]
+    assert figure["distress_false_alerts_per_hour"]["difference"] == 0.0  # (0 + 20) / 2 = 10
 
 
 def test_bench_compare_says_what_is_wrong(tmp_path) -> None:

@@ -9,7 +9,8 @@ exactly as the benchmark computes it for the real set.
 
 :func:`paired` compares two reports on the *same* speakers and calls (two recipes judged by
 the same benchmark): each draw resamples the speakers once for both, so a voice that is hard
-for both does not widen the interval of their difference.
+for both does not widen the interval of their difference. A side may be several seeds of one
+recipe: it is then their mean, and each draw resamples its seeds too.
 """
 
 from __future__ import annotations
@@ -107,40 +108,76 @@ def intervals(per_speaker: Mapping[str, dict], *, draws: int = DRAWS, level: flo
     return {"speakers": len(speakers), "draws": draws, "level": level, "figures": figures}
 
 
-def paired(a: Mapping[str, dict], b: Mapping[str, dict], *, draws: int = DRAWS,
+def _runs(side: Mapping[str, dict] | Sequence[Mapping[str, dict]]) -> list[Mapping[str, dict]]:
+    """One report's per-speaker blocks, or several runs' (seeds of one recipe), as a list."""
+    runs = [side] if isinstance(side, Mapping) else list(side)
+    if not runs:
+        raise ValueError("a side of the comparison has no report")
+    return runs
+
+
+def _run_means(num: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """Per draw, the runs (axis 0 of ``num``) drawn with replacement and averaged:
+    ``(draws, speakers, figures)``. One run is always itself."""
+    picks = rng.integers(0, len(num), (draws, len(num)))
+    return num[picks].mean(axis=1)
+
+
+def paired(a: Mapping[str, dict] | Sequence[Mapping[str, dict]],
+           b: Mapping[str, dict] | Sequence[Mapping[str, dict]], *, draws: int = DRAWS,
            level: float = LEVEL, seed: int = 0) -> dict:
     """Figure by figure, ``b`` minus ``a`` on the same speakers, with the ``level``
-    bootstrap interval of that difference (both resampled with the same draw).
+    bootstrap interval of that difference (both resampled with the same draw of speakers).
+
+    Either side may be several runs of one recipe (seeds, each a report's per-speaker
+    blocks on the same calls): its figure is then the mean over its runs, and each draw also
+    resamples each side's runs with replacement, so the interval holds the seeds' spread as
+    well as the speakers'. With one run per side that draw is the run itself.
 
     Raises:
-        ValueError: the two reports are not on the same speakers, or not on the same calls
+        ValueError: the reports are not on the same speakers, or not on the same calls
             (different calm hours or numbers of target calls for a speaker).
     """
-    if set(a) != set(b):
-        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
-        raise ValueError("the two reports are on different speakers: only in the first "
-                         f"{only_a or 'none'}, only in the second {only_b or 'none'}")
-    speakers = sorted(a)
+    runs_a, runs_b = _runs(a), _runs(b)
+    speakers = sorted(runs_a[0])
+    for i, run in enumerate(runs_a + runs_b):
+        if set(run) != set(speakers):
+            only_a, only_b = sorted(set(speakers) - set(run)), sorted(set(run) - set(speakers))
+            which = "the second" if len(runs_a) == len(runs_b) == 1 else f"report {i + 1}"
+            raise ValueError(f"the reports are on different speakers: only in the first "
+                             f"{only_a or 'none'}, only in {which} {only_b or 'none'}")
     if not speakers:
         raise ValueError("no speakers to resample")
-    names, num_a, den_a = _arrays(a, speakers)
-    names_b, num_b, den_b = _arrays(b, speakers)
-    if names != names_b:
-        raise ValueError(f"the two reports give different figures: {names} and {names_b}")
-    if not np.allclose(den_a, den_b, atol=0.002):
-        bad = sorted({speakers[i] for i in np.nonzero(~np.isclose(den_a, den_b, atol=0.002))[0]})
-        raise ValueError("the two reports were not run on the same calls (calm hours or target "
-                         f"calls differ for {', '.join(bad)}): a paired comparison needs the "
-                         "same benchmark (same corpora, speakers, --calm-minutes and seed)")
+    arrays = [_arrays(run, speakers) for run in runs_a + runs_b]
+    names, _, den = arrays[0]
+    for other_names, _, other_den in arrays[1:]:
+        if other_names != names:
+            raise ValueError(f"the reports give different figures: {names} and {other_names}")
+        if not np.allclose(den, other_den, atol=0.002):
+            bad = sorted({speakers[i]
+                          for i in np.nonzero(~np.isclose(den, other_den, atol=0.002))[0]})
+            raise ValueError("the reports were not run on the same calls (calm hours or "
+                             f"target calls differ for {', '.join(bad)}): a paired comparison "
+                             "needs the same benchmark (same corpora, speakers, --calm-minutes "
+                             "and seed)")
+    num_a = np.stack([n for _, n, _ in arrays[: len(runs_a)]])
+    num_b = np.stack([n for _, n, _ in arrays[len(runs_a):]])
     idx = _draws(speakers, draws, seed)
-    lo, hi = _bounds(_of_sum(num_b, den_b, idx) - _of_sum(num_a, den_a, idx), level)
-    va, vb = _of_sum(num_a, den_a), _of_sum(num_b, den_b)
-    figures = {name: None if den_a[:, j].sum() == 0 else
+    rng = np.random.default_rng(seed + 1)
+    mean_a, mean_b = _run_means(num_a, draws, rng), _run_means(num_b, draws, rng)
+    rows = idx[:, :, None]
+    picked_den = den[idx].sum(axis=1)
+    diff = (_ratio(np.take_along_axis(mean_b, rows, axis=1).sum(axis=1), picked_den)
+            - _ratio(np.take_along_axis(mean_a, rows, axis=1).sum(axis=1), picked_den))
+    lo, hi = _bounds(diff, level)
+    va, vb = _of_sum(num_a.mean(axis=0), den), _of_sum(num_b.mean(axis=0), den)
+    figures = {name: None if den[:, j].sum() == 0 else
                {"first": _rounded(va[j]), "second": _rounded(vb[j]),
                 "difference": _rounded(vb[j] - va[j]), "low": _rounded(lo[j]),
                 "high": _rounded(hi[j])}
                for j, name in enumerate(names)}
-    return {"speakers": len(speakers), "draws": draws, "level": level, "figures": figures}
+    return {"speakers": len(speakers), "runs": [len(runs_a), len(runs_b)], "draws": draws,
+            "level": level, "figures": figures}
 
 
 def report_channels(report: dict) -> list[str]:
