@@ -330,27 +330,22 @@ def _bench_gpu(args: argparse.Namespace) -> int:
 def _bench_model(args: argparse.Namespace) -> int:
     import onnxruntime
 
+    from models.backbones import WHISPER_SIZES, split_layers
     from models.card import ModelCard
     from models.inference import DEFAULT_MODEL_DIR
     from trainer.bench import format_table, run_model_bench
 
+    backbones = tuple(b.strip() for b in args.backbones.split(",") if b.strip())
+    if not backbones:
+        raise ValueError("--backbones names no backbone")
+    for b in backbones:  # callmon's one-line error for a bad name or layer count
+        if split_layers(b)[0] not in WHISPER_SIZES:
+            raise ValueError(f"--backbones: {b!r} is not whisper-tiny or whisper-base[:N]")
     shipped = None
     if (DEFAULT_MODEL_DIR / "model_card.json").is_file():
         card = ModelCard.load(DEFAULT_MODEL_DIR)
         if "int8" in card.files:
             shipped = DEFAULT_MODEL_DIR / card.files["int8"]
-    from models.backbones import split_layers
-
-    backbones = tuple(b.strip() for b in args.backbones.split(",") if b.strip())
-    try:
-        if not backbones:
-            raise ValueError("--backbones names no backbone")
-        for b in backbones:
-            if split_layers(b)[0] not in ("whisper-tiny", "whisper-base"):
-                raise ValueError(f"--backbones: {b!r} is not whisper-tiny or whisper-base[:N]")
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     results = run_model_bench(repeats=args.repeats, include_wav2vec2=not args.no_wav2vec2,
                               shipped=shipped, backbones=backbones)
     results["onnxruntime"] = onnxruntime.__version__

@@ -37,9 +37,9 @@ def run_round(path: str, calls: str, duration: float, frame_ms: int) -> list[dic
 
 
 def summary(report: dict) -> str:
+    top = max(int(c) for c in report["calls"].split(","))
     parts = []
     for name, rounds in report["rounds"].items():
-        top = max(int(c) for c in report["calls"].split(","))
         p95 = [r["p95_ms"] for rd in rounds for r in rd["rows"] if r["calls"] == top]
         parts.append(f"{name} {' and '.join(map(str, report['held_per_round'][name]))} "
                      f"(p95 at {top} calls {', '.join(f'{v:g}' for v in p95)} ms)")

@@ -68,10 +68,13 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _of_sum(num: np.ndarray, den: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
-    """Each figure of the speakers summed: all of them, or of each draw of ``idx``."""
+    """Each figure of the speakers summed: all of them, or of each draw of ``idx``. ``num``
+    is ``(speakers, figures)``, or ``(draws, speakers, figures)`` when each draw has its own
+    numerators (runs resampled per draw)."""
     if idx is None:
         return _ratio(num.sum(axis=0), den.sum(axis=0))
-    return _ratio(num[idx].sum(axis=1), den[idx].sum(axis=1))
+    picked = num[idx] if num.ndim == 2 else np.take_along_axis(num, idx[:, :, None], axis=1)
+    return _ratio(picked.sum(axis=1), den[idx].sum(axis=1))
 
 
 def _bounds(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -165,11 +168,7 @@ def paired(a: Mapping[str, dict] | Sequence[Mapping[str, dict]],
     idx = _draws(speakers, draws, seed)
     rng = np.random.default_rng(seed + 1)
     mean_a, mean_b = _run_means(num_a, draws, rng), _run_means(num_b, draws, rng)
-    rows = idx[:, :, None]
-    picked_den = den[idx].sum(axis=1)
-    diff = (_ratio(np.take_along_axis(mean_b, rows, axis=1).sum(axis=1), picked_den)
-            - _ratio(np.take_along_axis(mean_a, rows, axis=1).sum(axis=1), picked_den))
-    lo, hi = _bounds(diff, level)
+    lo, hi = _bounds(_of_sum(mean_b, den, idx) - _of_sum(mean_a, den, idx), level)
     va, vb = _of_sum(num_a.mean(axis=0), den), _of_sum(num_b.mean(axis=0), den)
     figures = {name: None if den[:, j].sum() == 0 else
                {"first": _rounded(va[j]), "second": _rounded(vb[j]),
