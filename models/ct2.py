@@ -7,7 +7,9 @@ so that a truncated or tampered download fails loudly instead of training on noi
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -119,17 +121,22 @@ def join_parts(parts: list[Path], out: Path, *, expected_sha256: str) -> Path:
     if missing:
         raise WeightFileError(f"weight file parts not found: {missing}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with open(partial, "wb") as fh:
-        for part in parts:
-            with open(part, "rb") as src:
-                while block := src.read(1 << 22):
-                    fh.write(block)
-    actual = sha256_of(partial)
-    if actual != expected_sha256:
-        partial.unlink()
-        raise WeightFileError(
-            f"joining {[str(p) for p in parts]} gave SHA-256 {actual}, expected "
-            f"{expected_sha256}: a part is corrupt or from another release")
-    partial.replace(out)
+    # A name of its own, so that processes joining the same file at once (two training
+    # folds started together) never write into, or rename away, each other's copy.
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".partial")
+    partial = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while block := src.read(1 << 22):
+                        fh.write(block)
+        actual = sha256_of(partial)
+        if actual != expected_sha256:
+            raise WeightFileError(
+                f"joining {[str(p) for p in parts]} gave SHA-256 {actual}, expected "
+                f"{expected_sha256}: a part is corrupt or from another release")
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     return out

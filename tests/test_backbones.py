@@ -175,6 +175,39 @@ def test_wav2vec2_returns_every_layer_while_training(tmp_path: Path) -> None:
         net(x).sum().backward()
 
 
+def test_joining_one_weight_file_several_times_at_once(tmp_path: Path) -> None:
+    """Two training folds started together both join base's wheels into the same cache file:
+    each must get the verified file, and no half-written copy may be left behind."""
+    import hashlib
+    import threading
+
+    from models.ct2 import join_parts
+
+    rng = np.random.default_rng(0)
+    parts = [tmp_path / "p1", tmp_path / "p2"]
+    for p in parts:
+        p.write_bytes(rng.bytes(8 << 20))
+    digest = hashlib.sha256(parts[0].read_bytes() + parts[1].read_bytes()).hexdigest()
+    out = tmp_path / "cache" / "joined.bin"
+    start, errors = threading.Barrier(4), []
+
+    def join() -> None:
+        start.wait()
+        try:
+            join_parts(parts, out, expected_sha256=digest)
+        except Exception as e:  # noqa: BLE001 - collected for the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=join) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in out.parent.iterdir()) == ["joined.bin"]
+
+
 def test_whisper_base_joins_its_two_wheels_and_checks_the_digest(tmp_path: Path) -> None:
     from models.backbones import WHISPER_BASE, whisper_base_weights_path
     from models.ct2 import WHISPER_BASE_SHA256, join_parts
@@ -190,7 +223,7 @@ def test_whisper_base_joins_its_two_wheels_and_checks_the_digest(tmp_path: Path)
     parts[1].write_bytes(b"\x01" * 10)
     with pytest.raises(WeightFileError, match="a part is corrupt or from another release"):
         join_parts(parts, tmp_path / "bad.bin", expected_sha256=WHISPER_BASE_SHA256)
-    assert not (tmp_path / "bad.bin").exists() and not (tmp_path / "bad.bin.partial").exists()
+    assert not list(tmp_path.glob("bad.bin*"))
     with pytest.raises(WeightFileError, match="parts not found"):
         join_parts([tmp_path / "nope"], tmp_path / "x.bin", expected_sha256=WHISPER_BASE_SHA256)
     # The tiny.en file is refused as base weights: wrong digest.
