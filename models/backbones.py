@@ -7,7 +7,6 @@ so the pooling head can learn which layers carry emotion.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +20,15 @@ from models.ct2 import (
     read_ct2_variables,
 )
 from models.mel import HOP_LENGTH, N_FFT, N_MELS, SAMPLE_RATE_HZ, mel_filterbank
+from models.whisper_sizes import (
+    RANDOM_SIZES,
+    RANDOM_TWINS,
+    WHISPER_BASE,
+    WHISPER_SIZES,
+    WHISPER_TINY,
+    split_layers,
+)
 
-#: Encoder hyper-parameters of the Whisper sizes callmon loads.
-WHISPER_TINY: dict[str, Any] = {"d_model": 384, "heads": 6, "ffn": 1536, "layers": 4}
-WHISPER_BASE: dict[str, Any] = {"d_model": 512, "heads": 8, "ffn": 2048, "layers": 6}
-WHISPER_SIZES: dict[str, dict[str, Any]] = {"whisper-tiny": WHISPER_TINY, "whisper-base": WHISPER_BASE}
 WHISPER_SHA256 = {"whisper-tiny": WHISPER_TINY_EN_SHA256, "whisper-base": WHISPER_BASE_SHA256}
 #: Encoder positions for a 3 s window: 300 mel frames, halved by the stride-2 convolution.
 MAX_POSITIONS = 150
@@ -303,29 +306,6 @@ class Wav2Vec2Backbone(Backbone):
         return torch.stack(out.hidden_states)
 
 
-#: Each pretrained Whisper backbone → the same architecture with random weights, for
-#: rebuilding a trained network whose weights all come from its own file.
-RANDOM_TWINS = {"whisper-tiny": "whisper-random", "whisper-base": "whisper-base-random"}
-_RANDOM_SIZES = {"whisper-random": WHISPER_TINY, "whisper-base-random": WHISPER_BASE}
-
-
-def split_layers(name: str) -> tuple[str, int | None]:
-    """``whisper-base:4`` → ``("whisper-base", 4)``: a Whisper backbone cut to its lowest
-    layers (the rest are never loaded or run); a plain name → ``(name, None)``.
-
-    Raises:
-        ValueError: the count is not a whole number from 1 to the encoder's depth.
-    """
-    base, sep, count = name.partition(":")
-    sizes = WHISPER_SIZES.get(base) or _RANDOM_SIZES.get(base)
-    if not sep or sizes is None:
-        return name, None
-    if not count.isdigit() or not 1 <= int(count) <= sizes["layers"]:
-        raise ValueError(f"backbone {name!r}: after the colon comes how many of {base}'s "
-                         f"{sizes['layers']} layers to keep (1-{sizes['layers']})")
-    return base, int(count)
-
-
 def random_twin(name: str) -> str:
     """The backbone name that builds ``name``'s architecture without reading pretrained
     weights (a wav2vec2 ``from_pretrained`` folder is its own twin); a layer count stays."""
@@ -355,8 +335,8 @@ def build_backbone(
         return WhisperEncoderBackbone(
             weights=Path(weights), verify_sha256=WHISPER_SHA256[base] if verify_sha256 else None,
             **sizes)
-    if base in _RANDOM_SIZES:
-        sizes = dict(_RANDOM_SIZES[base], layers=layers or _RANDOM_SIZES[base]["layers"])
+    if base in RANDOM_SIZES:
+        sizes = dict(RANDOM_SIZES[base], layers=layers or RANDOM_SIZES[base]["layers"])
         return WhisperEncoderBackbone(weights=None, **sizes)
     if name.startswith("wav2vec2:"):
         return Wav2Vec2Backbone(name.split(":", 1)[1])
@@ -366,12 +346,17 @@ def build_backbone(
 
 
 __all__ = [
+    "RANDOM_TWINS",
     "SAMPLE_RATE_HZ",
+    "WHISPER_BASE",
+    "WHISPER_SIZES",
+    "WHISPER_TINY",
     "LogMel",
     "Wav2Vec2Backbone",
     "WhisperEncoderBackbone",
     "build_backbone",
     "rebuildable",
+    "random_twin",
     "split_layers",
     "whisper_base_weights_path",
     "whisper_tiny_weights_path",

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from models.card import ModelCard, alert_rows, ceiling_lines
+from models.whisper_sizes import split_layers
 
 
 def _pct(x: float) -> str:
@@ -63,7 +64,10 @@ BACKBONES = {
 
 def backbone_text(name: str) -> str:
     """The card's words for a backbone, saying so when the encoder was cut (``NAME:N``)."""
-    base, _, layers = name.partition(":")
+    try:
+        base, layers = split_layers(name)
+    except ValueError:
+        return name
     if base not in BACKBONES:
         return name
     return BACKBONES[base] + (f"; only its lowest {layers} layers kept" if layers else "")

@@ -66,3 +66,26 @@ def test_the_sample_rate_is_declared_once() -> None:
                     names = [ast.unparse(t) for t in node.targets]
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} {names} = 16000")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_card_renders_without_torch() -> None:
+    """The serving install has no PyTorch: the card (and the backbone name it describes,
+    a cut encoder included) must render from ``models`` without importing it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from models.card import ModelCard\n"
+        "from models.card_markdown import backbone_text, render\n"
+        "from models import DEFAULT_MODEL_DIR\n"
+        "assert render(ModelCard.load(DEFAULT_MODEL_DIR)).startswith('#')\n"
+        "print(backbone_text('whisper-base:4'))\n"
+        "print(backbone_text('whisper-base:9'))\n"
+        "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out[0].startswith("OpenAI Whisper base encoder") and out[0].endswith(
+        "only its lowest 4 layers kept")
+    assert out[1] == "whisper-base:9"  # not a valid cut: the name as written
+    assert out[2] == "False"
