@@ -62,6 +62,12 @@ BACKBONES = {
 }
 
 
+#: How the card names the precision a model trained in (Lightning's names). Cards written
+#: before training recorded it were trained with bf16-mixed on a CPU.
+PRECISION_WORDS = {"bf16-mixed": "bf16 on CPU", "32-true": "float32", "32": "float32",
+                   "16-mixed": "16-bit mixed precision on CUDA"}
+
+
 def backbone_text(name: str) -> str:
     """The card's words for a backbone, saying so when the encoder was cut (``NAME:N``)."""
     try:
@@ -214,7 +220,8 @@ def render(card: ModelCard) -> str:
         f"- {_schedule(cfg, t)}, batch {cfg.get('batch_size')}, AdamW (head "
         f"{cfg.get('lr_head')}, encoder {cfg.get('lr_backbone')}), linear warm-up then cosine "
         f"decay, class-balanced cross-entropy with label smoothing {cfg.get('label_smoothing')}, "
-        "bf16 on CPU, random 3 s crops, telephone channel (8 kHz, 300–3400 Hz, G.711 μ-law) "
+        f"{PRECISION_WORDS.get(t.get('precision', 'bf16-mixed'), t.get('precision'))}, random 3 s "
+        "crops, telephone channel (8 kHz, 300–3400 Hz, G.711 μ-law) "
         "and noise/gain augmentation"
         + (f", speed perturbation {cfg.get('speed_min')}–{cfg.get('speed_max')}"
            if cfg.get("speed_min", 1.0) != cfg.get("speed_max", 1.0) else "")

@@ -69,7 +69,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument(
         "--precision",
         default=defaults["precision"],
-        help="auto (16-mixed on CUDA, bf16-mixed on CPU), 32, bf16-mixed, 16-mixed",
+        help="auto (16-mixed on CUDA; on a CPU bf16-mixed where it has native bfloat16, "
+             "else 32-true), 32, bf16-mixed, 16-mixed",
     )
     p.add_argument("--accelerator", default=defaults["accelerator"], help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=defaults["threads"])

@@ -41,7 +41,7 @@ class TrainConfig:
     fold: int = 4  # which fold is the test fold; the shipped model holds out the last one
     val_speakers: int = 2  # taken from the training speakers for early stopping
     seed: int = 1234
-    precision: str = "auto"  # auto: 16-mixed on CUDA, bf16-mixed on CPU
+    precision: str = "auto"  # auto: 16-mixed on CUDA; on CPU bf16-mixed if native, else 32-true
     accelerator: str = "auto"
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
     fast_dev_run: bool = False

@@ -197,9 +197,11 @@ def bench_wav2vec2_step(*, base: bool, batch: int, steps: int) -> dict:
     from models.backbones import Wav2Vec2Backbone
     from models.network import EmotionNet
     from trainer.bench import save_random_wav2vec2
+    from trainer.train import auto_precision
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
+    precision = auto_precision()
     dtype = torch.float16 if cuda else torch.bfloat16
     with tempfile.TemporaryDirectory() as tmp:
         net = EmotionNet(Wav2Vec2Backbone(save_random_wav2vec2(Path(tmp), base=base)),
@@ -213,7 +215,7 @@ def bench_wav2vec2_step(*, base: bool, batch: int, steps: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(device.type, dtype=dtype, enabled=precision != "32-true"):
             loss = torch.nn.functional.cross_entropy(net(x), y)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -225,7 +227,7 @@ def bench_wav2vec2_step(*, base: bool, batch: int, steps: int) -> dict:
             times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in net.parameters())
     return {"model": "wav2vec2-base" if base else "wav2vec2-tiny", "params_m": round(params / 1e6, 1),
-            "batch": batch, "precision": "16-mixed" if cuda else "bf16-mixed",
+            "batch": batch, "precision": precision,
             "seconds_per_step": round(statistics.median(times), 4),
             "windows_per_s": round(batch / statistics.median(times), 1)}
 
