@@ -70,12 +70,17 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(tmp_path: Path, monk
     assert _precision(TrainConfig(precision="auto", accelerator="cpu")) == "bf16-mixed"
 
 
-def test_whisper_fast_dev_run_in_bf16(tmp_path: Path, ravdess_dir: Path) -> None:
+def test_whisper_fast_dev_run_in_bf16(tmp_path: Path, ravdess_dir: Path, caplog) -> None:
     cfg = TrainConfig(data=str(ravdess_dir), out=str(tmp_path), backbone="whisper-tiny",
                       fast_dev_run=True, limit_items=60, batch_size=2, progress=False,
                       precision="bf16-mixed", freeze_layers=2)
-    metrics = train(cfg)
+    with caplog.at_level("INFO", logger="trainer.train"):
+        metrics = train(cfg)
     assert metrics["test"]["n"] > 0
+    # Without a progress bar, each epoch still says how it went and how long it took.
+    epochs = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(epochs) == 1 and epochs[0].startswith(f"fold {cfg.fold} epoch 1/1: train_loss ")
+    assert "val_uar " in epochs[0] and epochs[0].endswith(" s")
     net, loaded_cfg, _ = load_checkpoint(metrics["checkpoint"])
     assert loaded_cfg.freeze_layers == 2 and net.head.layer_logits.shape == (5,)
 

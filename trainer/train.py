@@ -107,7 +107,7 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     from torch.utils.data import DataLoader
 
     from trainer.data import CropDataset, class_weights, decode_all
-    from trainer.module import EmotionModule
+    from trainer.module import EmotionModule, EpochLog
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -163,15 +163,16 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", mode="max",
                                  monitor="val_uar" if len(val_ds) else None,
                                  save_top_k=1, filename="best-{epoch:02d}-{val_uar:.3f}")
+    epoch_log = EpochLog(f"fold {cfg.fold}" if cfg.fold >= 0 else "all speakers")
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=1,
         precision=_precision(cfg),  # type: ignore[arg-type]
         accumulate_grad_batches=cfg.accumulate,
-        callbacks=[checkpoint] + ([EarlyStopping(monitor="val_uar", mode="max",
-                                                 patience=cfg.patience)]
-                                  if cfg.select == "best_val" else []),
+        callbacks=[checkpoint, epoch_log] + ([EarlyStopping(monitor="val_uar", mode="max",
+                                                       patience=cfg.patience)]
+                                         if cfg.select == "best_val" else []),
         default_root_dir=str(out),
         logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
         enable_progress_bar=cfg.progress,
