@@ -16,6 +16,23 @@ from trainer.evaluate import evaluate_items
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_train_defaults_are_the_shipped_recipe(shipped_model) -> None:
+    """``callmon train --fold F`` with no other flag trains what was shipped and
+    cross-validated (the README's commands rely on it): every recipe field of the shipped
+    card's config is the default. Run bookkeeping (folder, fold, threads, progress bar) and
+    the fields a later release added (recorded as null) aside."""
+    from dataclasses import asdict
+
+    from trainer.config import TrainConfig
+
+    recorded = shipped_model.card.training["config"]
+    defaults = asdict(TrainConfig())
+    bookkeeping = {"out", "fold", "threads", "progress"}
+    differ = {k: (v, defaults.get(k)) for k, v in recorded.items()
+              if k not in bookkeeping and v is not None and v != defaults.get(k)}
+    assert differ == {}, f"shipped recipe vs TrainConfig defaults: {differ}"
+
+
 def test_card_is_consistent(shipped_model) -> None:
     card = shipped_model.card
     assert card.labels == EMOTIONS_5

@@ -22,7 +22,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
         help="fine-tune the emotion model (one fold, or every fold with --cv)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", default=defaults["data"], help="corpus folder (any supported layout)")
+    p.add_argument("--data", default=defaults["data"],
+                   help="comma-separated corpus folders (any supported layout)")
     p.add_argument("--out", default=defaults["out"], help="run folder")
     p.add_argument("--labels", choices=["5", "8"], default=defaults["labels"])
     p.add_argument(
@@ -279,6 +280,8 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def add_bench_commands(bench: argparse._SubParsersAction) -> None:
+    from trainer.config import TrainConfig
+
     p = bench.add_parser(
         "model", help="ms per 3 s window: Whisper tiny, base (whole or cut) and wav2vec2-base")
     p.add_argument("--repeats", type=int, default=10)
@@ -293,7 +296,8 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
                                      "training, wav2vec2-base steps); runs on CPU without a GPU")
     p.add_argument("--out", default="gpu_check.json", help="JSON file for the figures")
     p.add_argument("--quick", action="store_true", help="small sizes (a CPU smoke run)")
-    p.add_argument("--epochs", type=int, default=25, help="training epochs (shipped recipe: 25)")
+    p.add_argument("--epochs", type=int, default=TrainConfig().epochs,
+                   help="training epochs (the shipped recipe's by default)")
     p.add_argument("--data", default="../shared/data/ravdess")
     p.add_argument("--server-calls", default=None, metavar="N,N,...",
                    help="also run the whole server path at these call counts (e.g. "

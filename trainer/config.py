@@ -12,14 +12,14 @@ from models.labels import LABEL_SETS
 class TrainConfig:
     """Everything that decides a training run. Defaults are the shipped model's recipe."""
 
-    data: str = "../shared/data/ravdess"
+    data: str = "../shared/data/ravdess,../shared/data/emodb"
     out: str = "runs/default"
     labels: str = "5"  # "5" (product) or "8" (RAVDESS, for comparison)
     backbone: str = "whisper-tiny"
     freeze_layers: int = 0  # lowest transformer layers kept frozen (the conv stem always is)
     window_s: float = 3.0
     eval_hop_s: float = 1.0
-    epochs: int = 20
+    epochs: int = 25
     batch_size: int = 16
     accumulate: int = 1
     lr_head: float = 1e-3
@@ -28,17 +28,17 @@ class TrainConfig:
     warmup_frac: float = 0.1
     label_smoothing: float = 0.05
     patience: int = 6  # early stopping on validation UAR; ignored with select="last"
-    select: str = "best_val"  # which checkpoint to keep: "best_val" or "last"
+    select: str = "last"  # which checkpoint to keep: "last" or "best_val" (early stopping)
     p_telephone: float = 0.5
     p_noise: float = 0.5
-    speed_min: float = 1.0  # speed perturbation range; 1.0/1.0 turns it off
-    speed_max: float = 1.0
+    speed_min: float = 0.9  # speed perturbation range; 1.0/1.0 turns it off
+    speed_max: float = 1.1
     spec_augment: bool = False  # mask log-mel bands and stretches while training (Whisper)
     distill_from: str = ""  # teacher model.pt ("{fold}" → the run's fold, "all" for -1)
     distill_weight: float = 0.5  # share of the loss given to the teacher's soft targets
     distill_temperature: float = 2.0
     folds: int = 5
-    fold: int = 4  # which fold is the test fold; the shipped model holds out the last one
+    fold: int = 4  # which fold is the test fold; -1: none, every speaker trains (as shipped)
     val_speakers: int = 2  # taken from the training speakers for early stopping
     seed: int = 1234
     precision: str = "auto"  # auto: 16-mixed on CUDA; on CPU bf16-mixed if native, else 32-true

@@ -177,8 +177,8 @@ def bench_training(*, data: str, epochs: int, limit_items: int, out: Path) -> di
     from trainer.config import TrainConfig
     from trainer.train import _precision, train
 
-    cfg = TrainConfig(data=data, out=str(out), epochs=epochs, select="last", speed_min=0.9,
-                      speed_max=1.1, fold=4, limit_items=limit_items, progress=False)
+    cfg = TrainConfig(data=data, out=str(out), epochs=epochs, fold=4, limit_items=limit_items,
+                      progress=False)
     metrics = train(cfg)
     return {
         "precision": _precision(cfg), "epochs": metrics["epochs_run"],
