@@ -168,8 +168,11 @@ def test_serve_with_two_workers(redis_server, ravdess_dir, call_actors, tmp_path
 
         async def calls():
             url = f"ws://127.0.0.1:{port}/v1/stream"
+            # 4x real time, not 8x: this checks the plumbing (remote model, alerts, a worker
+            # replaced), not capacity, and at 8x four calls make 32 windows/s, which a slower
+            # 2-core machine (Xeon 2.5 GHz) occasionally sheds one of (3 pending per stream).
             return await asyncio.gather(*[
-                stream_native(url, audio[:, None], rate=16_000, call_id=f"w-{i}", speed=8.0)
+                stream_native(url, audio[:, None], rate=16_000, call_id=f"w-{i}", speed=4.0)
                 for i in range(4)])
 
         outcomes = asyncio.run(calls())
