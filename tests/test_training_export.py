@@ -14,7 +14,14 @@ from trainer.bench import save_random_wav2vec2
 from trainer.config import TrainConfig
 from trainer.export import export_checkpoint
 from trainer.module import warmup_cosine
-from trainer.train import _precision, cpu_has_native_bf16, load_checkpoint, train
+from trainer.train import (
+    _precision,
+    autocast_dtype,
+    cpu_has_native_bf16,
+    cpu_model,
+    load_checkpoint,
+    train,
+)
 
 
 def test_warmup_then_cosine() -> None:
@@ -59,6 +66,13 @@ def test_auto_precision_uses_bf16_only_where_the_cpu_has_it(tmp_path: Path, monk
         (tmp_path / name).write_text(text)
         assert cpu_has_native_bf16(tmp_path / name) is native, name
     assert cpu_has_native_bf16(tmp_path / "missing") is False
+    (tmp_path / "named").write_text("processor\t: 0\nmodel name\t: Xeon Gold 6438Y\nflags\t: fpu\n"
+                                     "processor\t: 1\nmodel name\t: Xeon Gold 6438Y\nflags\t: fpu\n")
+    assert cpu_model(tmp_path / "named") == "Xeon Gold 6438Y"
+    assert cpu_model(tmp_path / "missing")  # platform's name: never empty
+    assert autocast_dtype("16-mixed") is torch.float16
+    assert autocast_dtype("bf16-mixed") is torch.bfloat16
+    assert autocast_dtype("32-true") is None
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for native, expected in ((False, "32-true"), (True, "bf16-mixed")):

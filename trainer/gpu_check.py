@@ -42,12 +42,13 @@ def environment() -> dict:
     import onnxruntime as ort
     import torch
 
+    from trainer.train import cpu_model
+
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(), "torch": torch.__version__,
         "onnxruntime": ort.__version__, "ort_providers": ort.get_available_providers(),
-        "cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor()
-        or platform.machine(),
+        "cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else cpu_model(),
     }
 
 
@@ -197,17 +198,17 @@ def bench_wav2vec2_step(*, base: bool, batch: int, steps: int) -> dict:
     from models.backbones import Wav2Vec2Backbone
     from models.network import EmotionNet
     from trainer.bench import save_random_wav2vec2
-    from trainer.train import auto_precision
+    from trainer.train import auto_precision, autocast_dtype
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     precision = auto_precision()
-    dtype = torch.float16 if cuda else torch.bfloat16
+    dtype = autocast_dtype(precision)
     with tempfile.TemporaryDirectory() as tmp:
         net = EmotionNet(Wav2Vec2Backbone(save_random_wav2vec2(Path(tmp), base=base)),
                          num_classes=5).to(device).train()
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-5)
-    scaler = torch.amp.GradScaler(enabled=cuda)
+    scaler = torch.amp.GradScaler(enabled=dtype is torch.float16)
     x = 0.05 * torch.randn(batch, WINDOW, device=device)
     y = torch.randint(0, 5, (batch,), device=device)
     times = []
@@ -215,7 +216,7 @@ def bench_wav2vec2_step(*, base: bool, batch: int, steps: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=precision != "32-true"):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(net(x), y)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -66,19 +66,34 @@ def build_net(cfg: TrainConfig, *, pretrained: bool = True) -> EmotionNet:
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU does bfloat16 arithmetic itself (its ``flags``/``Features`` in
-    ``/proc/cpuinfo``); False where that file cannot be read."""
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``model name``; ``flags`` on x86,
+    ``Features`` on Arm); empty where that file cannot be read."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return False
-    flags: set[str] = set()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return bool(flags & BF16_CPU_FLAGS)
+        key, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """This CPU's name (``model name``), else what :mod:`platform` knows of it."""
+    import platform
+
+    return cpu_info(cpuinfo).get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU does bfloat16 arithmetic itself (its ``flags``/``Features`` in
+    ``/proc/cpuinfo``); False where that file cannot be read."""
+    fields = cpu_info(cpuinfo)
+    flags = fields.get("flags", "").split() + fields.get("Features", "").split()
+    return bool(set(flags) & BF16_CPU_FLAGS)
 
 
 def auto_precision(accelerator: str = "auto") -> str:
@@ -87,6 +102,11 @@ def auto_precision(accelerator: str = "auto") -> str:
     if torch.cuda.is_available() and accelerator != "cpu":
         return "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a Lightning ``precision``; None where it trains in float32."""
+    return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
 
 
 def _precision(cfg: TrainConfig) -> str:

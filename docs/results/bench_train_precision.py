@@ -20,7 +20,7 @@ import torch
 
 from models.backbones import build_backbone, random_twin
 from models.network import EmotionNet
-from trainer.train import auto_precision, cpu_has_native_bf16
+from trainer.train import auto_precision, cpu_has_native_bf16, cpu_model
 
 BATCH, WINDOW = 16, 48_000
 
@@ -35,18 +35,6 @@ def step_seconds(net: EmotionNet, optimiser: torch.optim.Optimizer, bf16: bool) 
     loss.backward()
     optimiser.step()
     return time.perf_counter() - t0
-
-
-def cpu_name() -> str:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -72,7 +60,7 @@ def main() -> None:
                      "bf16_s_per_step": round(bf16, 3), "bf16_over_fp32": round(bf16 / fp32, 2)})
         print(f"{name}: float32 {fp32:.2f} s/step, bf16-mixed {bf16:.2f} s/step "
               f"({bf16 / fp32:.2f}x)", flush=True)
-    report = {"cpu": cpu_name(), "cpu_has_native_bf16": cpu_has_native_bf16(),
+    report = {"cpu": cpu_model(), "cpu_has_native_bf16": cpu_has_native_bf16(),
               "auto_precision": auto_precision("cpu"),
               "batch": BATCH, "threads": 1, "steps": args.steps, "rows": rows}
     print(f"native bfloat16: {report['cpu_has_native_bf16']}; precision=auto trains in "
