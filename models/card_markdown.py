@@ -17,6 +17,21 @@ def _minutes(seconds: float | None) -> str:
     return "?" if seconds is None else f"{max(1, round(seconds / 60))}"
 
 
+def _took(t: dict) -> str:
+    """How long training took, and on what: the machine the metrics recorded, else (cards
+    from before they did) the 2-core CPU machine they were trained on."""
+    m = t.get("machine")
+    if m is None:
+        threads = t.get("config", {}).get("threads", 0)
+        return (f"Took {t.get('train_seconds')} s on a 2-core CPU machine"
+                + (f", {threads} training thread{'s' if threads != 1 else ''}." if threads > 0
+                   else "."))
+    where = m["device"] if m.get("cuda") else (
+        f"{m['device']} ({m['threads']} thread{'s' if m['threads'] != 1 else ''} of "
+        f"{m['cpu_cores']} cores)")
+    return f"Took {t.get('train_seconds')} s on {where}."
+
+
 def _schedule(cfg: dict, t: dict) -> str:
     if cfg.get("select") == "last":
         return (f"{cfg.get('epochs')} epochs, the last epoch kept (the validation actors are "
@@ -225,7 +240,7 @@ def render(card: ModelCard) -> str:
         "and noise/gain augmentation"
         + (f", speed perturbation {cfg.get('speed_min')}–{cfg.get('speed_max')}"
            if cfg.get("speed_min", 1.0) != cfg.get("speed_max", 1.0) else "")
-        + f", seed {cfg.get('seed')}. Took {t.get('train_seconds')} s on 2 CPU cores.",
+        + f", seed {cfg.get('seed')}. {_took(t)}",
         f"- Reproduce: `{train_command(cfg)} --data {cfg.get('data')} --out {run}`, "
         f"then `{export_command(t)}`. The cross-validation is the same command "
         "with `--fold 0` … `--fold 4`, summarised by `callmon train --summarise`; the "

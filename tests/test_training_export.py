@@ -132,6 +132,12 @@ def test_export_parity_and_loading(tiny_run: dict, tmp_path: Path) -> None:
     # The precision it trained in, as resolved, reaches the card's recipe.
     assert tiny_run["precision"] == card.training["precision"] == "32"
     assert "float32, random 3 s crops" in (tmp_path / "MODEL_CARD.md").read_text()
+    # So does the machine it trained on, named, with the threads it used.
+    machine = card.training["machine"]
+    assert machine == tiny_run["machine"] and machine["device"] == cpu_model()
+    assert machine["threads"] >= 1 and machine["cpu_cores"] >= machine["threads"]
+    assert (f"s on {cpu_model()} ({machine['threads']} thread"
+            in (tmp_path / "MODEL_CARD.md").read_text())
     for variant in ("fp32", "int8", "fp16"):
         model = load_model(tmp_path, variant=variant)
         probs = model(windows[:3])

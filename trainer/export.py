@@ -270,7 +270,7 @@ def export_checkpoint(
         training={"config": metrics.get("config", {}), "split": metrics.get("split", {}),
                   "epochs_run": metrics.get("epochs_run"),
                   "train_seconds": metrics.get("train_seconds"), "int8_scope": int8_scope,
-                  **({"precision": metrics["precision"]} if "precision" in metrics else {}),
+                  **{k: metrics[k] for k in ("precision", "machine") if k in metrics},
                   **(extra_card or {})},
         evaluation={
             "held_out_speakers": metrics.get("split", {}).get("test", []),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -102,6 +103,14 @@ def auto_precision(accelerator: str = "auto") -> str:
     if torch.cuda.is_available() and accelerator != "cpu":
         return "16-mixed"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def training_machine(accelerator: str = "auto") -> dict:
+    """What a run trains on, for its metrics and card: the GPU's or the CPU's name, this
+    machine's cores and the threads PyTorch uses."""
+    cuda = torch.cuda.is_available() and accelerator != "cpu"
+    return {"device": torch.cuda.get_device_name(0) if cuda else cpu_model(),
+            "cuda": cuda, "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads()}
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -236,6 +245,7 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         "epochs_run": trainer.current_epoch,
         "train_seconds": round(train_seconds, 1),
         "precision": _precision(cfg),
+        "machine": training_machine(cfg.accelerator),
         "best_val_uar": best_val,
         "last_val_uar": None if last_val is None else float(last_val),
         **({"teacher": teacher} if teacher is not None else {}),
