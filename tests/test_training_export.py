@@ -99,6 +99,38 @@ def test_whisper_fast_dev_run_in_bf16(tmp_path: Path, ravdess_dir: Path, caplog)
     assert loaded_cfg.freeze_layers == 2 and net.head.layer_logits.shape == (5,)
 
 
+def test_the_epoch_line_gives_the_mean_training_loss_of_the_epoch(caplog) -> None:
+    """The epoch line's train_loss is the mean over the epoch's batches, not the last batch's
+    (which is one batch of 16 crops: noise)."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from models.backbones import build_backbone
+    from models.network import EmotionNet
+    from trainer.module import EmotionModule, EpochLog
+
+    torch.manual_seed(0)
+    net = EmotionNet(build_backbone("whisper-random:1"), num_classes=5)
+    x, y = 0.1 * torch.randn(12, 16_000), torch.arange(12) % 5
+    losses: list[float] = []
+
+    class Losses(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            losses.append(float(outputs["loss"]))
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[EpochLog("t"), Losses()])
+    module = EmotionModule(net, labels=["neutral", "happy", "sad", "angry", "fearful"])
+    with caplog.at_level("INFO", logger="trainer.train"):
+        trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=3))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("t epoch 1/1")]
+    mean = sum(losses) / len(losses)
+    assert len(losses) == 4 and abs(mean - losses[-1]) > 0.002  # the two can be told apart
+    assert f"train_loss {mean:.3f};" in line, (losses, line)
+
+
 def test_a_cut_whisper_trains_exports_and_serves(tmp_path: Path, ravdess_dir: Path) -> None:
     """``whisper-tiny:2`` (the lowest 2 layers) through training, checkpoint, ONNX export and
     both serving backends: its card names the cut, and nothing rebuilds the full depth."""

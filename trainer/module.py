@@ -89,8 +89,11 @@ class EmotionModule(L.LightningModule):
             self.log("train_distill", kd, batch_size=len(y))
             loss = (1 - self.distill_weight) * loss + self.distill_weight * kd
         acc = (logits.argmax(-1) == y).float().mean()
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
-        self.log("train_acc", acc, prog_bar=True, batch_size=len(y))
+        # Per step (the progress bar, the CSV log) and as the epoch's mean (the epoch line).
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=len(y))
+        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=len(y))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -135,8 +138,8 @@ class EmotionModule(L.LightningModule):
 
 class EpochLog(L.Callback):
     """One INFO line per epoch, progress bar or not (``fold 0 epoch 3/25: train_loss 1.214,
-    val_loss 1.102, val_uar 0.612; 58 s``): a run in the background says how far it is and
-    how long an epoch takes."""
+    val_loss 1.102, val_uar 0.612; 58 s``, the training loss averaged over the epoch): a run
+    in the background says how far it is and how long an epoch takes."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -147,7 +150,9 @@ class EpochLog(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        figures = ", ".join(f"{k} {float(metrics[k]):.3f}"
-                            for k in ("train_loss", "val_loss", "val_uar") if k in metrics)
+        # The training loss over the whole epoch; its last batch alone is one batch's noise.
+        named = {"train_loss": "train_loss_epoch", "val_loss": "val_loss", "val_uar": "val_uar"}
+        figures = ", ".join(f"{name} {float(metrics[key]):.3f}"
+                            for name, key in named.items() if key in metrics)
         log.info("%s epoch %d/%d: %s; %.0f s", self.name, trainer.current_epoch + 1,
                  trainer.max_epochs, figures or "no metrics", time.perf_counter() - self._started)

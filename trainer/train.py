@@ -199,6 +199,9 @@ def train(cfg: TrainConfig, *, items: list[Utterance] | None = None,
         devices=1,
         precision=_precision(cfg),  # type: ignore[arg-type]
         accumulate_grad_batches=cfg.accumulate,
+        # Lightning logs every 50 steps; a fold has about 45 batches an epoch, so without
+        # this the step-level training loss never reached the CSV log (and it warned so).
+        log_every_n_steps=max(1, min(50, len(train_dl) // 2)),
         callbacks=[checkpoint, epoch_log] + ([EarlyStopping(monitor="val_uar", mode="max",
                                                        patience=cfg.patience)]
                                          if cfg.select == "best_val" else []),
