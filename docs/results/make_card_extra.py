@@ -27,6 +27,16 @@ def r(f):
 FOLDS = [f for f in range(5) if Path(f"runs/base-f{f}/metrics.json").is_file()
          and Path(f"runs/base-f{f}/scored.pkl").is_file()]
 TAG = "".join(map(str, FOLDS))
+_missing = [f"runs/both-f{f}/metrics.json" for f in FOLDS
+            if not Path(f"runs/both-f{f}/metrics.json").is_file()]
+if not FOLDS or _missing:
+    raise SystemExit(
+        "make_card_extra.py compares the tiny and base fold runs fold by fold and finds "
+        + (f"no {', '.join(_missing)}" if _missing else
+           "no runs/base-fF with metrics.json and scored.pkl (F = 0 … 4)")
+        + ": train them first (callmon train --fold F --out runs/both-fF, and with "
+        "--backbone whisper-base --out runs/base-fF), then callmon calibrate --runs over "
+        "each set of five (it caches scored.pkl in each fold).")
 
 
 def metrics_row(m):
