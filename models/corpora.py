@@ -145,8 +145,9 @@ def discover(root: Path | str) -> list[Utterance]:
         items = _read_crema_tree(root)
     if not items:
         raise DatasetLayoutError(
-            f"{root}: no manifest.csv, RAVDESS Actor_XX/ folders or CREMA-D AudioWAV/ files found"
-        )
+            f"{root}: its manifest.csv lists no clips" if (root / "manifest.csv").is_file()
+            else f"{root}: no manifest.csv, RAVDESS Actor_XX/ folders or CREMA-D AudioWAV/ "
+                 "files found")
     return items
 
 
@@ -205,9 +206,19 @@ def speaker_folds(speakers: Sequence[str], k: int) -> list[list[str]]:
     by_corpus: dict[str, list[str]] = {}
     for s in sorted(set(speakers)):
         by_corpus.setdefault(corpus_of(s), []).append(s)
-    smallest = min((len(v) for v in by_corpus.values()), default=0)
-    if not 2 <= k <= smallest:
-        raise ValueError(f"need 2 <= k <= {smallest} speakers per corpus, got k={k}")
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    if not by_corpus:
+        raise ValueError("no speakers to split into folds")
+    for corpus, members in sorted(by_corpus.items(), key=lambda kv: len(kv[1])):
+        if len(members) < k:
+            where = f"corpus {corpus!r} has" if corpus else "the corpus has"
+            fewer = (f"use at most {len(members)} folds (--folds) or" if len(members) >= 2
+                     else "cross-validation needs 2; or")
+            raise ValueError(
+                f"{k} folds hold out speakers of every corpus, and {where} only "
+                f"{len(members)} speaker{'s' if len(members) != 1 else ''}: {fewer} "
+                "train on every speaker (--fold -1)")
     folds: list[list[str]] = [[] for _ in range(k)]
     for ordered in by_corpus.values():
         for i, block in enumerate(np.array_split(np.array(ordered, dtype=object), k)):

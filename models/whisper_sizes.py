@@ -32,3 +32,19 @@ def split_layers(name: str) -> tuple[str, int | None]:
         raise ValueError(f"backbone {name!r}: after the colon comes how many of {base}'s "
                          f"{sizes['layers']} layers to keep (1-{sizes['layers']})")
     return base, int(count)
+
+
+def check_backbone(name: str) -> None:
+    """Refuse a backbone name nothing can build, before any weights or audio are read.
+
+    Raises:
+        ValueError: an unknown name, an empty ``wav2vec2:`` path, or a bad ``:N`` count.
+    """
+    base, _ = split_layers(name)
+    if base in WHISPER_SIZES or base in RANDOM_SIZES:
+        return
+    if name.startswith("wav2vec2:") and name.partition(":")[2].strip():
+        return
+    raise ValueError(f"unknown backbone {name!r}: use whisper-tiny, whisper-base, "
+                     "whisper-random, whisper-base-random (each optionally :LAYERS) or "
+                     "wav2vec2:PATH")

@@ -76,6 +76,46 @@ def test_bad_layouts(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text("path,speaker,emotion\nx.wav,s1,sleepy\n")
     with pytest.raises(ValueError, match="unknown emotion label 'sleepy'"):
         discover(tmp_path)
+    (tmp_path / "manifest.csv").write_text("path,speaker,emotion\n")
+    with pytest.raises(DatasetLayoutError, match="its manifest.csv lists no clips"):
+        discover(tmp_path)
+
+
+def test_too_few_speakers_for_the_folds_says_which_corpus() -> None:
+    both = [f"ravdess/{i:02d}" for i in range(1, 21)] + ["emodb/03", "emodb/08", "emodb/09"]
+    with pytest.raises(ValueError, match="corpus 'emodb' has only 3 speakers: use at most 3 "
+                                         r"folds \(--folds\) or train on every speaker"):
+        speaker_folds(both, 5)
+    with pytest.raises(ValueError, match="the corpus has only 1 speaker: cross-validation needs 2"):
+        speaker_folds(["01"], 5)
+    with pytest.raises(ValueError, match="at least 2 folds, got 1"):
+        speaker_folds(both, 1)
+    with pytest.raises(ValueError, match="no speakers"):
+        speaker_folds([], 2)
+    assert len(speaker_folds(both, 3)) == 3
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"epochs": 0}, "epochs, batch size and accumulation steps must each be at least 1"),
+    ({"batch_size": 0}, "at least 1"),
+    ({"folds": 1}, "at least 2 folds, got 1"),
+    ({"fold": 5}, r"fold must be in 0..4, or -1 to train on every speaker; got 5"),
+    ({"fold": -2}, "fold must be in 0..4"),
+    ({"backbone": "whisper-huge"}, "unknown backbone 'whisper-huge'"),
+    ({"backbone": "wav2vec2:"}, "unknown backbone 'wav2vec2:'"),
+    ({"backbone": "whisper-base:9"}, "how many of whisper-base's 6 layers"),
+    ({"labels": "7"}, "labels must be one of"),
+    ({"select": "best"}, "select must be 'last' or 'best_val'"),
+    ({"speed_min": 1.2}, "0 < speed_min <= speed_max, got 1.2 and 1.1"),
+    ({"p_noise": 1.5}, r"p_noise must be in \[0, 1\]"),
+])
+def test_a_recipe_that_cannot_train_is_refused_before_any_audio_is_read(
+        fields: dict, message: str) -> None:
+    """``callmon train`` decodes every clip before it builds the network: a bad flag found
+    only then cost half a minute and, for an unknown backbone, came after the audio."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**fields)
+    TrainConfig(fold=-1, backbone="whisper-base:4", select="best_val")  # fine as given
 
 
 def test_file_name_parsers() -> None:

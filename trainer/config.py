@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from models.audio import MODEL_RATE_HZ as SAMPLE_RATE_HZ
 from models.labels import LABEL_SETS
+from models.whisper_sizes import check_backbone
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,28 @@ class TrainConfig:
     limit_items: int = 0  # keep only this many utterances (smoke tests)
     progress: bool = True
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a recipe that cannot train, before any audio is decoded."""
+        if self.labels not in LABEL_SETS:
+            raise ValueError(f"labels must be one of {sorted(LABEL_SETS)}, got {self.labels!r}")
+        check_backbone(self.backbone)
+        if self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
+            raise ValueError("epochs, batch size and accumulation steps must each be at least 1 "
+                             f"(got {self.epochs}, {self.batch_size}, {self.accumulate})")
+        if self.folds < 2:
+            raise ValueError(f"cross-validation needs at least 2 folds, got {self.folds}")
+        if not -1 <= self.fold < self.folds:
+            raise ValueError(f"fold must be in 0..{self.folds - 1}, or -1 to train on every "
+                             f"speaker; got {self.fold}")
+        if self.select not in ("last", "best_val"):
+            raise ValueError(f"select must be 'last' or 'best_val', got {self.select!r}")
+        if not 0 < self.speed_min <= self.speed_max:
+            raise ValueError("speed perturbation needs 0 < speed_min <= speed_max, got "
+                             f"{self.speed_min} and {self.speed_max}")
+        for name in ("p_telephone", "p_noise", "warmup_frac", "distill_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     @property
     def window_samples(self) -> int:

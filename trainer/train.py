@@ -40,9 +40,7 @@ def split_speakers(speakers: list[str], cfg: TrainConfig) -> dict[str, list[str]
     two sets."""
     if cfg.fold == ALL_SPEAKERS:
         return {"train": sorted(speakers), "val": [], "test": []}
-    folds = speaker_folds(speakers, cfg.folds)
-    if not 0 <= cfg.fold < len(folds):
-        raise ValueError(f"fold must be in 0..{len(folds) - 1}")
+    folds = speaker_folds(speakers, cfg.folds)  # TrainConfig has checked cfg.fold < cfg.folds
     test = folds[cfg.fold]
     nxt = folds[(cfg.fold + 1) % len(folds)]
     val = [s for corpus in sorted({corpus_of(s) for s in nxt})
