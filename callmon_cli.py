@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return f"connection refused ({exc}): is the server running and the address right?"
+    if type(exc).__module__.startswith("pydantic") and hasattr(exc, "errors"):
+        # A setting from a flag or CALLMON_* that its type refuses: one line, not pydantic's
+        # four with a documentation link.
+        return "; ".join(f"bad setting {'.'.join(map(str, e['loc']))}={e.get('input')!r}: "
+                         f"{e['msg']}" for e in exc.errors())
     return str(exc) or type(exc).__name__
 
 

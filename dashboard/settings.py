@@ -11,7 +11,8 @@ from streamer.settings import Settings
 class DashboardSettings(Settings):
     """Configuration of the dashboard, alone (``callmon dashboard``) or inside ``serve``."""
 
-    dashboard_port: int = Field(8000, description="dashboard and REST API port")
+    dashboard_port: int = Field(8000, ge=0, le=65535,
+                                description="dashboard and REST API port (0: any free one)")
     supervisor_user: str = Field("supervisor", description="dashboard HTTP basic user name")
     supervisor_password: str | None = Field(
         None, description="dashboard credential; required when binding beyond loopback")

@@ -31,6 +31,9 @@ def resolve_model_path(path: Path | str | None) -> Path:
         if not (folder / "model_card.json").is_file():
             raise ModelCardError(f"the shipped model {path!r} is not installed at {folder}")
         return folder
+    if not Path(path).exists():
+        raise ModelCardError(f"no model {str(path)!r}: it is neither a shipped model "
+                             f"({', '.join(SHIPPED_MODELS)}) nor a model folder or .onnx file")
     return Path(path)
 
 

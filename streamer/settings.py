@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALLMON_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="address to bind; loopback unless told otherwise")
-    port: int = Field(8080, description="websocket ingest port")
+    port: int = Field(8080, ge=0, le=65535, description="websocket ingest port (0: any free one)")
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "CALLMON_REDIS_URL"),
         description="Redis to use; unset starts an embedded Redis server",

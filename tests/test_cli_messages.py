@@ -29,11 +29,20 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
      "--card /nonexistent: no model_card.json there"),
     (["bench", "model", "--backbones", "whisper-base:9"], "how many of whisper-base's 6 layers"),
     (["bench", "model", "--backbones", "hubert"], "'hubert' is not whisper-tiny or whisper-base"),
+    (["serve", "--port", "99999"],
+     "bad setting port=99999: Input should be less than or equal to 65535"),
+    (["serve", "--port", "{port}", "--dashboard-port", "-1"],
+     "bad setting dashboard_port=-1: Input should be greater than or equal to 0"),
+    (["serve", "--port", "{port}", "--model", "whisper-huge"],
+     "no model 'whisper-huge': it is neither a shipped model (whisper-tiny, whisper-base) nor"),
+    (["export", "--checkpoint", "README.md", "--out", "{tmp}"],
+     "README.md is not a checkpoint written by callmon train"),
+    (["train", "--backbone", "whisper-huge"], "unknown backbone 'whisper-huge'"),
 ])
-def test_one_line_and_a_non_zero_exit(args, says, ravdess_dir) -> None:
+def test_one_line_and_a_non_zero_exit(args, says, ravdess_dir, tmp_path) -> None:
     clip = str(ravdess_dir / "Actor_01" / "03-01-01-01-01-01-01.flac")
     port = str(free_port())
-    proc = callmon(*[a.format(clip=clip, port=port) for a in args])
+    proc = callmon(*[a.format(clip=clip, port=port, tmp=tmp_path / "out") for a in args])
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert says in proc.stderr

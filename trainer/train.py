@@ -293,8 +293,20 @@ def save_checkpoint(net: EmotionNet, cfg: TrainConfig, metrics: dict, path: Path
 
 
 def load_checkpoint(path: Path | str) -> tuple[EmotionNet, TrainConfig, dict]:
-    """Rebuild the network of a ``model.pt`` (no pretrained weights are read)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    """Rebuild the network of a ``model.pt`` (no pretrained weights are read).
+
+    Raises:
+        ValueError: no such file, or one that is not a checkpoint of ``callmon train``.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such checkpoint (callmon train writes RUN/model.pt)")
+    not_ours = f"{path} is not a checkpoint written by callmon train"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a pickle, zip or torch error: whatever the file is, not ours
+        raise ValueError(f"{not_ours} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(blob, dict) or not {"config", "state_dict", "metrics"} <= blob.keys():
+        raise ValueError(f"{not_ours} (it holds no config, state_dict and metrics)")
     cfg = TrainConfig(**blob["config"])
     net = build_net(cfg, pretrained=cfg.backbone.startswith("wav2vec2"))
     net.load_state_dict(blob["state_dict"])
