@@ -38,6 +38,8 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["export", "--checkpoint", "README.md", "--out", "{tmp}"],
      "README.md is not a checkpoint written by callmon train"),
     (["train", "--backbone", "whisper-huge"], "unknown backbone 'whisper-huge'"),
+    (["export", "--checkpoint", "README.md", "--out", "{tmp}", "--variants", "int8,onnx"],
+     "variants onnx: choose one or more of fp32, int8, fp16, torch-fp16"),
 ])
 def test_one_line_and_a_non_zero_exit(args, says, ravdess_dir, tmp_path) -> None:
     clip = str(ravdess_dir / "Actor_01" / "03-01-01-01-01-01-01.flac")

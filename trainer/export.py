@@ -230,9 +230,14 @@ def export_checkpoint(
     """
     from trainer.train import load_checkpoint
 
+    known = (*VARIANTS, TORCH_VARIANT)
+    unknown = [v for v in variants if v not in known]
+    if unknown or not variants:
+        raise ValueError(f"variants {', '.join(unknown) or '(none)'}: choose one or more of "
+                         f"{', '.join(known)}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     net, cfg, metrics = load_checkpoint(checkpoint)
+    out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = out_dir / "emotion-fp32.onnx"
     export_fp32(net, fp32, window_samples=cfg.window_samples)
     files = {"fp32": fp32.name}
