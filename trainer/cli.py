@@ -230,9 +230,11 @@ def _export(args: argparse.Namespace) -> int:
     import numpy as np
 
     from models.corpora import discover_corpora
-    from trainer.export import export_checkpoint
+    from trainer.export import check_variants, export_checkpoint
     from trainer.train import load_checkpoint
 
+    variants = tuple(args.variants.split(","))
+    check_variants(variants)
     _, cfg, metrics = load_checkpoint(args.checkpoint)
     held_out = set(metrics.get("split", {}).get("test", []))
     windows = None
@@ -258,7 +260,7 @@ def _export(args: argparse.Namespace) -> int:
     card = export_checkpoint(
         args.checkpoint,
         args.out,
-        variants=tuple(args.variants.split(",")),
+        variants=variants,
         parity_windows=windows,
         extra_card=extra,
         int8_scope=args.int8_scope,

@@ -209,6 +209,15 @@ def parity_half_weights(net: EmotionNet, windows: np.ndarray, *, batch_size: int
             "max_abs_prob_diff": float(np.abs(pa - pb).max())}
 
 
+def check_variants(variants: tuple[str, ...]) -> None:
+    """Refuse, before anything is read or written, variants export does not know."""
+    known = (*VARIANTS, TORCH_VARIANT)
+    unknown = [v for v in variants if v not in known]
+    if unknown or not variants:
+        raise ValueError(f"variants {', '.join(unknown) or '(none)'}: choose one or more of "
+                         f"{', '.join(known)}")
+
+
 def export_checkpoint(
     checkpoint: Path | str,
     out_dir: Path | str,
@@ -230,11 +239,7 @@ def export_checkpoint(
     """
     from trainer.train import load_checkpoint
 
-    known = (*VARIANTS, TORCH_VARIANT)
-    unknown = [v for v in variants if v not in known]
-    if unknown or not variants:
-        raise ValueError(f"variants {', '.join(unknown) or '(none)'}: choose one or more of "
-                         f"{', '.join(known)}")
+    check_variants(variants)
     out_dir = Path(out_dir)
     net, cfg, metrics = load_checkpoint(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
