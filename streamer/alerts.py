@@ -61,6 +61,8 @@ class AlertConfig:
             raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
         if self.baseline_windows < 1:
             raise ValueError("baseline_windows must be at least 1")
+        if not 0.0 < self.baseline_rate <= 1.0:
+            raise ValueError(f"baseline_rate must be in (0, 1], got {self.baseline_rate}")
 
 
 BASELINES = ("none", "first", "running")

@@ -399,6 +399,11 @@ def test_caller_baseline_scores_relative_to_the_callers_own_level() -> None:
     assert run.kinds["distress"].reference == pytest.approx(0.3, abs=0.02)
     with pytest.raises(ValueError, match="baseline must be one of"):
         AlertConfig(baseline="median")
+    # A rate outside (0, 1] would push the reference away from the caller's scores (or
+    # past them) instead of following them.
+    for rate in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="baseline_rate must be in"):
+            AlertConfig(baseline="running", baseline_rate=rate)
 
 
 def test_a_caller_upset_from_the_first_word_keeps_the_alert() -> None:
