@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     max_pending_per_stream: int = Field(3, ge=1)
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     start_timeout_s: float = Field(10.0, gt=0)
+    max_gap_s: float = Field(5.0, ge=0, description="longest audio gap a platform reports "
+                             "(Twilio timestamps, AudioHook pauses) filled with silence")
     max_messages_per_s: float = Field(500.0, gt=0, description="sustained messages/s per socket")
     message_burst: int = Field(1000, ge=1, description="messages allowed above that rate at once")
     max_speed: float = Field(4.0, gt=0, description="audio faster than this × real time is refused")

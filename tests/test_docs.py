@@ -68,3 +68,26 @@ def test_protocol_answers_have_the_fields_the_server_sends(kind: str) -> None:
 def test_protocol_error_example_is_the_error_the_server_sends() -> None:
     errors = [b for b in json_blocks("protocol.md") if b.get("type") == "error" and "v" in b]
     assert errors and all(set(b) == set(code_messages()["error"]) for b in errors)
+
+
+#: CALLMON_* names the docs use that are not serve settings: the tests' corpus, and a
+#: dialplan variable of the Asterisk example.
+NOT_SETTINGS = {"CALLMON_RAVDESS", "CALLMON_ID"}
+
+
+def test_every_documented_environment_variable_is_a_setting(monkeypatch) -> None:
+    """Settings ignore unknown CALLMON_* variables, so a documented name that is not a field
+    would be silently without effect (CALLMON_MAX_GAP_S was)."""
+    from dashboard.settings import DashboardSettings
+    from streamer.service import ingest_config
+
+    root = DOCS.parent
+    texts = [root / "README.md", *DOCS.glob("*.md"), root / "models/weights/MODEL_CARD.md",
+             *(root / "docker").iterdir()]
+    named = set()
+    for path in texts:
+        named |= set(re.findall(r"CALLMON_[A-Z0-9_]+", path.read_text()))
+    fields = {f"CALLMON_{name.upper()}" for name in DashboardSettings.model_fields}
+    assert named - NOT_SETTINGS <= fields, sorted(named - NOT_SETTINGS - fields)
+    monkeypatch.setenv("CALLMON_MAX_GAP_S", "1.5")
+    assert ingest_config(DashboardSettings()).max_gap_s == 1.5
