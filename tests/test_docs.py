@@ -91,3 +91,19 @@ def test_every_documented_environment_variable_is_a_setting(monkeypatch) -> None
     assert named - NOT_SETTINGS <= fields, sorted(named - NOT_SETTINGS - fields)
     monkeypatch.setenv("CALLMON_MAX_GAP_S", "1.5")
     assert ingest_config(DashboardSettings()).max_gap_s == 1.5
+
+
+def test_every_error_code_the_ingest_sends_is_documented() -> None:
+    """Each ``ProtocolError("code", …)`` raised anywhere under streamer/ is named (in
+    backquotes) in docs/protocol.md, where a platform engineer looks a refusal up."""
+    import ast
+
+    codes = set()
+    for path in (DOCS.parent / "streamer").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ProtocolError"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                codes.add(node.args[0].value)
+    assert len(codes) > 30  # the walk found the raises
+    doc = (DOCS / "protocol.md").read_text()
+    assert not {c for c in codes if f"`{c}`" not in doc}
