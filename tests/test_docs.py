@@ -107,3 +107,17 @@ def test_every_error_code_the_ingest_sends_is_documented() -> None:
     assert len(codes) > 30  # the walk found the raises
     doc = (DOCS / "protocol.md").read_text()
     assert not {c for c in codes if f"`{c}`" not in doc}
+
+
+def test_the_readme_names_every_api_route() -> None:
+    from dashboard.app import create_app
+    from dashboard.auth import SupervisorAuth
+
+    app = create_app(redis_url="redis://127.0.0.1:1/0",
+                     auth=SupervisorAuth(user="s", password=None, token=None))
+    paths = {getattr(r, "path", "") for r in app.routes}
+    public = {p for p in paths if p.startswith("/api/") or p in ("/healthz", "/metrics")}
+    assert "/api/v1/predict" in public
+    readme = (DOCS.parent / "README.md").read_text().replace("{id}", "{*}")
+    missing = {p for p in public if re.sub(r"\{\w+\}", "{*}", p) not in readme}
+    assert not missing, sorted(missing)
