@@ -8,6 +8,8 @@ import asyncio
 import json
 from pathlib import Path
 
+from streamer.cli import COUNT, POSITIVE
+
 
 def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dashboard", help="run the supervisor dashboard alone on an existing Redis")
@@ -18,8 +20,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.set_defaults(handler=_dashboard)
 
     p = bench.add_parser("predict", help="POST /api/v1/predict latency for a 10 s clip")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--repeats", type=COUNT, default=20)
+    p.add_argument("--seconds", type=POSITIVE, default=10.0)
     p.add_argument("--data", default="../shared/data/ravdess")
     p.set_defaults(handler=_bench_predict)
 

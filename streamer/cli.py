@@ -19,6 +19,35 @@ ServeExtension = tuple[Callable[[argparse.ArgumentParser], None],
                        Callable[[argparse.Namespace], list]]
 
 
+def number(kind: type[int] | type[float] = float, *, above: float | None = None,
+           at_least: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` that refuses a value out of range before anything starts (a
+    zero speed or a negative soak length would otherwise hang, a zero call count would
+    benchmark nothing)."""
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be above {above:g}, got {text}")
+        if at_least is not None and not value >= at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least:g}, got {text}")
+        return value
+
+    return convert
+
+
+POSITIVE = number(float, above=0)
+COUNT = number(int, at_least=1)
+
+
+def counts(text: str) -> list[int]:
+    """``--calls 50,100``: one or more counts, each at least 1."""
+    return [int(COUNT(part.strip())) for part in text.split(",")]
+
+
 def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction, *,
                  serve_extensions: Sequence[ServeExtension] = ()) -> None:
     p = sub.add_parser("serve", help="run the monitor: ingest, model, alerts, Redis")
@@ -56,13 +85,13 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="speak callmon's own protocol or a platform's (the platforms' results "
                         "go to Redis only: watch them with callmon alerts or the dashboard)")
     p.add_argument("--call-id")
-    p.add_argument("--rate", type=int, default=16000, help="sample rate to send (native)")
+    p.add_argument("--rate", type=COUNT, default=16000, help="sample rate to send (native)")
     p.add_argument("--encoding", default="pcm_s16le",
                    choices=["pcm_s16le", "f32le", "mulaw", "alaw"])
     p.add_argument("--fast", action="store_true",
                    help="send as fast as the server accepts (its CALLMON_MAX_SPEED after its "
                         "head start, which it announces; 4x after 10 s by default)")
-    p.add_argument("--speed", type=float, default=1.0, help="pace at this multiple of real time")
+    p.add_argument("--speed", type=POSITIVE, default=1.0, help="pace at this multiple of real time")
     p.add_argument("--token", help="ingest bearer token")
     p.add_argument("--agent", help="the agent's name (shown on the dashboard's call card)")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
@@ -80,19 +109,19 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.set_defaults(handler=_alerts)
 
     p = bench.add_parser("load", help="N concurrent real-time calls against a callmon server")
-    p.add_argument("--calls", default="100",
+    p.add_argument("--calls", type=counts, default="100",
                    help="call counts to run, comma-separated (e.g. 50,100,150)")
-    p.add_argument("--duration", type=float, default=40.0, help="seconds of audio per call")
-    p.add_argument("--frame-ms", type=int, default=20, help="audio per websocket message")
+    p.add_argument("--duration", type=POSITIVE, default=40.0, help="seconds of audio per call")
+    p.add_argument("--frame-ms", type=COUNT, default=20, help="audio per websocket message")
     p.add_argument("--find-max", action="store_true",
                    help="keep adding calls until p95 >= 300 ms or windows are dropped")
-    p.add_argument("--nodes", type=int, default=1,
+    p.add_argument("--nodes", type=COUNT, default=1,
                    help="streamer processes sharing one Redis; calls spread round-robin")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=COUNT, default=None,
                    help="ONNX Runtime threads per node (CALLMON_THREADS; default 2)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=COUNT, default=None,
                    help="ingest processes per node (serve --workers; CPU and RSS summed)")
-    p.add_argument("--generators", type=int, default=1,
+    p.add_argument("--generators", type=COUNT, default=1,
                    help="load-generator processes (one cannot feed thousands of calls)")
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default=None,
                    help="the node's inference backend (CALLMON_BACKEND)")
@@ -104,16 +133,16 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.set_defaults(handler=_bench_load)
 
     p = bench.add_parser("soak", help="calls starting and ending continuously for a long time")
-    p.add_argument("--calls", type=int, default=100, help="concurrent calls to keep going")
-    p.add_argument("--minutes", type=float, default=30.0, help="length of the soak")
+    p.add_argument("--calls", type=COUNT, default=100, help="concurrent calls to keep going")
+    p.add_argument("--minutes", type=POSITIVE, default=30.0, help="length of the soak")
     p.add_argument("--overload", action="store_true",
                    help="instead: calls for 1/6 of the time, twice as many for 1/2, then calls "
                         "again for 1/3 (recovery)")
-    p.add_argument("--max-calls", type=int, default=None,
+    p.add_argument("--max-calls", type=COUNT, default=None,
                    help="the server's CALLMON_MAX_CALLS (default: no limit)")
-    p.add_argument("--mean-call-s", type=float, default=60.0, help="mean call length")
-    p.add_argument("--interval-s", type=float, default=60.0, help="seconds per printed row")
-    p.add_argument("--frame-ms", type=int, default=20)
+    p.add_argument("--mean-call-s", type=POSITIVE, default=60.0, help="mean call length")
+    p.add_argument("--interval-s", type=POSITIVE, default=60.0, help="seconds per printed row")
+    p.add_argument("--frame-ms", type=COUNT, default=20)
     p.add_argument("--data", default="../shared/data/ravdess")
     p.add_argument("--out", default=None, help="also write the rows and verdict as JSON")
     p.set_defaults(handler=_bench_soak)
@@ -124,10 +153,10 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="comma-separated fold folders written by callmon train (model.pt)")
     p.add_argument("--data", default="../shared/data/ravdess,../shared/data/emodb",
                    help="comma-separated corpus folders the folds were trained on")
-    p.add_argument("--target-fa-per-hour", type=float, default=1.0,
+    p.add_argument("--target-fa-per-hour", type=number(float, at_least=0), default=1.0,
                    help="false alerts per hour of calm speech allowed per kind on validation")
-    p.add_argument("--calm-minutes", type=float, default=4.0)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--calm-minutes", type=POSITIVE, default=4.0)
+    p.add_argument("--threads", type=COUNT, default=1)
     p.add_argument("--out", default="calibration.json")
     p.add_argument("--card", default=None,
                    help="a model folder whose card takes the temperature, alert rules and "
@@ -146,9 +175,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--speakers", default=None,
                    help="comma-separated corpus/speaker ids (default: every speaker the model "
                         "never trained or validated on)")
-    p.add_argument("--calm-minutes", type=float, default=4.0, help="length of each calm call")
+    p.add_argument("--calm-minutes", type=POSITIVE, default=4.0, help="length of each calm call")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=COUNT, default=2)
     p.add_argument("--out", default="bench_alerts.json", help="JSON report (a PNG beside it)")
     p.set_defaults(handler=_bench_alerts)
 
@@ -355,7 +384,7 @@ def _bench_load(args: argparse.Namespace) -> int:
                                   ("CALLMON_WORKERS", args.workers),
                                   ("CALLMON_BACKEND", args.backend)) if v}
     profile = Path(args.profile).resolve() if args.profile else None
-    results = bench_load(calls=[int(c) for c in args.calls.split(",")], duration_s=args.duration,
+    results = bench_load(calls=args.calls, duration_s=args.duration,
                          frame_ms=args.frame_ms, data=Path(args.data), find_max=args.find_max,
                          env=env, nodes=args.nodes, profile=profile,
                          generators=args.generators)

@@ -164,3 +164,26 @@ def test_bench_model_times_each_backbone_named(tmp_path) -> None:
         (v, t, b) for v in ("fp32", "int8-ffn", "int8-linear") for t in (1, 2) for b in (1, 16)}
     assert rows[0]["params_m"] < rows[12]["params_m"]
     assert "× whisper-tiny-encoder (1 layers)" in proc.stdout
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["stream", "call.wav", "--speed", "0"], "argument --speed: must be above 0, got 0"),
+    (["stream", "call.wav", "--rate", "0"], "argument --rate: must be at least 1, got 0"),
+    (["bench", "load", "--calls", "50,0"], "argument --calls: must be at least 1, got 0"),
+    (["bench", "load", "--calls", "fifty"], "argument --calls: 'fifty' is not a whole number"),
+    (["bench", "soak", "--minutes", "-1"], "argument --minutes: must be above 0, got -1"),
+    (["calibrate", "--runs", "r", "--target-fa-per-hour", "-1"],
+     "argument --target-fa-per-hour: must be at least 0, got -1"),
+    (["bench", "alerts", "--calm-minutes", "0"], "argument --calm-minutes: must be above 0"),
+    (["bench", "predict", "--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+])
+def test_out_of_range_numbers_are_refused_before_anything_starts(args, says, capsys) -> None:
+    """``bench soak --minutes -1`` ran a server and never ended; ``bench load --calls 0``
+    benchmarked nothing; ``stream --rate 0`` blamed the audio file; ``calibrate`` with a
+    negative target scored every fold first. argparse refuses them now, naming the option."""
+    import callmon_cli
+
+    with pytest.raises(SystemExit) as exit_:
+        callmon_cli.main(args)
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
