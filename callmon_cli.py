@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 
@@ -30,6 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C would be."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO
     for name in ("models", "trainer", "streamer", "dashboard"):
         logging.getLogger(name).setLevel(level)
+    # SIGTERM (a supervisor, `timeout`, CI) unwinds like Ctrl-C, so that what a command
+    # started is stopped on the way out: a benchmark's serve and Redis children outlived a
+    # terminated `bench soak`. `serve` installs its own graceful handler while it runs.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(args.handler(args) or 0)
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
     except (ValueError, RuntimeError, OSError) as exc:

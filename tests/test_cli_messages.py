@@ -187,3 +187,50 @@ def test_out_of_range_numbers_are_refused_before_anything_starts(args, says, cap
         callmon_cli.main(args)
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_a_terminated_benchmark_stops_the_servers_it_started(ravdess_dir) -> None:
+    """SIGTERM to ``bench soak`` (a CI timeout, a supervisor) used to kill it alone: its
+    ``callmon serve`` child went on at 70 % of a core, orphaned. It now unwinds like Ctrl-C,
+    stops the server and its Redis, and exits 143."""
+    import signal
+
+    bench = subprocess.Popen([sys.executable, str(ROOT / "callmon_cli.py"), "bench", "soak",
+                              "--calls", "2", "--minutes", "5", "--interval-s", "5",
+                              "--data", str(ravdess_dir)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+                b"serve" in _cmdline(pid) for pid in children):
+            time.sleep(0.5)
+            children |= _children(bench.pid)
+        assert any(b"serve" in _cmdline(pid) for pid in children), "no server started"
+        time.sleep(3)  # into the server's start-up
+        children |= _children(bench.pid)
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 143 and "Traceback" not in err, err
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in children):
+        time.sleep(0.2)
+    left = {p: _cmdline(p) for p in children if Path(f"/proc/{p}").exists()}
+    assert not left, left
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
