@@ -257,3 +257,38 @@ def test_calibration_temperature_from_the_card(tiny_run: dict, tmp_path: Path) -
         card_path.write_text(json.dumps(dict(good, calibration={"temperature": bad})))
         with pytest.raises(ModelCardError, match="calibration temperature"):
             load_model(tmp_path)
+
+
+def _fold_run(root: Path, name: str, *, fold: int, uar: float, **config) -> Path:
+    """A finished fold's metrics.json (what callmon train writes), figures made up."""
+    from dataclasses import asdict
+
+    figures = {"n": 10, "accuracy": uar, "uar": uar, "macro_f1": uar,
+               "per_class_recall": {"neutral": uar}}
+    metrics = {"config": {**asdict(TrainConfig()), "fold": fold, "out": name, **config},
+               "split": {"test": [f"s{fold}"], "val": ["v"]}, "epochs_run": 1,
+               "train_seconds": 1.0, "selected_val_uar": uar, "test": figures,
+               "test_telephone": figures}
+    (root / name).mkdir()
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+    return root / name
+
+
+def test_summarise_takes_the_folds_of_one_recipe_each_once(tmp_path) -> None:
+    """``train --summarise`` averaged whatever it was given: a fold listed twice, or folds
+    of another backbone or seed, went silently into one "cross-validation" figure."""
+    from trainer.train import summarise_runs
+
+    a = _fold_run(tmp_path, "a", fold=0, uar=0.6, threads=1)
+    b = _fold_run(tmp_path, "b", fold=1, uar=0.8, threads=2,  # how it ran does not matter
+                  data="/elsewhere/ravdess,/elsewhere/emodb")
+    summary = summarise_runs([b, a])
+    assert [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert summary["clean"]["uar"]["mean"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match=r"folds \[0, 0\]: give each held-out fold once"):
+        summarise_runs([a, a])
+    other = _fold_run(tmp_path, "c", fold=1, uar=0.8, backbone="whisper-base", seed=7)
+    with pytest.raises(ValueError, match=r"another recipe than .*a \(backbone, seed differ\)"):
+        summarise_runs([a, other])
+    with pytest.raises(ValueError, match="has no metrics.json: not a finished callmon train"):
+        summarise_runs([a, tmp_path / "missing"])

@@ -362,9 +362,38 @@ def summarise_cv(cfg: TrainConfig, per_fold: list[dict]) -> dict:
     return summary
 
 
+#: Config fields that say how or where a run went, not what it trained.
+RUN_ONLY = ("fold", "out", "threads", "progress", "accelerator", "fast_dev_run")
+
+
+def _recipe(config: dict) -> dict:
+    """A run's recipe: its config (fields it predates at their defaults) less how it ran,
+    its corpora by folder name (a path relative to elsewhere is the same corpus)."""
+    recipe = {**asdict(TrainConfig()), **config}
+    recipe["data"] = [Path(p).name for p in str(recipe["data"]).split(",")]
+    return {k: v for k, v in recipe.items() if k not in RUN_ONLY}
+
+
 def summarise_runs(fold_dirs: list[Path]) -> dict:
     """The cross-validation summary of folds trained one by one (``--fold k``)."""
-    per_fold = [json.loads((Path(d) / "metrics.json").read_text()) for d in fold_dirs]
+    per_fold = []
+    for d in fold_dirs:
+        path = Path(d) / "metrics.json"
+        if not path.is_file():
+            raise ValueError(f"{d} has no metrics.json: not a finished callmon train run")
+        per_fold.append(json.loads(path.read_text()))
+    # One recipe, each fold once: a summary over mixed recipes or a fold counted twice
+    # would be a figure of nothing in particular.
+    recipes = [_recipe(m["config"]) for m in per_fold]
+    for d, recipe in zip(fold_dirs, recipes, strict=True):
+        differ = sorted(k for k in recipe if recipe[k] != recipes[0][k])
+        if differ:
+            raise ValueError(f"{d} was trained with another recipe than {fold_dirs[0]} "
+                             f"({', '.join(differ)} differ): summarise the folds of one recipe")
+    folds = [m["config"]["fold"] for m in per_fold]
+    if len(set(folds)) != len(folds) or -1 in folds:
+        raise ValueError(f"the runs are folds {folds}: give each held-out fold once (a run "
+                         "trained on every speaker, fold -1, has no test speakers)")
     per_fold.sort(key=lambda m: m["config"]["fold"])
     cfg = TrainConfig(**{**per_fold[0]["config"], "fold": 0, "out": str(Path(fold_dirs[0]).parent)})
     return summarise_cv(cfg, per_fold)
