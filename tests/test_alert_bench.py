@@ -174,7 +174,8 @@ def fold_model(tmp_path_factory, ravdess_dir: Path) -> Path:
     metrics = train(TrainConfig(data=str(ravdess_dir), out=str(tmp / "run"),
                                 backbone=f"wav2vec2:{w2v}", fast_dev_run=True, limit_items=60,
                                 batch_size=4, progress=False, precision="32"))
-    export_checkpoint(metrics["checkpoint"], tmp / "onnx", variants=("fp32",))
+    # Both: fp32 for bench alerts, int8 for calibrate (which scores folds as served).
+    export_checkpoint(metrics["checkpoint"], tmp / "onnx", variants=("fp32", "int8"))
     return tmp / "onnx"
 
 
@@ -308,3 +309,46 @@ def test_nested_selection_never_chooses_with_the_speakers_it_is_judged_on() -> N
     assert best["frustration"]["setting"]["on"] == 0.8
     assert best["frustration"]["detected_within_deadline"] == 2
     assert best["frustration"]["false_alerts_per_hour"] == 0.0
+
+
+def test_a_fold_cache_is_used_only_for_the_calls_and_model_it_was_scored_with(
+        tmp_path, ravdess_dir, fold_model) -> None:
+    """scored.pkl was taken whatever --calm-minutes, --data or a re-exported model said, so a
+    report could carry figures of calls it did not ask for. It is keyed by both now."""
+    import shutil
+
+    from streamer.tools.calibrate import calibrate_cv, score_fold, scoring_key
+
+    fold = tmp_path / "f0"
+    shutil.copytree(fold_model, fold / "onnx")
+    data = [str(ravdess_dir)]
+    first = score_fold(fold, data, calm_minutes=0.2)
+    assert first["scoring"] == scoring_key(fold, data, calm_minutes=0.2, seed=0)
+    written = (fold / "scored.pkl").stat().st_mtime_ns
+    assert score_fold(fold, data, calm_minutes=0.2)["scoring"] == first["scoring"]
+    assert (fold / "scored.pkl").stat().st_mtime_ns == written  # from the cache
+    longer = score_fold(fold, data, calm_minutes=0.3)  # other calls: scored again
+
+    def calm_s(scored: dict) -> float:
+        return sum(len(sc.call.audio) / sc.call.rate_hz for sc in scored["test_clean"]
+                   if sc.call.kind == "calm")
+
+    assert calm_s(longer) > calm_s(first) * 1.3
+    other = tmp_path / "re-exported"
+    shutil.copytree(fold, other)
+    (other / "onnx" / "emotion-fp32.onnx").write_bytes(b"another model")
+    assert scoring_key(other, data, calm_minutes=0.3, seed=0)["model_sha256"] != \
+        longer["scoring"]["model_sha256"]
+    elsewhere = tmp_path / "callers"  # a corpus none of the fold's speakers is in
+    elsewhere.mkdir()
+    clip = next(ravdess_dir.glob("Actor_01/*.flac"))
+    (elsewhere / "manifest.csv").write_text(f"path,speaker,emotion\n{clip},x,neutral\n")
+    with pytest.raises(ValueError, match="val speakers .* is in .*callers: give the corpora"):
+        score_fold(fold, [str(elsewhere)], calm_minutes=0.3)
+    # A nested estimate needs each speaker held out once.
+    with pytest.raises(ValueError, match="given twice"):
+        calibrate_cv([fold, fold], data, calm_minutes=0.3)
+    twin = tmp_path / "f0-again"
+    shutil.copytree(fold, twin)
+    with pytest.raises(ValueError, match=r"both hold out speaker ravdess/\d+: give the folds"):
+        calibrate_cv([fold, twin], data, calm_minutes=0.3)

@@ -52,7 +52,12 @@ def main() -> None:
         b = load_scored(Path(f"runs/seed2-f{fold}/scored.pkl"))
         assert a is not None and b is not None, "run callmon calibrate on both sets of folds first"
         assert a["split"] == b["split"] and a["labels"] == b["labels"]
-        out = {"split": a["split"], "labels": a["labels"]}
+        # The calls both were scored on; no ONNX model stands behind the average, so the
+        # ensemble folder's key has none (calibrate keys a cache by both: scoring_key).
+        calls = {k: v for k, v in a["scoring"].items() if k != "model_sha256"}
+        assert calls == {k: v for k, v in b["scoring"].items() if k != "model_sha256"}
+        out = {"split": a["split"], "labels": a["labels"],
+               "scoring": {**calls, "model_sha256": None}}
         for role in ROLES:
             (pa, ta), (pb, tb) = a[f"{role}_windows"], b[f"{role}_windows"]
             assert (ta == tb).all()

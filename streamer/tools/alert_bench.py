@@ -403,18 +403,22 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
     }
 
 
-def seen_speakers(card) -> set[str]:
-    """Speakers (``corpus/speaker``) a model's card says it trained or validated on."""
+def card_split(card) -> dict[str, list[str]]:
+    """A model's speaker split by role, every speaker as ``corpus/speaker`` (a run on one
+    corpus names its speakers bare)."""
     training = card.training or {}
     split = training.get("split") or {}
     data = (training.get("config") or {}).get("data", "")
     roots = [r for r in str(data).split(",") if r.strip()]
     corpus = corpus_name(roots[0]) if len(roots) == 1 else ""
-    seen = set()
-    for role in ("train", "val"):
-        for s in split.get(role, []):
-            seen.add(s if "/" in s or not corpus else f"{corpus}/{s}")
-    return seen
+    return {role: [s if "/" in s or not corpus else f"{corpus}/{s}" for s in speakers]
+            for role, speakers in split.items()}
+
+
+def seen_speakers(card) -> set[str]:
+    """Speakers (``corpus/speaker``) a model's card says it trained or validated on."""
+    split = card_split(card)
+    return {s for role in ("train", "val") for s in split.get(role, [])}
 
 
 def trained_corpora(card) -> set[str]:

@@ -25,6 +25,7 @@ limit that better rules cannot pass, only a better classifier.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -48,6 +49,7 @@ from streamer.tools.alert_bench import (
     ScoredCall,
     Tally,
     build_calls,
+    card_split,
     load_corpora,
     pair_alerts,
     score_calls,
@@ -314,37 +316,53 @@ def load_scored(path: Path) -> dict | None:
         return None
 
 
-def _has_from_start(scored: dict) -> bool:
-    return any(sc.call.onset_s == 0.0 for sc in scored.get("val_clean", []))
+def scoring_key(fold_dir: Path, data: Sequence[str], *, calm_minutes: float, seed: int) -> dict:
+    """What a fold's scores depend on: the calls (corpora, calm length, seed) and the model
+    (its ONNX files' digest; ``None`` for a folder without one, such as an ensemble's)."""
+    digest = hashlib.sha256()
+    models = sorted((fold_dir / "onnx").glob("*.onnx"))
+    for path in models:
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return {"calm_minutes": float(calm_minutes), "seed": int(seed),
+            "corpora": sorted(Path(d).name for d in data),
+            "model_sha256": digest.hexdigest() if models else None}
 
 
 def score_fold(fold_dir: Path, data: Sequence[str], *, calm_minutes: float, seed: int = 0,
                threads: int = 1) -> dict:
     """Score one fold's validation and test speakers (clips and calls, clean and telephone);
-    cached in ``fold_dir/scored.pkl``. A cache written before the benchmark had calls upset
-    from the first word gets those calls added (the other calls are the same)."""
+    cached in ``fold_dir/scored.pkl`` with :func:`scoring_key`, and scored again when the
+    calls asked for or the model differ from what the cache was scored with (a cache used
+    to be taken whatever ``--calm-minutes``, ``--data`` or a re-exported model said)."""
     cache = fold_dir / "scored.pkl"
+    scoring = scoring_key(fold_dir, data, calm_minutes=calm_minutes, seed=seed)
     out = load_scored(cache) if cache.is_file() else None
-    if out is not None and _has_from_start(out):
-        return out
+    if out is not None:
+        if out.get("scoring") == scoring:
+            return out
+        log.info("%s was scored with %s, now %s: scoring the fold again", cache,
+                 out.get("scoring", "settings it does not record"), scoring)
     model = fold_onnx_model(fold_dir, threads=threads)
-    split = model.card.training["split"]
+    split = card_split(model.card)
     items = load_corpora(data)
     labels = model.labels
-    fresh = out is None
-    if out is None:
-        out = {"split": split, "labels": list(labels)}
+    out = {"split": split, "labels": list(labels), "scoring": scoring}
     for role in ("val", "test"):
         speakers = [s for s in split[role] if any(u.speaker == s for u in items)]
+        if not speakers:
+            raise ValueError(f"none of {fold_dir}'s {role} speakers ({', '.join(split[role])}) "
+                             f"is in {', '.join(map(str, data))}: give the corpora it was "
+                             "trained on (--data)")
         role_items = [u for u in items if u.speaker in set(speakers)]
-        if fresh:
-            out[f"{role}_windows"] = window_probs(model.run_windows, role_items, labels,
-                                                  window_samples=model.window_samples)
+        out[f"{role}_windows"] = window_probs(model.run_windows, role_items, labels,
+                                              window_samples=model.window_samples)
         for telephone in (False, True):
             calls = build_calls(items, speakers, labels, calm_minutes=calm_minutes,
-                                telephone=telephone, seed=seed, calm_then_target=fresh)
-            key = f"{role}_{'telephone' if telephone else 'clean'}"
-            out[key] = out.get(key, []) + score_calls(calls, model.run_windows, labels)
+                                telephone=telephone, seed=seed)
+            out[f"{role}_{'telephone' if telephone else 'clean'}"] = score_calls(
+                calls, model.run_windows, labels)
     cache.write_bytes(pickle.dumps(out))
     return out
 
@@ -394,8 +412,20 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
     """Temperatures, the chosen alert configuration and its test figures (module docstring);
     ``compare`` (the rules a card had before, say) is measured on the same test calls."""
     space = space or SearchSpace()
+    if len({Path(d).resolve() for d in fold_dirs}) != len(fold_dirs):
+        raise ValueError(f"a fold folder is given twice in {[str(d) for d in fold_dirs]}")
     folds = [score_fold(Path(d), data, calm_minutes=calm_minutes, seed=seed, threads=threads)
              for d in fold_dirs]
+    # Nested means each fold's test speakers judged under rules chosen without their calls:
+    # folds of two cross-validations (two seeds, say) hold out the same speakers twice.
+    held_out: dict[str, Path] = {}
+    for d, f in zip(fold_dirs, folds, strict=True):
+        for speaker in f["split"]["test"]:
+            if speaker in held_out:
+                raise ValueError(
+                    f"{held_out[speaker]} and {d} both hold out speaker {speaker}: give the "
+                    "folds of one cross-validation (each speaker tested once)")
+            held_out[speaker] = Path(d)
     labels = folds[0]["labels"]
     report: dict = {"folds": [], "target_false_alerts_per_hour": target_fa_per_hour}
     groups: dict[Group, list[ScoredCall]] = {}
