@@ -93,7 +93,10 @@ def alert_config_from(card_alerts: dict | None = None, **overrides) -> AlertConf
         for name in ("on", "off"):
             if f"{kind}_{name}" in given:
                 fields[name] = given[f"{kind}_{name}"]
-        rules[kind] = AlertRule(**fields)
+        try:
+            rules[kind] = AlertRule(**fields)
+        except ValueError as exc:
+            raise ValueError(f"{kind}: {exc}") from None
     return AlertConfig(
         smoothing=given.get("smoothing", card_alerts.get("smoothing", base.smoothing)),
         alert_roles=given.get("alert_roles", base.alert_roles),

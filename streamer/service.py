@@ -118,6 +118,11 @@ class Service:
         s = self.settings
         if self.model is None:
             self.model = await asyncio.to_thread(load_serving_model, s)
+        try:  # before anything starts: a bad rule is a one-line refusal, nothing to undo
+            alerts = alert_config(s, self.model.card.alerts)
+        except ValueError as exc:
+            raise ValueError(f"bad alert rules (the model card's alerts, under CALLMON_* "
+                             f"settings): {exc}") from None
         url = s.redis_url
         if not url:
             self.embedded_redis = EmbeddedRedis(
@@ -156,7 +161,7 @@ class Service:
         self.monitor = Monitor(labels=self.model.labels, scheduler=self.scheduler,
                                publisher=self.publisher,
                                windowing=WindowingConfig(window_s=card.window_s, hop_s=s.hop_s),
-                               alerts=alert_config(s, self.model.card.alerts),
+                               alerts=alerts,
                                max_calls=s.max_calls, node=s.node, claims=self.claims)
         config = ingest_config(s)
         self.ingest = IngestServer(self.monitor, config, health=self.health)

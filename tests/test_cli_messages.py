@@ -234,3 +234,30 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_serve_refuses_bad_alert_rules_before_it_starts_anything(tmp_path, monkeypatch) -> None:
+    """A card's alerts block or a CALLMON_* override that makes no rule is one line naming
+    the rule, said before Redis or any port is started (it used to surface mid-start-up,
+    after the embedded Redis, as a bare 'need 0 <= off < on <= 1')."""
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shipped = ROOT / "models" / "weights"
+    shutil.copy(shipped / "emotion-int8.onnx", model)
+    card = json.loads((shipped / "model_card.json").read_text())
+    card["alerts"]["baseline_rate"] = 5
+    (model / "model_card.json").write_text(json.dumps(card))
+    before = _redis_processes()
+    proc = callmon("serve", "--model", str(model), "--port", "0", "--dashboard-port", "0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "bad alert rules (the model card's alerts, under CALLMON_* settings): " \
+           "baseline_rate must be in (0, 1], got 5" in proc.stderr
+    assert "embedded Redis" not in proc.stderr
+    monkeypatch.setenv("CALLMON_FRUSTRATION_ON", "0.1")  # under the card's off threshold
+    proc = callmon("serve", "--port", "0", "--dashboard-port", "0")
+    assert proc.returncode == 2 and "frustration: need 0 <= off < on <= 1, got on=0.1" \
+        in proc.stderr.splitlines()[-1]
+    assert _redis_processes() <= before
