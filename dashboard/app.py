@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from dashboard import store
 from dashboard.auth import SupervisorAuth
@@ -31,10 +31,14 @@ STATIC = Path(__file__).parent / "static"
 MAX_PREDICT_SECONDS = 600.0
 
 
+MAX_NOTE_CHARS = 500
+
+
 class AckRequest(BaseModel):
     """Optional body of an acknowledgement."""
 
-    note: str | None = None
+    note: str | None = Field(None, max_length=MAX_NOTE_CHARS,
+                             description="what the supervisor did, shown with the acknowledgement")
 
 
 PREDICT_PATH = "/api/v1/predict"
@@ -263,12 +267,14 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
     @app.post("/api/v1/alerts/{alert_id}/ack", tags=["alerts"])
     async def ack_alert(alert_id: str, request: Request, who: Supervisor,
                         body: AckRequest | None = None) -> dict:
-        """Acknowledge an alert; records who and when, visible to every supervisor."""
+        """Acknowledge an alert; records who, when and an optional note, visible to every
+        supervisor. The first acknowledgement stands: a later one gets it back."""
         redis = request.app.state.redis
         alert = await store.find_alert(redis, alert_id)
         if alert is None or alert.get("type") != "alert":
             raise HTTPException(404, f"no alert {alert_id!r}")
-        return await store.acknowledge(redis, alert_id, by=who)
+        return await store.acknowledge(redis, alert_id, by=who,
+                                       note=body.note if body is not None else None)
 
     @app.get("/api/v1/events", tags=["live"])
     async def events(request: Request, _: Supervisor) -> StreamingResponse:

@@ -157,9 +157,10 @@ async def find_alert(redis, alert_id: str) -> dict | None:
     return None
 
 
-async def acknowledge(redis, alert_id: str, *, by: str) -> dict:
-    """Record who acknowledged an alert (first acknowledgement wins) and announce it."""
-    ack = {"alert_id": alert_id, "by": by, "at": time.time()}
+async def acknowledge(redis, alert_id: str, *, by: str, note: str | None = None) -> dict:
+    """Record who acknowledged an alert, when, and their note (first acknowledgement wins)
+    and announce it."""
+    ack = {"alert_id": alert_id, "by": by, "at": time.time(), "note": note or None}
     created = await redis.hsetnx(schema.ACKS_KEY, alert_id, json.dumps(ack))
     if not created:
         return json.loads(await redis.hget(schema.ACKS_KEY, alert_id))

@@ -60,13 +60,17 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
     raised = [a for a in log if a["type"] == "alert" and a["state"] == "raised"]
     assert raised and raised[0]["call_id"] == "api-call" and raised[0]["ack"] is None
     assert raised[0]["call_time_s"] > onset
-    ack = http.post(f"/api/v1/alerts/{raised[0]['id']}/ack", json={}).json()
+    ack_url = f"/api/v1/alerts/{raised[0]['id']}/ack"
+    # A note is kept with the acknowledgement (it used to be accepted and dropped), within
+    # its length limit.
+    assert http.post(ack_url, json={"note": "x" * 501}).status_code == 422
+    ack = http.post(ack_url, json={"note": "called the customer back"}).json()
     assert ack["by"] == "supervisor" and ack["at"] > 0
-    again = http.post(f"/api/v1/alerts/{raised[0]['id']}/ack",
-                      headers={"X-Supervisor": "bob"}, json={}).json()
+    assert ack["note"] == "called the customer back"
+    again = http.post(ack_url, headers={"X-Supervisor": "bob"}, json={}).json()
     assert again == ack  # the first acknowledgement stands
     log = http.get("/api/v1/alerts", params={"since": "0"}).json()
-    assert next(a for a in log if a["id"] == raised[0]["id"])["ack"]["by"] == "supervisor"
+    assert next(a for a in log if a["id"] == raised[0]["id"])["ack"] == ack
     assert http.get("/api/v1/alerts", params={"since": "10m"}).json()[0]["type"] == "call_started"
 
     assert http.get("/api/v1/calls/nope").status_code == 404

@@ -156,8 +156,8 @@ function handle(m) {
     scheduleRender();
   } else if (m.type === "ack") {
     const a = alerts.get(m.alert_id);
-    if (a) a.ack = { by: m.by, at: m.at };
-    for (const c of calls.values()) for (const a2 of Object.values(c.summary.alerts)) if (a2.id === m.alert_id) a2.ack = { by: m.by, at: m.at };
+    if (a) a.ack = { by: m.by, at: m.at, note: m.note };
+    for (const c of calls.values()) for (const a2 of Object.values(c.summary.alerts)) if (a2.id === m.alert_id) a2.ack = { by: m.by, at: m.at, note: m.note };
     scheduleRender();
   } else if (m.type === "call_started") {
     calls.set(m.call_id, { summary: { call_id: m.call_id, start: m, agent: (m.metadata || {}).agent, last: {}, alerts: {}, live: true }, history: [], callTime: 0 });
@@ -307,7 +307,7 @@ function alertItem(a) {
     ? `<span class="ended">${c.reason === "call_ended" ? "call ended" : "cleared"} after ${fmtDur(c.call_time_s - a.call_time_s)}</span>`
     : `<span class="active">active ${fmtDur(Date.now() / 1000 - a.ts)}</span>`;
   const ack = a.ack
-    ? `<div class="acked-by">acknowledged by ${esc(a.ack.by)} at ${fmtTime(a.ack.at)}</div>`
+    ? `<div class="acked-by">acknowledged by ${esc(a.ack.by)} at ${fmtTime(a.ack.at)}${a.ack.note ? ": " + esc(a.ack.note) : ""}</div>`
     : c ? "" : `<button class="ack" data-alert="${esc(a.id)}" onclick="event.stopPropagation(); ackAlert('${esc(a.id)}')">Acknowledge</button>`;
   return `<li class="${esc(a.kind)} raised${c ? " resolved" : ""}" data-alert="${esc(a.id)}">
     <span class="when">${fmtTime(a.ts)}</span> <span class="kind">${esc(a.kind)}</span>
@@ -325,7 +325,7 @@ function renderEnded() {
 
 async function ackAlert(id) {
   const a = await api(`/api/v1/alerts/${encodeURIComponent(id)}/ack`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
-  handle({ type: "ack", alert_id: id, by: a.by, at: a.at });
+  handle({ type: "ack", alert_id: id, by: a.by, at: a.at, note: a.note });
 }
 window.ackAlert = ackAlert;
 
