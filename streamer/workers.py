@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from streamer import children
 from streamer.inference_server import InferenceServer
 from streamer.service import Mount, check_exposure, check_ports, load_serving_model
 from streamer.settings import Settings
@@ -84,7 +85,7 @@ async def run_workers(settings: Settings, argv: Sequence[str], *,
                "CALLMON_INFERENCE_SOCKET": str(server.path), "CALLMON_REUSE_PORT": "1"}
 
         def spawn(index: int) -> subprocess.Popen:
-            return subprocess.Popen(
+            return children.popen(
                 [sys.executable, "-m", "callmon_cli", "serve", *worker_argv(argv, index)],
                 env={**env, "CALLMON_WORKER_INDEX": str(index)})
 

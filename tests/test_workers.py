@@ -273,3 +273,63 @@ def test_requests_are_sent_whole_without_joining_them() -> None:
     a.close()
     b.close()
     assert bytes(got) == b"h" * 12 + windows.tobytes()
+
+
+def test_children_end_with_a_parent_that_is_killed(tmp_path) -> None:
+    """SIGKILL runs no cleanup: a child of streamer.children.popen is ended by the kernel
+    when its parent dies; a plain Popen child is orphaned (the control)."""
+    script = ("import subprocess, sys, time\n"
+              "from streamer import children\n"
+              "tied = children.popen(['sleep', '120'])\n"
+              "plain = subprocess.Popen(['sleep', '120'])\n"
+              "print(tied.pid, plain.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    tied, plain = (int(p) for p in parent.stdout.readline().split())
+    try:
+        parent.kill()
+        parent.wait()
+        _wait(lambda: not _alive(tied), 10, "the tied child to end")
+        time.sleep(0.5)
+        assert _alive(plain)
+    finally:
+        for pid in (tied, plain):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_workers_and_redis_end_with_a_killed_serve(tmp_path) -> None:
+    """``serve --workers 2`` killed by SIGKILL (the OOM killer): its ingest workers and its
+    embedded Redis used to go on, orphaned, the workers still accepting calls they could no
+    longer score. They end with it now."""
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "CALLMON_RUNTIME_DIR": str(tmp_path), "CALLMON_THREADS": "1"}
+    env.pop("REDIS_URL", None)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "callmon_cli", "serve", "--workers", "2", "--port", str(port),
+         "--dashboard-port", str(dashboard)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        _wait(lambda: _get(f"http://127.0.0.1:{port}/healthz"), 120, "ingest health")
+        children = _wait(lambda: c if len(c := _children(parent.pid)) >= 3 else None, 30,
+                         "two workers and Redis")
+        parent.kill()
+        parent.wait()
+        _wait(lambda: not any(_alive(p) for p in children), 30, "the children to end")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -21,7 +21,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from models.audio import MODEL_RATE_HZ
-from streamer import aio, schema
+from streamer import aio, children, schema
 from streamer.tools.client import encode
 from streamer.tools.redis_server import EmbeddedRedis, free_port
 
@@ -109,8 +109,8 @@ class ServerProcess:
         runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
         if profile:
             env["CALLMON_LOOP"] = "asyncio"
-        self.process = subprocess.Popen([sys.executable, *runner, "-m", "callmon_cli", "serve"],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+        self.process = children.popen([sys.executable, *runner, "-m", "callmon_cli", "serve"],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=self.log)
         # (when, CPU seconds) at the last reading, per kind of reading (see _cpu_since)
         self._marks = {kind: (time.monotonic(), self._cpu_seconds(**which))
                        for kind, which in self._READINGS.items()}

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from streamer import children
+
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +100,7 @@ class EmbeddedRedis:
             "--appendfsync", "always" if self.fsync_always else "everysec",
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = children.popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
