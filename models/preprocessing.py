@@ -14,8 +14,10 @@ def as_batch(waveform: np.ndarray) -> np.ndarray:
     x = np.asarray(waveform, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
-    if x.ndim != 2 or x.shape[1] == 0:
+    if x.ndim != 2:
         raise ValueError(f"expected audio of shape (samples,) or (batch, samples), got {x.shape}")
+    if x.shape[1] == 0 or x.shape[0] == 0:
+        raise ValueError(f"empty audio (shape {np.shape(waveform)}): need at least one sample")
     if not np.isfinite(x).all():
         raise ValueError("audio contains NaN or infinite samples")
     return x

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -111,3 +112,18 @@ def test_every_codeword_round_trips() -> None:
     mu = encode_mulaw(decode_mulaw(codes.tobytes()))
     assert (mu == codes).sum() == 255  # 0x7F and 0xFF both mean zero
     assert float_to_int16(np.array([1.5, -1.5, 0.5])).tolist() == [32767, -32768, 16384]
+
+
+def test_a_batch_says_what_is_wrong_with_the_audio() -> None:
+    """Empty audio was 'expected audio of shape (samples,) or (batch, samples), got (1, 0)':
+    a shape it had, in words that hid the problem."""
+    from models.preprocessing import as_batch
+
+    assert as_batch(np.zeros(3)).shape == (1, 3)
+    for empty in (np.zeros(0), np.zeros((0, 48_000)), np.zeros((2, 0))):
+        with pytest.raises(ValueError, match="empty audio .*need at least one sample"):
+            as_batch(empty)
+    with pytest.raises(ValueError, match=r"of shape \(samples,\) or \(batch, samples\)"):
+        as_batch(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        as_batch(np.array([0.0, np.inf]))
