@@ -156,6 +156,24 @@ def corpus_name(root: Path | str) -> str:
     return Path(root).resolve().name.lower()
 
 
+def card_split(training: dict | None) -> dict[str, list[str]]:
+    """A model card's speaker split (its ``training`` block) by role, every speaker as
+    ``corpus/speaker`` (a run on one corpus names its speakers bare)."""
+    training = training or {}
+    split = training.get("split") or {}
+    data = (training.get("config") or {}).get("data", "")
+    roots = [r for r in str(data).split(",") if r.strip()]
+    corpus = corpus_name(roots[0]) if len(roots) == 1 else ""
+    return {role: [s if "/" in s or not corpus else f"{corpus}/{s}" for s in speakers]
+            for role, speakers in split.items()}
+
+
+def seen_speakers(training: dict | None) -> set[str]:
+    """Speakers (``corpus/speaker``) a model's card says it trained or validated on."""
+    split = card_split(training)
+    return {s for role in ("train", "val") for s in split.get(role, [])}
+
+
 def discover_corpora(roots: str | Path | Sequence[str | Path]) -> list[Utterance]:
     """Read one corpus, or several (a list, or one string of comma-separated folders).
 

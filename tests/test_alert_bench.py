@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from models.corpora import seen_speakers
 from streamer.alerts import AlertConfig, AlertRule
 from streamer.tools.alert_bench import (
     AlertBenchError,
@@ -21,7 +22,6 @@ from streamer.tools.alert_bench import (
     load_corpora,
     run_alerts,
     score_calls,
-    seen_speakers,
     summarise,
 )
 from streamer.tools.calibrate import (
@@ -136,7 +136,7 @@ def test_only_unseen_speakers_are_benchmarked(ravdess_dir, tmp_path, shipped_mod
     items = load_corpora([ravdess_dir])
     # A RAVDESS-only card names speakers without the corpus: they are ravdess/NN.
     card = _card_trained_on([f"{i:02d}" for i in range(3, 17)], ["01", "02"], str(ravdess_dir))
-    seen = seen_speakers(card)
+    seen = seen_speakers(card.training)
     assert "ravdess/03" in seen and "ravdess/01" in seen and "ravdess/17" not in seen
     assert held_out_speakers(items, card) == [f"ravdess/{a}" for a in range(17, 21)]
     with pytest.raises(AlertBenchError, match="training or validation set"):
@@ -352,3 +352,28 @@ def test_a_fold_cache_is_used_only_for_the_calls_and_model_it_was_scored_with(
     shutil.copytree(fold, twin)
     with pytest.raises(ValueError, match=r"both hold out speaker ravdess/\d+: give the folds"):
         calibrate_cv([fold, twin], data, calm_minutes=0.3)
+
+
+def test_evaluate_names_the_speakers_a_fold_model_was_trained_on(tmp_path, ravdess_dir,
+                                                                  fold_model) -> None:
+    """callmon evaluate gave the shipped model 100 % on its own training speakers without a
+    word; the report now names evaluated speakers the card says it trained or validated on,
+    and only those."""
+    from models.card import ModelCard
+
+    split = ModelCard.load(fold_model).training["split"]
+    held, trained = split["test"][0], split["train"][0]
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "callmon_cli.py"), "evaluate", "--data", str(ravdess_dir),
+         "--model", str(fold_model), "--variant", "fp32", "--speakers", f"{held},{trained}",
+         "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["seen_speakers"] == [trained]
+    assert f"**Not speaker-independent:** 1 of 2 speakers ({trained})" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "callmon_cli.py"), "evaluate", "--data", str(ravdess_dir),
+         "--model", str(fold_model), "--variant", "fp32", "--speakers", held, "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert json.loads(out.read_text())["seen_speakers"] == []
+    assert "Not speaker-independent" not in proc.stdout

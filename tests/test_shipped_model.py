@@ -120,5 +120,8 @@ def test_evaluate_command_writes_report(tmp_path: Path, call_actors, ravdess_dir
     assert report["n"] == 44 and report["speakers"] == [actor] and report["telephone"] is True
     assert report["skipped"] == {"disgust": 8, "surprised": 8}
     assert out.with_suffix(".md").read_text().startswith("# Evaluation (telephone channel)")
+    # The shipped model trained on every speaker: the report says it measured fit.
+    assert report["seen_speakers"] == [actor]
+    assert "**Not speaker-independent:** 1 of 1 speakers" in proc.stdout
     assert out.with_suffix(".png").stat().st_size > 5_000
     assert "UAR" in proc.stdout

@@ -126,6 +126,14 @@ def report_markdown(report: dict) -> str:
     ]
     if report.get("skipped"):
         lines.append(f"- skipped (classes the model lacks): {report['skipped']}")
+    seen = report.get("seen_speakers") or []
+    if seen:
+        lines[1:1] = ["", f"**Not speaker-independent:** {len(seen)} of "
+                      f"{len(report.get('speakers', []))} speakers ({', '.join(seen)}) were in "
+                      "the model's training or validation split, so these figures measure how "
+                      "well it fits voices it learned, not unfamiliar ones. Evaluate on speakers "
+                      "it never heard (`--speakers`; a fold model's card names its held-out "
+                      "ones)."]
     lines += ["", "| class | recall |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in report["per_class_recall"].items()]
     lines += ["", "Confusion (rows true, columns predicted):", "",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.corpora import Utterance, corpus_name, discover, load_audio
+from models.corpora import Utterance, corpus_name, discover, load_audio, seen_speakers
 from models.labels import map_to_label_set
 from streamer.alerts import KINDS, AlertConfig, alert_config_dict
 from streamer.calls import CallSession, ResultOrder, WindowingConfig
@@ -403,24 +403,6 @@ def summarise(results: Sequence[CallAlerts]) -> dict:
     }
 
 
-def card_split(card) -> dict[str, list[str]]:
-    """A model's speaker split by role, every speaker as ``corpus/speaker`` (a run on one
-    corpus names its speakers bare)."""
-    training = card.training or {}
-    split = training.get("split") or {}
-    data = (training.get("config") or {}).get("data", "")
-    roots = [r for r in str(data).split(",") if r.strip()]
-    corpus = corpus_name(roots[0]) if len(roots) == 1 else ""
-    return {role: [s if "/" in s or not corpus else f"{corpus}/{s}" for s in speakers]
-            for role, speakers in split.items()}
-
-
-def seen_speakers(card) -> set[str]:
-    """Speakers (``corpus/speaker``) a model's card says it trained or validated on."""
-    split = card_split(card)
-    return {s for role in ("train", "val") for s in split.get(role, [])}
-
-
 def trained_corpora(card) -> set[str]:
     data = ((card.training or {}).get("config") or {}).get("data", "")
     return {corpus_name(r) for r in str(data).split(",") if r.strip()}
@@ -435,7 +417,7 @@ def held_out_speakers(items: Sequence[Utterance], card, requested: Sequence[str]
         AlertBenchError: a requested speaker was seen in training, is not in the data, or a
             corpus has no held-out speaker.
     """
-    seen = seen_speakers(card)
+    seen = seen_speakers(card.training)
     available = sorted({u.speaker for u in items})
     if requested:
         unknown = [s for s in requested if s not in available]

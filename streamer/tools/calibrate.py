@@ -39,7 +39,7 @@ import numpy as np
 
 from models.audio import MODEL_RATE_HZ
 from models.card import alert_rows, ceiling_lines
-from models.corpora import Utterance, filter_labels, load_audio
+from models.corpora import Utterance, card_split, filter_labels, load_audio
 from models.inference import apply_temperature
 from models.preprocessing import clip_windows
 from streamer.alerts import BASELINES, KINDS, AlertConfig, AlertRule, RoleAlerts, alert_config_dict
@@ -49,7 +49,6 @@ from streamer.tools.alert_bench import (
     ScoredCall,
     Tally,
     build_calls,
-    card_split,
     load_corpora,
     pair_alerts,
     score_calls,
@@ -345,7 +344,7 @@ def score_fold(fold_dir: Path, data: Sequence[str], *, calm_minutes: float, seed
         log.info("%s was scored with %s, now %s: scoring the fold again", cache,
                  out.get("scoring", "settings it does not record"), scoring)
     model = fold_onnx_model(fold_dir, threads=threads)
-    split = card_split(model.card)
+    split = card_split(model.card.training)
     items = load_corpora(data)
     labels = model.labels
     out = {"split": split, "labels": list(labels), "scoring": scoring}
