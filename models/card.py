@@ -20,6 +20,24 @@ def sha256_of(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: Training config fields that say how or where a run went, not what it trained.
+RUN_ONLY = frozenset({"fold", "out", "threads", "progress", "accelerator", "fast_dev_run"})
+
+
+def recipe_differences(a: dict, b: dict, *, also_ignore: frozenset[str] = frozenset()
+                       ) -> list[str]:
+    """The fields in which two training configs (a card's ``training.config``, a run's
+    ``metrics.json`` config) train differently. How a run went (:data:`RUN_ONLY`) and fields
+    one of them predates are not compared; corpora are compared by folder name, as a path
+    relative to elsewhere names the same corpus."""
+    def value(key: str, config: dict):
+        v = config[key]
+        return [Path(p).name for p in str(v).split(",")] if key == "data" else v
+
+    return sorted(k for k in a.keys() & b.keys()
+                  if k not in RUN_ONLY | also_ignore and value(k, a) != value(k, b))
+
+
 class ModelCardError(ValueError):
     """The card is missing, malformed, or disagrees with the weights."""
 

@@ -438,7 +438,8 @@ def _calibrate(args: argparse.Namespace) -> int:
                           [d for d in args.data.split(",") if d.strip()],
                           target_fa_per_hour=args.target_fa_per_hour,
                           calm_minutes=args.calm_minutes, threads=args.threads,
-                          compare=alert_config_from(card.alerts) if card else None)
+                          compare=alert_config_from(card.alerts) if card else None,
+                          card_config=(card.training or {}).get("config", {}) if card else None)
     write(report, Path(args.out))
     if card:
         from models.card_markdown import with_calibration

@@ -377,3 +377,26 @@ def test_evaluate_names_the_speakers_a_fold_model_was_trained_on(tmp_path, ravde
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert json.loads(out.read_text())["seen_speakers"] == []
     assert "Not speaker-independent" not in proc.stdout
+
+
+def test_calibrate_takes_folds_of_one_recipe_for_a_model_of_that_recipe(tmp_path) -> None:
+    """calibrate --card wrote whatever folds it was given into the card: base folds' rules
+    into tiny's card, say, or folds of two recipes into one estimate."""
+    from streamer.tools.calibrate import check_recipes
+
+    recipe = {"backbone": "whisper-tiny", "lr_head": 1e-3, "seed": 1234,
+              "data": "../shared/data/ravdess,../shared/data/emodb"}
+
+    def fold(name: str, **changes) -> Path:
+        (tmp_path / name / "onnx").mkdir(parents=True)
+        card = {"training": {"config": {**recipe, "fold": len(name), "out": name, **changes}}}
+        (tmp_path / name / "onnx" / "model_card.json").write_text(json.dumps(card))
+        return tmp_path / name
+
+    a, b = fold("a", threads=1), fold("b", threads=2, data="/elsewhere/ravdess,/x/emodb")
+    check_recipes([a, b], {**recipe, "fold": -1, "seed": 7})  # seed and how a run went: same
+    with pytest.raises(ValueError, match=r"c was trained with another recipe .*lr_head differ"):
+        check_recipes([a, b, fold("c", lr_head=1e-4)])
+    with pytest.raises(ValueError, match=r"card's model .*another recipe .*\(backbone differ\)"):
+        check_recipes([a, b], {**recipe, "backbone": "whisper-base"})
+    check_recipes([tmp_path / "ensemble"])  # no exported card: nothing to compare

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from models.backbones import SpecAugment, WhisperEncoderBackbone, build_backbone, random_twin
+from models.card import recipe_differences
 from models.corpora import (
     Utterance,
     corpus_of,
@@ -362,18 +363,6 @@ def summarise_cv(cfg: TrainConfig, per_fold: list[dict]) -> dict:
     return summary
 
 
-#: Config fields that say how or where a run went, not what it trained.
-RUN_ONLY = ("fold", "out", "threads", "progress", "accelerator", "fast_dev_run")
-
-
-def _recipe(config: dict) -> dict:
-    """A run's recipe: its config (fields it predates at their defaults) less how it ran,
-    its corpora by folder name (a path relative to elsewhere is the same corpus)."""
-    recipe = {**asdict(TrainConfig()), **config}
-    recipe["data"] = [Path(p).name for p in str(recipe["data"]).split(",")]
-    return {k: v for k, v in recipe.items() if k not in RUN_ONLY}
-
-
 def summarise_runs(fold_dirs: list[Path]) -> dict:
     """The cross-validation summary of folds trained one by one (``--fold k``)."""
     per_fold = []
@@ -384,9 +373,10 @@ def summarise_runs(fold_dirs: list[Path]) -> dict:
         per_fold.append(json.loads(path.read_text()))
     # One recipe, each fold once: a summary over mixed recipes or a fold counted twice
     # would be a figure of nothing in particular.
-    recipes = [_recipe(m["config"]) for m in per_fold]
+    # Fields a run predates are at their defaults, so an older fold compares in full.
+    recipes = [{**asdict(TrainConfig()), **m["config"]} for m in per_fold]
     for d, recipe in zip(fold_dirs, recipes, strict=True):
-        differ = sorted(k for k in recipe if recipe[k] != recipes[0][k])
+        differ = recipe_differences(recipes[0], recipe)
         if differ:
             raise ValueError(f"{d} was trained with another recipe than {fold_dirs[0]} "
                              f"({', '.join(differ)} differ): summarise the folds of one recipe")

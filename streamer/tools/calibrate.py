@@ -25,7 +25,6 @@ limit that better rules cannot pass, only a better classifier.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from models.audio import MODEL_RATE_HZ
-from models.card import alert_rows, ceiling_lines
+from models.card import CARD_FILE, alert_rows, ceiling_lines, recipe_differences, sha256_of
 from models.corpora import Utterance, card_split, filter_labels, load_audio
 from models.inference import apply_temperature
 from models.preprocessing import clip_windows
@@ -317,16 +316,11 @@ def load_scored(path: Path) -> dict | None:
 
 def scoring_key(fold_dir: Path, data: Sequence[str], *, calm_minutes: float, seed: int) -> dict:
     """What a fold's scores depend on: the calls (corpora, calm length, seed) and the model
-    (its ONNX files' digest; ``None`` for a folder without one, such as an ensemble's)."""
-    digest = hashlib.sha256()
+    (its ONNX files' digests; ``None`` for a folder without one, such as an ensemble's)."""
     models = sorted((fold_dir / "onnx").glob("*.onnx"))
-    for path in models:
-        with path.open("rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
     return {"calm_minutes": float(calm_minutes), "seed": int(seed),
             "corpora": sorted(Path(d).name for d in data),
-            "model_sha256": digest.hexdigest() if models else None}
+            "model_sha256": {p.name: sha256_of(p) for p in models} or None}
 
 
 def score_fold(fold_dir: Path, data: Sequence[str], *, calm_minutes: float, seed: int = 0,
@@ -405,14 +399,47 @@ def choose_nested(tallies: dict[Setting, dict[Group, Tally]],
             "fold_alerts": [alert_config_dict(c) for c in per_fold], "test": test}
 
 
+def check_recipes(fold_dirs: Sequence[Path], card_config: dict | None = None) -> None:
+    """The folds (those with an exported card) share one recipe, and the model whose card
+    takes the result (``card_config``, its ``training.config``) was trained with it too,
+    seed aside: thresholds and temperature measured on other models would not be its own.
+
+    Raises:
+        ValueError: naming the folder and the fields that differ.
+    """
+    recipes = {}
+    for d in fold_dirs:
+        path = Path(d) / "onnx" / CARD_FILE
+        if path.is_file():
+            recipes[Path(d)] = (json.loads(path.read_text()).get("training") or {}).get(
+                "config") or {}
+    if not recipes:
+        return
+    (first, recipe), *others = recipes.items()
+    for d, other in others:
+        if differ := recipe_differences(recipe, other):
+            raise ValueError(f"{d} was trained with another recipe than {first} "
+                             f"({', '.join(differ)} differ): calibrate the folds of one "
+                             "cross-validation")
+    if card_config is not None:
+        if differ := recipe_differences(recipe, card_config, also_ignore=frozenset({"seed"})):
+            raise ValueError(f"the card's model was trained with another recipe than the folds "
+                             f"({', '.join(differ)} differ): its temperature and alert rules "
+                             "would be measured on other models")
+
+
 def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_per_hour: float = 1.0,
                  calm_minutes: float = 4.0, seed: int = 0, threads: int = 1,
-                 space: SearchSpace | None = None, compare: AlertConfig | None = None) -> dict:
+                 space: SearchSpace | None = None, compare: AlertConfig | None = None,
+                 card_config: dict | None = None) -> dict:
     """Temperatures, the chosen alert configuration and its test figures (module docstring);
-    ``compare`` (the rules a card had before, say) is measured on the same test calls."""
+    ``compare`` (the rules a card had before, say) is measured on the same test calls;
+    ``card_config``: the training config of the model whose card will take the result
+    (checked against the folds' recipe, :func:`check_recipes`)."""
     space = space or SearchSpace()
     if len({Path(d).resolve() for d in fold_dirs}) != len(fold_dirs):
         raise ValueError(f"a fold folder is given twice in {[str(d) for d in fold_dirs]}")
+    check_recipes(fold_dirs, card_config)
     folds = [score_fold(Path(d), data, calm_minutes=calm_minutes, seed=seed, threads=threads)
              for d in fold_dirs]
     # Nested means each fold's test speakers judged under rules chosen without their calls:
