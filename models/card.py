@@ -20,8 +20,11 @@ def sha256_of(path: Path, *, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-#: Training config fields that say how or where a run went, not what it trained.
-RUN_ONLY = frozenset({"fold", "out", "threads", "progress", "accelerator", "fast_dev_run"})
+#: Training config fields that say how or where a run went, not what it trained (numeric
+#: precision included: float32 and mixed precision train the same recipe, docs/results
+#: fold0_fp32.json and the GPU figures in the card say how closely).
+RUN_ONLY = frozenset({"fold", "out", "threads", "progress", "accelerator", "precision",
+                      "fast_dev_run"})
 
 
 def recipe_differences(a: dict, b: dict, *, also_ignore: frozenset[str] = frozenset()

@@ -393,7 +393,8 @@ def test_calibrate_takes_folds_of_one_recipe_for_a_model_of_that_recipe(tmp_path
         (tmp_path / name / "onnx" / "model_card.json").write_text(json.dumps(card))
         return tmp_path / name
 
-    a, b = fold("a", threads=1), fold("b", threads=2, data="/elsewhere/ravdess,/x/emodb")
+    a = fold("a", threads=1, precision="32")
+    b = fold("b", threads=2, precision="16-mixed", data="/elsewhere/ravdess,/x/emodb")
     check_recipes([a, b], {**recipe, "fold": -1, "seed": 7})  # seed and how a run went: same
     with pytest.raises(ValueError, match=r"c was trained with another recipe .*lr_head differ"):
         check_recipes([a, b, fold("c", lr_head=1e-4)])
