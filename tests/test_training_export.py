@@ -292,3 +292,31 @@ def test_summarise_takes_the_folds_of_one_recipe_each_once(tmp_path) -> None:
         summarise_runs([a, other])
     with pytest.raises(ValueError, match="has no metrics.json: not a finished callmon train"):
         summarise_runs([a, tmp_path / "missing"])
+
+
+def test_export_quotes_only_reports_of_the_checkpoints_recipe(tmp_path) -> None:
+    """export --cv-summary/--calibration put any JSON into the card as this model's
+    estimates: base's cross-validation into tiny's card, say. A report that records another
+    recipe (seed aside) is refused, and an unreadable one is named."""
+    from dataclasses import asdict
+
+    from trainer.cli import _report
+
+    cfg = TrainConfig()
+    same = tmp_path / "cv.json"
+    same.write_text(json.dumps({"config": {**asdict(cfg), "seed": 99, "fold": 3}}))
+    assert _report(str(same), "--cv-summary", "config", cfg)["config"]["seed"] == 99
+    other = tmp_path / "cv_base.json"
+    other.write_text(json.dumps({"config": {**asdict(cfg), "backbone": "whisper-base"}}))
+    with pytest.raises(ValueError, match=r"--cv-summary .*cv_base.json measured another recipe "
+                                         r"than the checkpoint's \(backbone differ\)"):
+        _report(str(other), "--cv-summary", "config", cfg)
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"recipe": {"lr_head": 1.0}, "temperature": 1.2}))
+    with pytest.raises(ValueError, match=r"--calibration .* \(lr_head differ\)"):
+        _report(str(calibration), "--calibration", "recipe", cfg)
+    old = tmp_path / "old_calibration.json"  # written before reports recorded a recipe
+    old.write_text(json.dumps({"temperature": 1.2}))
+    assert _report(str(old), "--calibration", "recipe", cfg) == {"temperature": 1.2}
+    with pytest.raises(ValueError, match="--calibration nope.json: not a readable JSON report"):
+        _report("nope.json", "--calibration", "recipe", cfg)

@@ -232,6 +232,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(path: str | None, flag: str, recipe_key: str, cfg) -> dict | None:
+    """A JSON report for the card (``None`` without ``path``), refused when the recipe it
+    records (``recipe_key``) is not the checkpoint's, seed aside."""
+    from dataclasses import asdict
+
+    from models.card import recipe_differences
+
+    if not path:
+        return None
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{flag} {path}: not a readable JSON report ({exc})") from None
+    recipe = report.get(recipe_key) if isinstance(report, dict) else None
+    if isinstance(recipe, dict):
+        differ = recipe_differences(recipe, asdict(cfg), also_ignore=frozenset({"seed"}))
+        if differ:
+            raise ValueError(f"{flag} {path} measured another recipe than the checkpoint's "
+                             f"({', '.join(differ)} differ): the card would quote another "
+                             "model's figures")
+    return report
+
+
 def _export(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -242,6 +265,10 @@ def _export(args: argparse.Namespace) -> int:
     variants = tuple(args.variants.split(","))
     check_variants(variants)
     _, cfg, metrics = load_checkpoint(args.checkpoint)
+    # The card quotes these as this model's estimates: they must be of its recipe, and are
+    # read before the parity audio is decoded.
+    cv_summary = _report(args.cv_summary, "--cv-summary", "config", cfg)
+    calibration = _report(args.calibration, "--calibration", "recipe", cfg)
     held_out = set(metrics.get("split", {}).get("test", []))
     windows = None
     data = args.parity_data or cfg.data
@@ -259,8 +286,8 @@ def _export(args: argparse.Namespace) -> int:
     extra: dict = {"export": {"checkpoint": args.checkpoint, "out": args.out,
                               "variants": args.variants, "cv_summary": args.cv_summary,
                               "calibration": args.calibration, "extra_card": args.extra_card}}
-    if args.cv_summary:
-        extra["cross_validation"] = json.loads(Path(args.cv_summary).read_text())
+    if cv_summary:
+        extra["cross_validation"] = cv_summary
     if args.extra_card:
         extra.update(json.loads(Path(args.extra_card).read_text()))
     card = export_checkpoint(
@@ -270,7 +297,7 @@ def _export(args: argparse.Namespace) -> int:
         parity_windows=windows,
         extra_card=extra,
         int8_scope=args.int8_scope,
-        calibration=json.loads(Path(args.calibration).read_text()) if args.calibration else None,
+        calibration=calibration,
     )
     print(json.dumps({"files": card.files, "onnx_parity": card.evaluation["onnx_parity"]}, indent=2))
     return 0

@@ -399,10 +399,13 @@ def choose_nested(tallies: dict[Setting, dict[Group, Tally]],
             "fold_alerts": [alert_config_dict(c) for c in per_fold], "test": test}
 
 
-def check_recipes(fold_dirs: Sequence[Path], card_config: dict | None = None) -> None:
+def check_recipes(fold_dirs: Sequence[Path], card_config: dict | None = None) -> dict | None:
     """The folds (those with an exported card) share one recipe, and the model whose card
     takes the result (``card_config``, its ``training.config``) was trained with it too,
     seed aside: thresholds and temperature measured on other models would not be its own.
+
+    Returns:
+        the folds' training config (``None`` when no fold has an exported card).
 
     Raises:
         ValueError: naming the folder and the fields that differ.
@@ -414,7 +417,7 @@ def check_recipes(fold_dirs: Sequence[Path], card_config: dict | None = None) ->
             recipes[Path(d)] = (json.loads(path.read_text()).get("training") or {}).get(
                 "config") or {}
     if not recipes:
-        return
+        return None
     (first, recipe), *others = recipes.items()
     for d, other in others:
         if differ := recipe_differences(recipe, other):
@@ -426,6 +429,7 @@ def check_recipes(fold_dirs: Sequence[Path], card_config: dict | None = None) ->
             raise ValueError(f"the card's model was trained with another recipe than the folds "
                              f"({', '.join(differ)} differ): its temperature and alert rules "
                              "would be measured on other models")
+    return recipe
 
 
 def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_per_hour: float = 1.0,
@@ -439,7 +443,7 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
     space = space or SearchSpace()
     if len({Path(d).resolve() for d in fold_dirs}) != len(fold_dirs):
         raise ValueError(f"a fold folder is given twice in {[str(d) for d in fold_dirs]}")
-    check_recipes(fold_dirs, card_config)
+    recipe = check_recipes(fold_dirs, card_config)
     folds = [score_fold(Path(d), data, calm_minutes=calm_minutes, seed=seed, threads=threads)
              for d in fold_dirs]
     # Nested means each fold's test speakers judged under rules chosen without their calls:
@@ -453,7 +457,8 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
                     "folds of one cross-validation (each speaker tested once)")
             held_out[speaker] = Path(d)
     labels = folds[0]["labels"]
-    report: dict = {"folds": [], "target_false_alerts_per_hour": target_fa_per_hour}
+    report: dict = {"folds": [], "target_false_alerts_per_hour": target_fa_per_hour,
+                    "recipe": recipe}
     groups: dict[Group, list[ScoredCall]] = {}
     raw_groups: dict[Group, list[ScoredCall]] = {}  # the test calls, without temperature
     for i, (d, f) in enumerate(zip(fold_dirs, folds, strict=True)):
