@@ -320,3 +320,30 @@ def test_export_quotes_only_reports_of_the_checkpoints_recipe(tmp_path) -> None:
     assert _report(str(old), "--calibration", "recipe", cfg) == {"temperature": 1.2}
     with pytest.raises(ValueError, match="--calibration nope.json: not a readable JSON report"):
         _report("nope.json", "--calibration", "recipe", cfg)
+
+
+class _Payload:
+    """Unpickling this runs code: what a hostile "checkpoint" would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_checkpoint_cannot_run_code_when_it_is_loaded(tmp_path) -> None:
+    """load_checkpoint unpickled with weights_only=False: a model.pt from elsewhere could run
+    anything on `callmon export`. Only tensors and plain data are read now."""
+    import torch
+
+    from trainer.train import load_checkpoint
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.pt"
+    torch.save({"config": {}, "state_dict": {}, "metrics": {"x": _Payload(str(marker))}}, path)
+    with pytest.raises(ValueError, match="is not a checkpoint written by callmon train"):
+        load_checkpoint(path)
+    assert not marker.exists()

@@ -303,7 +303,8 @@ def load_checkpoint(path: Path | str) -> tuple[EmotionNet, TrainConfig, dict]:
         raise ValueError(f"{path}: no such checkpoint (callmon train writes RUN/model.pt)")
     not_ours = f"{path} is not a checkpoint written by callmon train"
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors and plain data only: a checkpoint from elsewhere cannot run code on load.
+        blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle, zip or torch error: whatever the file is, not ours
         raise ValueError(f"{not_ours} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(blob, dict) or not {"config", "state_dict", "metrics"} <= blob.keys():
