@@ -344,6 +344,8 @@ def test_a_checkpoint_cannot_run_code_when_it_is_loaded(tmp_path) -> None:
     marker = tmp_path / "ran"
     path = tmp_path / "model.pt"
     torch.save({"config": {}, "state_dict": {}, "metrics": {"x": _Payload(str(marker))}}, path)
-    with pytest.raises(ValueError, match="is not a checkpoint written by callmon train"):
+    with pytest.raises(ValueError, match=r"is not a checkpoint written by callmon train: it "
+                                         r"holds objects other than tensors and plain data "
+                                         r"\(\S+\), which are not loaded"):
         load_checkpoint(path)
     assert not marker.exists()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import re
 import time
+import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -302,11 +305,19 @@ def load_checkpoint(path: Path | str) -> tuple[EmotionNet, TrainConfig, dict]:
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such checkpoint (callmon train writes RUN/model.pt)")
     not_ours = f"{path} is not a checkpoint written by callmon train"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ValueError(f"{not_ours} (not a PyTorch checkpoint file)")
     try:
         # Tensors and plain data only: a checkpoint from elsewhere cannot run code on load.
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle, zip or torch error: whatever the file is, not ours
-        raise ValueError(f"{not_ours} ({type(exc).__name__}: {exc})") from exc
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        raise ValueError(f"{not_ours}: it holds objects other than tensors and plain data"
+                         f"{f' ({found.group(1)})' if found else ''}, which are not loaded as "
+                         "loading them could run code") from None
+    except Exception as exc:  # a zip or torch error: whatever the file is, not ours
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ValueError(f"{not_ours} ({type(exc).__name__}: {first})") from exc
     if not isinstance(blob, dict) or not {"config", "state_dict", "metrics"} <= blob.keys():
         raise ValueError(f"{not_ours} (it holds no config, state_dict and metrics)")
     cfg = TrainConfig(**blob["config"])
