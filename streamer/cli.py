@@ -303,7 +303,16 @@ def _stream_platform(args: argparse.Namespace, base: str, speed: float,
         if where.scheme != "tcp" or not where.hostname or not where.port:
             raise ValueError("AudioSocket needs --url tcp://HOST:PORT (callmon serve "
                              "--audiosocket-port PORT)")
-        audio = load_for_streaming(args.file, rate=8000)[:, :1]
+        try:
+            uuid.UUID(call_id)
+        except ValueError:
+            raise ValueError(f"AudioSocket calls are named by a UUID (Asterisk's ${{UUID()}}): "
+                             f"--call-id {call_id!r} is not one") from None
+        audio = load_for_streaming(args.file, rate=8000)
+        if audio.shape[1] > 1:
+            print("AudioSocket carries one channel: streaming the file's first (left) one",
+                  file=sys.stderr)
+        audio = audio[:, :1]
         outcome = asyncio.run(stream_audiosocket(where.hostname, where.port, audio,
                                                  call_uuid=call_id, speed=speed))
         errors = [m["payload"].decode(errors="replace") for m in outcome.messages

@@ -22,6 +22,9 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(("args", "says"), [
     (["stream", "{clip}", "--url", "ws://127.0.0.1:{port}"], "connection refused"),
+    (["stream", "{clip}", "--protocol", "audiosocket", "--url", "tcp://127.0.0.1:{port}",
+      "--call-id", "c-42"], "AudioSocket calls are named by a UUID (Asterisk's ${UUID()}): "
+                            "--call-id 'c-42' is not one"),
     (["stream", "/nonexistent/call.wav"], "/nonexistent/call.wav: no such file"),
     (["stream", "README.md"], "README.md is not a readable audio file (Format not recognised"),
     (["alerts", "--redis-url", "redis://127.0.0.1:{port}"], "cannot reach Redis"),
