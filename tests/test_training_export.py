@@ -349,3 +349,22 @@ def test_a_checkpoint_cannot_run_code_when_it_is_loaded(tmp_path) -> None:
                                          r"\(\S+\), which are not loaded"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_int8_scope_defaults_to_how_the_shipped_model_of_the_backbone_was_exported() -> None:
+    """export's int8 default was ffn for every backbone while the shipped base, and its
+    cross-validation folds, were exported with linear: a fold exported with the defaults
+    was not the model the card's figures describe."""
+    from trainer.export import resolve_int8_scope
+
+    assert resolve_int8_scope("auto", "whisper-base") == "linear"
+    assert resolve_int8_scope("auto", "whisper-tiny") == "ffn"
+    assert resolve_int8_scope("auto", "whisper-base:4") == "ffn"
+    assert resolve_int8_scope("ffn", "whisper-base") == "ffn"  # an explicit scope stands
+    with pytest.raises(ValueError, match="int8 scope must be auto or one of"):
+        resolve_int8_scope("all", "whisper-base")
+    weights = Path(__file__).parents[1] / "models" / "weights"
+    for folder in (weights, weights / "whisper-base"):
+        card = json.loads((folder / "model_card.json").read_text())
+        backbone = card["training"]["config"]["backbone"]
+        assert card["training"]["int8_scope"] == resolve_int8_scope("auto", backbone)

@@ -108,8 +108,10 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--variants", default="fp32,int8,fp16",
                    help="comma-separated: fp32, int8, fp16 (ONNX) and torch-fp16 (the PyTorch "
                         "backend's safetensors)")
-    p.add_argument("--int8-scope", choices=["ffn", "linear"], default="ffn",
-                   help="int8: feed-forward layers only, or every linear layer of the encoder")
+    p.add_argument("--int8-scope", choices=["auto", "ffn", "linear"], default="auto",
+                   help="int8: feed-forward layers only, or every linear layer of the encoder; "
+                        "auto: as the shipped model of the backbone (linear for whisper-base, "
+                        "ffn otherwise)")
     p.add_argument(
         "--parity-data",
         default=None,

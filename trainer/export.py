@@ -43,6 +43,17 @@ def export_fp32(net: EmotionNet, path: Path, *, window_samples: int) -> Path:
 INT8_SCOPES = ("ffn", "linear")
 
 
+def resolve_int8_scope(scope: str, backbone: str) -> str:
+    """``auto``: as each shipped model was exported, every linear layer for Whisper base
+    (its int8 file ships at 25 MB; the feed-forward layers alone leave it larger) and the
+    feed-forward layers for anything else; otherwise ``scope`` itself."""
+    if scope == "auto":
+        return "linear" if backbone == "whisper-base" else "ffn"
+    if scope not in INT8_SCOPES:
+        raise ValueError(f"int8 scope must be auto or one of {INT8_SCOPES}, got {scope!r}")
+    return scope
+
+
 def int8_excluded_nodes(fp32: Path, scope: str) -> list[str]:
     """MatMul/Gemm nodes to keep in fp32.
 
@@ -226,7 +237,7 @@ def export_checkpoint(
     parity_windows: np.ndarray | None = None,
     name: str = "callmon-emotion",
     extra_card: dict | None = None,
-    int8_scope: str = "ffn",
+    int8_scope: str = "auto",
     calibration: dict | None = None,
 ) -> ModelCard:
     """Export a ``model.pt`` from ``callmon train`` into ``out_dir`` with its model card.
@@ -242,6 +253,7 @@ def export_checkpoint(
     check_variants(variants)
     out_dir = Path(out_dir)
     net, cfg, metrics = load_checkpoint(checkpoint)
+    int8_scope = resolve_int8_scope(int8_scope, cfg.backbone)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = out_dir / "emotion-fp32.onnx"
     export_fp32(net, fp32, window_samples=cfg.window_samples)
