@@ -79,8 +79,11 @@ def test_serve_runs_on_the_torch_backend(exported, ravdess_dir, redis_server) ->
     async def main():
         async with running_service(model, redis_server.url) as service:
             return await stream_native(f"ws://127.0.0.1:{service.ingest.port}/v1/stream",
-                                       audio[:, None], rate=16_000, speed=8.0)
+                                       audio[:, None], rate=16_000, speed=4.0)
 
+    # 4x real time, not 8x: this checks that serve runs on the PyTorch backend, not its
+    # capacity; at 8x the float32 PyTorch model on this 2-core CPU once fell behind and the
+    # scheduler shed a window, as designed (CI, 2026-11-28).
     outcome = asyncio.run(main())
     assert outcome.close_code == 1000 and outcome.ended["dropped"] == 0
     assert outcome.windows and all(abs(sum(w["scores"].values()) - 1) < 1e-3
