@@ -156,6 +156,11 @@ def corpus_name(root: Path | str) -> str:
     return Path(root).resolve().name.lower()
 
 
+def speaker_id(corpus: str, speaker: str) -> str:
+    """``corpus/speaker``; a speaker already named so is kept."""
+    return speaker if "/" in speaker else f"{corpus}/{speaker}"
+
+
 def card_split(training: dict | None) -> dict[str, list[str]]:
     """A model card's speaker split (its ``training`` block) by role, every speaker as
     ``corpus/speaker`` (a run on one corpus names its speakers bare)."""
@@ -164,7 +169,7 @@ def card_split(training: dict | None) -> dict[str, list[str]]:
     data = (training.get("config") or {}).get("data", "")
     roots = [r for r in str(data).split(",") if r.strip()]
     corpus = corpus_name(roots[0]) if len(roots) == 1 else ""
-    return {role: [s if "/" in s or not corpus else f"{corpus}/{s}" for s in speakers]
+    return {role: [speaker_id(corpus, s) if corpus else s for s in speakers]
             for role, speakers in split.items()}
 
 

@@ -201,7 +201,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from models import load_model
-    from models.corpora import corpus_name, discover, seen_speakers
+    from models.corpora import corpus_name, discover, seen_speakers, speaker_id
     from trainer.evaluate import evaluate_items, report_markdown, write_report
 
     model = load_model(args.model, device=args.device, variant=args.variant, threads=2)
@@ -226,7 +226,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     corpus = corpus_name(args.data)
     seen = seen_speakers(model.card.training)
     report["seen_speakers"] = sorted(s for s in report.get("speakers", [])
-                                     if (s if "/" in s else f"{corpus}/{s}") in seen)
+                                     if speaker_id(corpus, s) in seen)
     if args.out:
         for path in write_report(report, Path(args.out)):
             print(f"wrote {path}")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.corpora import Utterance, corpus_name, discover, load_audio, seen_speakers
+from models.corpora import Utterance, corpus_name, discover, load_audio, seen_speakers, speaker_id
 from models.labels import map_to_label_set
 from streamer.alerts import KINDS, AlertConfig, alert_config_dict
 from streamer.calls import CallSession, ResultOrder, WindowingConfig
@@ -106,16 +106,12 @@ class ScoredCall:
 # -- building calls ------------------------------------------------------------------------
 
 
-def _speaker_id(corpus: str, speaker: str) -> str:
-    return speaker if "/" in speaker else f"{corpus}/{speaker}"
-
-
 def load_corpora(roots: Sequence[str | Path]) -> list[Utterance]:
     """Utterances of every corpus, with speakers always named ``corpus/speaker``."""
     items: list[Utterance] = []
     for root in roots:
         name = corpus_name(root)
-        items += [replace(u, speaker=_speaker_id(name, u.speaker)) for u in discover(root)]
+        items += [replace(u, speaker=speaker_id(name, u.speaker)) for u in discover(root)]
     return items
 
 
