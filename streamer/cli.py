@@ -512,13 +512,19 @@ def _bench_alerts(args: argparse.Namespace) -> int:
     from models import load_model
     from streamer.service import alert_config
     from streamer.settings import Settings
-    from streamer.tools.alert_bench import bench_alerts, format_report, write_report
+    from streamer.tools.alert_bench import (
+        bench_alerts,
+        format_report,
+        load_corpora,
+        write_report,
+    )
 
+    items = load_corpora([d for d in args.data.split(",") if d.strip()])  # before the model
     model = load_model(args.model, "cpu", variant=args.variant, threads=args.threads)
     # The alert rules `callmon serve` would use: the card's, under any CALLMON_* setting.
     alerts = alert_config(Settings.model_validate({}), model.card.alerts)
     report = bench_alerts(
-        data=[d for d in args.data.split(",") if d.strip()], model=model, alerts=alerts,
+        items=items, model=model, alerts=alerts,
         speakers=[s.strip() for s in args.speakers.split(",")] if args.speakers else None,
         telephone=args.telephone, calm_minutes=args.calm_minutes, seed=args.seed)
     paths = write_report(report, Path(args.out))

@@ -157,7 +157,7 @@ def test_only_unseen_speakers_are_benchmarked(ravdess_dir, tmp_path, shipped_mod
         rows.append(f"a{i}.wav,s1,angry")
     (corpus / "manifest.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(AlertBenchError, match="no calm clips"):
-        bench_alerts(data=[corpus], model=shipped_model, alerts=AlertConfig())
+        bench_alerts(items=load_corpora([corpus]), model=shipped_model, alerts=AlertConfig())
 
 
 @pytest.fixture(scope="module")

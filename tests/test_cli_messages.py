@@ -30,6 +30,9 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["alerts", "--redis-url", "redis://127.0.0.1:{port}"], "cannot reach Redis"),
     (["calibrate", "--runs", "runs/f0", "--card", "/nonexistent"],
      "--card /nonexistent: no model_card.json there"),
+    # Checked before anything is loaded or scored: the data, and each fold's export.
+    (["bench", "alerts", "--data", "/nonexistent"], "/nonexistent is not a directory"),
+    (["calibrate", "--runs", "/nonexistent"], "/nonexistent: no such fold folder"),
     (["bench", "model", "--backbones", "whisper-base:9"], "how many of whisper-base's 6 layers"),
     (["bench", "model", "--backbones", "hubert"], "'hubert' is not whisper-tiny or whisper-base"),
     (["serve", "--port", "99999"],

@@ -434,11 +434,11 @@ def held_out_speakers(items: Sequence[Utterance], card, requested: Sequence[str]
     return chosen
 
 
-def bench_alerts(*, data: Sequence[str | Path], model, alerts: AlertConfig,
+def bench_alerts(*, items: Sequence[Utterance], model, alerts: AlertConfig,
                  speakers: Sequence[str] | None = None, telephone: bool = False,
                  calm_minutes: float = 4.0, seed: int = 0) -> dict:
-    """Build the calls, score them with ``model`` and report the alert figures."""
-    items = load_corpora(data)
+    """Build calls of ``items`` (:func:`load_corpora`), score them with ``model`` and report
+    the alert figures."""
     chosen = held_out_speakers(items, model.card, speakers)
     labels = model.labels
     started = time.perf_counter()

@@ -282,16 +282,28 @@ def ceiling(tallies: dict[Setting, dict[Group, Tally]], pool: Sequence[Group], *
 # -- cross-validation ---------------------------------------------------------------------------
 
 
+def exported_fold(fold_dir: Path) -> Path:
+    """The fold's export folder (``fold_dir/onnx``).
+
+    Raises:
+        FileNotFoundError: no such folder, or nothing exported in it, saying what to run.
+    """
+    onnx_dir = fold_dir / "onnx"
+    if not fold_dir.is_dir():
+        raise FileNotFoundError(f"{fold_dir}: no such fold folder (callmon train --fold N "
+                                f"--out {fold_dir} writes one)")
+    if not (onnx_dir / CARD_FILE).is_file():
+        raise FileNotFoundError(
+            f"{fold_dir} has no exported model: run callmon export --checkpoint "
+            f"{fold_dir / 'model.pt'} --out {onnx_dir} --variants int8")
+    return onnx_dir
+
+
 def fold_onnx_model(fold_dir: Path, *, threads: int = 1):
     """The fold's int8 ONNX model, as serving would load it (``fold_dir/onnx``)."""
     from models import load_model
 
-    onnx_dir = fold_dir / "onnx"
-    if not (onnx_dir / "model_card.json").is_file():
-        raise FileNotFoundError(
-            f"{fold_dir} has no exported model: run callmon export --checkpoint "
-            f"{fold_dir / 'model.pt'} --out {onnx_dir} --variants int8")
-    return load_model(onnx_dir, "cpu", variant="int8", threads=threads)
+    return load_model(exported_fold(fold_dir), "cpu", variant="int8", threads=threads)
 
 
 #: Modules that moved since older caches were written (issue 12): their classes live here now.
@@ -443,6 +455,9 @@ def calibrate_cv(fold_dirs: Sequence[Path], data: Sequence[str], *, target_fa_pe
     space = space or SearchSpace()
     if len({Path(d).resolve() for d in fold_dirs}) != len(fold_dirs):
         raise ValueError(f"a fold folder is given twice in {[str(d) for d in fold_dirs]}")
+    for d in fold_dirs:  # a missing export is said before any fold is scored
+        if not (Path(d) / "scored.pkl").is_file():
+            exported_fold(Path(d))
     recipe = check_recipes(fold_dirs, card_config)
     folds = [score_fold(Path(d), data, calm_minutes=calm_minutes, seed=seed, threads=threads)
              for d in fold_dirs]
