@@ -32,6 +32,8 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
      "--card /nonexistent: no model_card.json there"),
     # Checked before anything is loaded or scored: the data, and each fold's export.
     (["bench", "alerts", "--data", "/nonexistent"], "/nonexistent is not a directory"),
+    (["evaluate", "--data", "/nonexistent"], "/nonexistent is not a directory"),
+    (["evaluate", "--data", "{corpus}", "--speakers", "99"], "no utterances from speakers ['99']"),
     (["calibrate", "--runs", "/nonexistent"], "/nonexistent: no such fold folder"),
     (["bench", "model", "--backbones", "whisper-base:9"], "how many of whisper-base's 6 layers"),
     (["bench", "model", "--backbones", "hubert"], "'hubert' is not whisper-tiny or whisper-base"),
@@ -50,7 +52,8 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 def test_one_line_and_a_non_zero_exit(args, says, ravdess_dir, tmp_path) -> None:
     clip = str(ravdess_dir / "Actor_01" / "03-01-01-01-01-01-01.flac")
     port = str(free_port())
-    proc = callmon(*[a.format(clip=clip, port=port, tmp=tmp_path / "out") for a in args])
+    proc = callmon(*[a.format(clip=clip, port=port, tmp=tmp_path / "out", corpus=ravdess_dir)
+                     for a in args])
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert says in proc.stderr

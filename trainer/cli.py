@@ -204,13 +204,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from models.corpora import corpus_name, discover, seen_speakers, speaker_id
     from trainer.evaluate import evaluate_items, report_markdown, write_report
 
-    model = load_model(args.model, device=args.device, variant=args.variant, threads=2)
-    items = discover(args.data)
+    items = discover(args.data)  # the data's errors before the model is loaded
     if args.speakers:
         keep = {s.strip() for s in args.speakers.split(",")}
         items = [u for u in items if u.speaker in keep]
         if not items:
             raise ValueError(f"no utterances from speakers {sorted(keep)} in {args.data}")
+    model = load_model(args.model, device=args.device, variant=args.variant, threads=2)
     report = evaluate_items(
         model,
         items,
