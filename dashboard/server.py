@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import uvicorn
@@ -10,6 +11,8 @@ import uvicorn
 from dashboard.app import create_app
 from dashboard.auth import SupervisorAuth
 from dashboard.settings import OWN_FIELDS, DashboardSettings
+from streamer import redis_client
+from streamer.redis_client import display_url
 from streamer.service import Mount, Service
 from streamer.settings import is_loopback
 
@@ -116,6 +119,19 @@ def build_dashboard(settings, *, redis_url: str, model=None, service=None) -> Da
                            max_connections=settings.dashboard_max_connections)
 
 
+async def redis_problem(url: str) -> str | None:
+    """Why Redis at ``url`` does not answer a PING, or ``None`` when it does."""
+    client = redis_client.connect(url)
+    try:
+        await client.ping()
+    except Exception as exc:  # refused, timed out, auth, cluster discovery: all said alike
+        return str(exc) or type(exc).__name__
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+    return None
+
+
 def _loader(settings):
     def load():
         from models import load_model
@@ -135,6 +151,12 @@ async def run_dashboard(settings) -> None:
     dashboard = build_dashboard(settings, redis_url=settings.redis_url)
     await dashboard.start()
     print(f"callmon dashboard: http://{settings.host}:{dashboard.port}/", flush=True)
+    if problem := await redis_problem(settings.redis_url):
+        # Started all the same (Redis may come up after the dashboard), but said at once:
+        # a mistyped URL used to show nothing until a supervisor found the page empty.
+        log.warning("Redis at %s is not reachable (%s); the dashboard starts degraded: "
+                    "/healthz says so and the API answers 503 until it is",
+                    display_url(settings.redis_url), problem)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -43,6 +43,7 @@ async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[di
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     last = stream_id_for(since)
+    shown = redis_client.display_url(url)
     seen: dict[str, None] = {}  # insertion-ordered, trimmed to the most recent ids
     client = redis_client.connect(url, timeout_s=None)
     away = False
@@ -50,7 +51,7 @@ async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[di
         try:
             exists = await client.exists(schema.ALERTS_STREAM)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise ConnectionError(f"cannot reach Redis at {url}: {exc}") from None
+            raise ConnectionError(f"cannot reach Redis at {shown}: {exc}") from None
         if last == "$":  # pin "now" to a concrete id so a reconnect does not skip entries
             info = await client.xinfo_stream(schema.ALERTS_STREAM) if exists else None
             last = info["last-generated-id"].decode() if info else "0"
@@ -60,12 +61,12 @@ async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[di
                 reply = await client.xread({schema.ALERTS_STREAM: last}, block=block_ms, count=500)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if not away and on_status is not None:
-                    on_status(f"Redis at {url} went away ({exc}); waiting for it")
+                    on_status(f"Redis at {shown} went away ({exc}); waiting for it")
                 away = True
                 await asyncio.sleep(0.5)  # Redis away: retry from the same id
                 continue
             if away and on_status is not None:
-                on_status(f"Redis at {url} is back; resuming after {last}")
+                on_status(f"Redis at {shown} is back; resuming after {last}")
             away = False
             for _, entries in reply or []:
                 for entry_id, fields in entries:

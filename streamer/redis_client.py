@@ -8,9 +8,25 @@ that owns its hash tag, so window results are not broadcast to every node.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def display_url(url: str) -> str:
+    """``url`` as banners, logs and error messages show it: a password in it (``redis://user:
+    secret@host``, ``?password=secret``) becomes ``***``, so logs do not hold the credential."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def is_cluster_url(url: str) -> bool:

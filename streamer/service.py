@@ -136,7 +136,7 @@ class Service:
         self.publisher.start()
         if not await self.publisher.first_attempt(3.0):
             log.warning("Redis at %s is not reachable; starting degraded, alerts will be held",
-                        url)
+                        redis_client.display_url(url))
         self.claims = CallClaims(self.redis, s.node, ttl_s=s.heartbeat_ttl_s)
         self.heartbeat = Heartbeat(self.redis, s.node, interval_s=s.heartbeat_s,
                                    ttl_s=s.heartbeat_ttl_s,
@@ -331,8 +331,9 @@ async def run(settings: Settings, *, mounts: Sequence[Mount] = ()) -> None:
     first = os.environ.get("CALLMON_WORKER_INDEX", "0") == "0"
     announced = announce(settings, service) if first else None
     if first:
+        redis_shown = redis_client.display_url(service.redis_url)
         print(f"callmon ingest: ws://{settings.host}:{service.ingest.port}"  # type: ignore[union-attr]
-              f"{{{','.join(service.ingest.adapters)}}} · Redis: {service.redis_url}",  # type: ignore[union-attr]
+              f"{{{','.join(service.ingest.adapters)}}} · Redis: {redis_shown}",  # type: ignore[union-attr]
               flush=True)
         if service.audiosocket is not None:
             print(f"callmon AudioSocket: tcp://{settings.host}:{service.audiosocket.port}",

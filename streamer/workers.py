@@ -27,6 +27,7 @@ from pathlib import Path
 
 from streamer import children
 from streamer.inference_server import InferenceServer
+from streamer.redis_client import display_url
 from streamer.service import Mount, check_exposure, check_ports, load_serving_model
 from streamer.settings import Settings
 from streamer.tools.redis_server import EmbeddedRedis
@@ -92,7 +93,7 @@ async def run_workers(settings: Settings, argv: Sequence[str], *,
         for i in range(settings.workers):
             procs[i] = spawn(i)
         print(f"callmon: {settings.workers} ingest workers on port {settings.port}, one model "
-              f"process ({model.variant}), Redis {redis_url}", flush=True)
+              f"process ({model.variant}), Redis {display_url(redis_url)}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -28,6 +28,8 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["stream", "/nonexistent/call.wav"], "/nonexistent/call.wav: no such file"),
     (["stream", "README.md"], "README.md is not a readable audio file (Format not recognised"),
     (["alerts", "--redis-url", "redis://127.0.0.1:{port}"], "cannot reach Redis"),
+    (["alerts", "--redis-url", "redis://:s3cret@127.0.0.1:{port}/0"],
+     "cannot reach Redis at redis://:***@127.0.0.1:"),  # the password stays out of logs
     (["calibrate", "--runs", "runs/f0", "--card", "/nonexistent"],
      "--card /nonexistent: no model_card.json there"),
     # Checked before anything is loaded or scored: the data, and each fold's export.
@@ -76,6 +78,38 @@ def test_alerts_says_when_redis_goes_away_and_comes_back(tmp_path) -> None:
         _, err = proc.communicate(timeout=10)
         server.close()
     assert "went away" in err and "is back" in err and "Traceback" not in err
+
+
+def test_dashboard_says_at_once_that_redis_is_unreachable_without_its_password() -> None:
+    """A mistyped --redis-url showed only the dashboard's address: nothing said why the page
+    stayed empty. It starts degraded (Redis may come up later) and says so, URL masked."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    url = f"redis://agent:s3cret@127.0.0.1:{free_port()}/0"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "callmon_cli.py"), "dashboard",
+                             "--redis-url", url, "--dashboard-port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    status = None
+    try:
+        deadline = time.monotonic() + 60
+        while status is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                status = 200
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(1.0)  # the warning follows the address line
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    assert status == 503, out
+    assert (f"Redis at redis://agent:***@127.0.0.1:{url.rsplit(':', 1)[1]} is not reachable"
+            in out), out
+    assert "s3cret" not in out and "Traceback" not in out
 
 
 def test_serve_on_a_taken_port_says_so_and_leaves_nothing_running(tmp_path) -> None:
