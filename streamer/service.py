@@ -350,17 +350,21 @@ async def run(settings: Settings, *, mounts: Sequence[Mount] = ()) -> None:
 
 
 def announce(settings: Settings, service: Service) -> Path | None:
-    """Write the runtime file (``streamer.settings.runtime_file``) of this serve process."""
+    """Write the runtime file (``streamer.settings.runtime_file``) of this serve process:
+    readable by this user alone, as the Redis URL in it may hold a password."""
     import json
 
     path = runtime_file()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         info = {"pid": os.getpid(), "redis_url": service.redis_url,
                 "ingest": f"ws://{settings.host}:{service.ingest.port}"}  # type: ignore[union-attr]
         for component in service.components.values():
             info.update(component.runtime_info())
-        path.write_text(json.dumps(info) + "\n")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(fd, 0o600)  # a file left by an older serve keeps its mode otherwise
+            f.write(json.dumps(info) + "\n")
     except OSError as exc:
         log.warning("could not write %s: %s", path, exc)
         return None

@@ -180,6 +180,7 @@ def test_alerts_finds_the_embedded_redis_of_a_local_serve(tmp_path, ravdess_dir,
         while not runtime.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         info = json.loads(runtime.read_text())
+        assert runtime.stat().st_mode & 0o077 == 0  # its Redis URL may hold a password
         assert info["pid"] == serve.pid and info["ingest"] == f"ws://127.0.0.1:{port}"
         audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "neutral", 1))
         sf_path = tmp_path / "c.wav"
