@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from models.outputs import report_file
 from streamer import aio
 
 #: What else runs inside ``serve``: its options, and the mounts chosen from them (the
@@ -126,7 +127,7 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--backend", choices=["auto", "onnx", "torch"], default=None,
                    help="the node's inference backend (CALLMON_BACKEND)")
     p.add_argument("--data", default="../shared/data/ravdess", help="speech to stream")
-    p.add_argument("--out", default=None, help="also write the figures as JSON")
+    p.add_argument("--out", type=report_file, default=None, help="also write the figures as JSON")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="run the (first) server under cProfile, write its profile to FILE and "
                         "print where the event loop's time goes")
@@ -144,7 +145,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--interval-s", type=POSITIVE, default=60.0, help="seconds per printed row")
     p.add_argument("--frame-ms", type=COUNT, default=20)
     p.add_argument("--data", default="../shared/data/ravdess")
-    p.add_argument("--out", default=None, help="also write the rows and verdict as JSON")
+    p.add_argument("--out", type=report_file, default=None,
+                   help="also write the rows and verdict as JSON")
     p.set_defaults(handler=_bench_soak)
     p = sub.add_parser(
         "calibrate", help="temperatures and alert thresholds chosen on the validation speakers "
@@ -157,7 +159,7 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="false alerts per hour of calm speech allowed per kind on validation")
     p.add_argument("--calm-minutes", type=POSITIVE, default=4.0)
     p.add_argument("--threads", type=COUNT, default=1)
-    p.add_argument("--out", default="calibration.json")
+    p.add_argument("--out", type=report_file, default="calibration.json")
     p.add_argument("--card", default=None,
                    help="a model folder whose card takes the temperature, alert rules and "
                         "figures (MODEL_CARD.md rendered again; its weights are not touched)")
@@ -178,7 +180,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--calm-minutes", type=POSITIVE, default=4.0, help="length of each calm call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=COUNT, default=2)
-    p.add_argument("--out", default="bench_alerts.json", help="JSON report (a PNG beside it)")
+    p.add_argument("--out", type=report_file, default="bench_alerts.json",
+                   help="JSON report (a PNG beside it)")
     p.set_defaults(handler=_bench_alerts)
 
     p = bench.add_parser(
@@ -196,7 +199,7 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="comma-separated channels of a calibrate report to compare (a bench "
                         "alerts report holds one channel: that one is compared)")
     p.add_argument("--draws", type=int, default=2000, help="bootstrap draws")
-    p.add_argument("--out", default=None, help="also write the comparison as JSON")
+    p.add_argument("--out", type=report_file, default=None, help="also write the comparison as JSON")
     p.set_defaults(handler=_bench_compare)
 
 

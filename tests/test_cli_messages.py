@@ -219,13 +219,25 @@ def test_bench_model_times_each_backbone_named(tmp_path) -> None:
      "argument --target-fa-per-hour: must be at least 0, got -1"),
     (["bench", "alerts", "--calm-minutes", "0"], "argument --calm-minutes: must be above 0"),
     (["bench", "predict", "--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    # Where a command writes, checked before its work, not at its last step.
+    (["calibrate", "--runs", "r", "--out", "README.md/calibration.json"],
+     "argument --out: cannot write README.md/calibration.json: README.md is a file, not a folder"),
+    (["bench", "alerts", "--out", "docs"], "argument --out: docs is a folder: give a file name"),
+    (["evaluate", "--data", "d", "--out", "README.md/r/e.json"], "README.md is a file, not a"),
+    (["export", "--checkpoint", "m.pt", "--out", "README.md"],
+     "argument --out: README.md is a file, not a folder"),
+    (["train", "--out", "README.md/run"],
+     "argument --out: cannot write into README.md/run: README.md is a file, not a folder"),
 ])
-def test_out_of_range_numbers_are_refused_before_anything_starts(args, says, capsys) -> None:
+def test_out_of_range_numbers_are_refused_before_anything_starts(args, says, capsys,
+                                                                   monkeypatch) -> None:
     """``bench soak --minutes -1`` ran a server and never ended; ``bench load --calls 0``
     benchmarked nothing; ``stream --rate 0`` blamed the audio file; ``calibrate`` with a
-    negative target scored every fold first. argparse refuses them now, naming the option."""
+    negative target scored every fold first, and one with an --out it could not write
+    failed after scoring them all. argparse refuses them now, naming the option."""
     import callmon_cli
 
+    monkeypatch.chdir(ROOT)  # README.md and docs/ are the repository's
     with pytest.raises(SystemExit) as exit_:
         callmon_cli.main(args)
     assert exit_.value.code == 2

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from models.outputs import output_folder, report_file
 from trainer.bench import BENCH_BACKBONES
 
 DEFAULT_DATA = "../shared/data/ravdess"
@@ -24,7 +25,7 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     )
     p.add_argument("--data", default=defaults["data"],
                    help="comma-separated corpus folders (any supported layout)")
-    p.add_argument("--out", default=defaults["out"], help="run folder")
+    p.add_argument("--out", type=output_folder, default=defaults["out"], help="run folder")
     p.add_argument("--labels", choices=["5", "8"], default=defaults["labels"])
     p.add_argument(
         "--backbone",
@@ -99,12 +100,13 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
         default=None,
         help="comma-separated speakers to keep (e.g. the card's held-out ones)",
     )
-    p.add_argument("--out", default=None, help="report.json (a .md and a .png are written beside)")
+    p.add_argument("--out", type=report_file, default=None,
+                   help="report.json (a .md and a .png are written beside)")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("export", help="checkpoint → ONNX fp32/int8/fp16 + model card")
     p.add_argument("--checkpoint", required=True, help="model.pt written by callmon train")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", type=output_folder, required=True, help="output folder")
     p.add_argument("--variants", default="fp32,int8,fp16",
                    help="comma-separated: fp32, int8, fp16 (ONNX) and torch-fp16 (the PyTorch "
                         "backend's safetensors)")
@@ -135,7 +137,7 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--labels", choices=["5", "8"], default="5")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--out", default=None, help="write the summary JSON here")
+    p.add_argument("--out", type=report_file, default=None, help="write the summary JSON here")
     p.set_defaults(handler=_baseline)
     add_bench_commands(bench)
 
@@ -326,12 +328,12 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--backbones", default=",".join(BENCH_BACKBONES), metavar="NAME,...",
                    help="Whisper backbones to time (NAME:N keeps the lowest N layers); the "
                         "first is the table's reference")
-    p.add_argument("--out", default=None, help="also write the figures as JSON")
+    p.add_argument("--out", type=report_file, default=None, help="also write the figures as JSON")
     p.set_defaults(handler=_bench_model)
 
     p = bench.add_parser("gpu", help="every GPU check in one run (CUDA inference, 16-mixed "
                                      "training, wav2vec2-base steps); runs on CPU without a GPU")
-    p.add_argument("--out", default="gpu_check.json", help="JSON file for the figures")
+    p.add_argument("--out", type=report_file, default="gpu_check.json", help="JSON file for the figures")
     p.add_argument("--quick", action="store_true", help="small sizes (a CPU smoke run)")
     p.add_argument("--epochs", type=int, default=TrainConfig().epochs,
                    help="training epochs (the shipped recipe's by default)")
