@@ -35,6 +35,10 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     # Checked before anything is loaded or scored: the data, and each fold's export.
     (["bench", "alerts", "--data", "/nonexistent"], "/nonexistent is not a directory"),
     (["evaluate", "--data", "/nonexistent"], "/nonexistent is not a directory"),
+    (["train", "--out", "README.md/run"],
+     "--out: cannot write into README.md/run: README.md is a file, not a folder"),
+    # --summarise writes a file: one already there (a rerun) is no error, the runs are.
+    (["train", "--summarise", "/nonexistent", "--out", "README.md"], "/nonexistent"),
     (["evaluate", "--data", "{corpus}", "--speakers", "99"], "no utterances from speakers ['99']"),
     (["calibrate", "--runs", "/nonexistent"], "/nonexistent: no such fold folder"),
     (["bench", "model", "--backbones", "whisper-base:9"], "how many of whisper-base's 6 layers"),
@@ -226,8 +230,6 @@ def test_bench_model_times_each_backbone_named(tmp_path) -> None:
     (["evaluate", "--data", "d", "--out", "README.md/r/e.json"], "README.md is a file, not a"),
     (["export", "--checkpoint", "m.pt", "--out", "README.md"],
      "argument --out: README.md is a file, not a folder"),
-    (["train", "--out", "README.md/run"],
-     "argument --out: cannot write into README.md/run: README.md is a file, not a folder"),
 ])
 def test_out_of_range_numbers_are_refused_before_anything_starts(args, says, capsys,
                                                                    monkeypatch) -> None:

@@ -25,7 +25,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     )
     p.add_argument("--data", default=defaults["data"],
                    help="comma-separated corpus folders (any supported layout)")
-    p.add_argument("--out", type=output_folder, default=defaults["out"], help="run folder")
+    p.add_argument("--out", default=defaults["out"],
+                   help="run folder (with --summarise: the summary's JSON file)")
     p.add_argument("--labels", choices=["5", "8"], default=defaults["labels"])
     p.add_argument(
         "--backbone",
@@ -146,6 +147,10 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.config import TrainConfig
     from trainer.train import cross_validate, summarise_runs, train
 
+    try:  # a folder to train into, or the summary's file: checked before hours of training
+        (report_file if args.summarise else output_folder)(args.out)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(f"--out: {exc}") from None
     if args.summarise:
         summary = summarise_runs([Path(d) for d in args.summarise.split(",") if d.strip()])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
