@@ -16,13 +16,16 @@ R=docs/results
            spec_augment:"SpecAugment" \
            freeze2:"two lowest layers frozen" distill:"distilled from base" \
            ens2:"the two seeds averaged (an ensemble: two tiny models per window)" \
-           whisper-base:"Whisper base" \
+           whisper-base:"Whisper base" base_seed2:"Whisper base, seed 4321" \
            base4:"Whisper base cut to its lowest 4 layers (\`--backbone whisper-base:4\`)"; do
     name=${v%%:*}; title=${v#*:}
     echo; echo "## $title (\`calibration_$name.json\`)"; echo
     callmon bench compare $R/calibration.json $R/calibration_$name.json \
         --names "shipped,$name" --out $R/compare_$name.json
   done
+  echo; echo "## Whisper base: seed 4321 against the seed 1234 it was judged by"; echo
+  callmon bench compare $R/calibration_whisper-base.json $R/calibration_base_seed2.json \
+      --names "base 1234,base 4321" --out $R/compare_base_seeds.json
   echo; echo "## Whisper base cut to its lowest 4 layers against the whole of base"; echo
   callmon bench compare $R/calibration_whisper-base.json $R/calibration_base4.json \
       --names "whisper-base,base4" --out $R/compare_base4_vs_base.json
@@ -40,4 +43,7 @@ R=docs/results
     callmon bench compare $T $R/calibration_$name.json \
         --names "tiny ×3,$name" --out $R/compare_seeds3_$name.json
   done
+  echo; echo "## Whisper base's two seeds against the shipped recipe's three seeds"; echo
+  callmon bench compare $T $R/calibration_whisper-base.json,$R/calibration_base_seed2.json \
+      --names "tiny ×3,base ×2" --out $R/compare_seeds3_base_seeds2.json
 } > $R/compare_recipes.md
