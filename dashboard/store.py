@@ -76,8 +76,11 @@ async def call_summary(redis, call_id: str) -> dict | None:
 
 
 async def live_calls(redis) -> list[dict]:
+    """The live calls, most at-risk first. A call that ends between reading the live set
+    and reading its state has its end stored by then: it is left out, not listed ended."""
     ids = [c.decode() for c in await redis.zrange(schema.LIVE_CALLS_KEY, 0, -1)]
-    calls = [c for c in [await call_summary(redis, i) for i in ids] if c is not None]
+    calls = [c for c in [await call_summary(redis, i) for i in ids]
+             if c is not None and c["live"]]
     for c in calls:
         c["risk"] = round(risk(c), 4)
     return sorted(calls, key=lambda c: -c["risk"])

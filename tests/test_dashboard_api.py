@@ -299,3 +299,35 @@ def test_live_hub_reads_redis_only_while_a_browser_watches(redis_server):
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_call_ending_while_the_live_list_is_read_is_not_listed(redis_server) -> None:
+    """The publisher's end writes remove the call from the live set and store its end; a
+    reader that took the live set before and the state after saw an ended call in the live
+    grid (a CI run: ``live: False`` in ``/api/v1/calls``). That mid-end state is set here."""
+    import asyncio
+
+    from dashboard import store
+    from streamer import redis_client, schema
+    from streamer.schema import CallEvent
+
+    async def scenario() -> list[dict]:
+        client = redis_client.connect(redis_server.url)
+        try:
+            call = {"call_id": "ending", "roles": ("customer",), "sample_rate": 16000,
+                    "encoding": "pcm_s16le", "protocol": "native"}
+            start = CallEvent(id=schema.new_id(), type="call_started", **call)
+            end = CallEvent(id=schema.new_id(), type="call_ended", reason="stop",
+                            duration_s=3.0, **call)
+            await client.zadd(schema.LIVE_CALLS_KEY, {"ending": start.ts})
+            await client.hset(schema.call_state_key("ending"),
+                              mapping={"start": schema.dumps(start), "end": schema.dumps(end)})
+            try:
+                return await store.live_calls(client)
+            finally:
+                await client.delete(schema.call_state_key("ending"))
+                await client.zrem(schema.LIVE_CALLS_KEY, "ending")
+        finally:
+            await client.aclose()
+
+    assert [c["call_id"] for c in asyncio.run(scenario())] == []
