@@ -12,7 +12,6 @@ from dashboard.app import create_app
 from dashboard.auth import SupervisorAuth
 from dashboard.settings import OWN_FIELDS, DashboardSettings
 from streamer import redis_client
-from streamer.redis_client import display_url
 from streamer.service import Mount, Service
 from streamer.settings import is_loopback
 
@@ -156,7 +155,7 @@ async def run_dashboard(settings) -> None:
         # a mistyped URL used to show nothing until a supervisor found the page empty.
         log.warning("Redis at %s is not reachable (%s); the dashboard starts degraded: "
                     "/healthz says so and the API answers 503 until it is",
-                    display_url(settings.redis_url), problem)
+                    redis_client.display_url(settings.redis_url), problem)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 
 
-def _why_not_creatable(path: Path) -> str | None:
-    """Why ``path`` (which does not exist) could not be created, or ``None``: its nearest
-    existing ancestor must be a folder this process may write in (folders between are
-    created by the command)."""
+def _why_not_writable(path: Path, mode: int) -> str | None:
+    """Why this process could not write ``path``, or ``None``: an existing path must allow
+    ``mode``; a missing one's nearest existing ancestor must be a folder this process may
+    write in (folders between are created by the command)."""
+    if path.exists():
+        return None if os.access(path, mode) else f"{path} is not writable"
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -29,9 +31,7 @@ def report_file(text: str) -> str:
     if path.is_dir():
         raise argparse.ArgumentTypeError(
             f"{text} is a folder: give a file name, such as {path / 'report.json'}")
-    problem = (None if os.access(path, os.W_OK) else f"{text} is not writable") \
-        if path.exists() else _why_not_creatable(path)
-    if problem:
+    if problem := _why_not_writable(path, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: {problem}")
     return text
 
@@ -41,8 +41,6 @@ def output_folder(text: str) -> str:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
-    problem = (None if os.access(path, os.W_OK | os.X_OK) else f"{text} is not writable") \
-        if path.exists() else _why_not_creatable(path)
-    if problem:
+    if problem := _why_not_writable(path, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write into {text}: {problem}")
     return text
