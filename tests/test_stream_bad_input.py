@@ -161,6 +161,58 @@ def test_twilio_timestamps_that_are_not_integers_end_the_call(shipped_model, red
     assert again_code == 1000 and ended == 2
 
 
+def test_twilio_timestamps_that_jitter_place_every_chunk(shipped_model, redis_server,
+                                                         ravdess_dir) -> None:
+    """Chunks stamped a few ms off the 20 ms grid (a platform's clock jitters) were dropped
+    whole when "early" and preceded by silence when "late", and a resent chunk overlapping
+    the audio so far was dropped with the new audio it carried. The same speech with exact
+    timestamps and with jittered ones, duplicates and a resend now scores the same."""
+    import base64
+
+    import soxr
+
+    from models.audio import encode_mulaw, float_to_int16
+
+    speech = np.concatenate(actor_clips(ravdess_dir, "17", "calm", 2))
+    mulaw = encode_mulaw(float_to_int16(soxr.resample(speech, 16_000, 8_000))).tobytes()
+    chunk = 160  # 20 ms of 8 kHz μ-law
+    n = len(mulaw) // chunk
+
+    def media(ts: int, first: int, last: int) -> dict:
+        payload = base64.b64encode(mulaw[first * chunk:last * chunk]).decode()
+        return {"event": "media", "media": {"track": "inbound", "timestamp": str(ts),
+                                            "payload": payload}}
+
+    exact = [media(1000 + 20 * i, i, i + 1) for i in range(n)]
+    jitter = np.random.default_rng(0).integers(-4, 5, n)
+    jitter[0] = 0
+    jittered = []
+    for i in range(n):
+        if i % 50 == 25:  # chunk i resent with chunk i - 1 before it, from i - 1's time
+            jittered.append(media(1000 + 20 * (i - 1), i - 1, i + 1))
+        else:
+            jittered.append(media(1000 + 20 * i + int(jitter[i]), i, i + 1))
+        if i % 40 == 7:  # a duplicate
+            jittered.append(jittered[-1])
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url) as service:
+            url = f"ws://127.0.0.1:{service.ingest.port}/v1/twilio?results=1"
+            out = []
+            for call, events in (("CAexact", exact), ("CAjitter", jittered)):
+                start = {**TWILIO_START, "start": {**TWILIO_START["start"], "callSid": call}}
+                answers, _ = await refused(url, start, *events, {"event": "stop"})
+                out.append([a for a in answers if a.get("type") == "window"])
+            return out
+
+    exact_windows, jittered_windows = run(main())
+    assert len(exact_windows) == len(jittered_windows) >= 3  # the speech windows of 7 s
+    for a, b in zip(exact_windows, jittered_windows, strict=True):
+        assert (a["start_s"], a["speech_ratio"]) == (b["start_s"], b["speech_ratio"])
+        assert a["scores"].keys() == b["scores"].keys()
+        assert all(abs(a["scores"][k] - b["scores"][k]) < 1e-3 for k in a["scores"]), (a, b)
+
+
 def test_twilio_gap_fill_counts_against_the_speed_limit(shipped_model, redis_server) -> None:
     """Timestamps 5 s apart made 15 055 s of call out of 20 s of wall time: the silence
     filled into the gaps was not counted by the speed and length limits."""

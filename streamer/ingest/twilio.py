@@ -23,6 +23,11 @@ from streamer.protocol import (
 
 TWILIO_IGNORED = {"connected", "mark", "dtmf", "clear"}
 
+#: A chunk stamped within this many milliseconds of where the audio received so far ends
+#: follows it directly: platforms stamp chunks from a clock with jitter, and a chunk 2 ms
+#: "early" is neither a duplicate to drop nor 2 ms "late" a gap to fill.
+JITTER_MS = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class TwilioMedia:
@@ -101,7 +106,7 @@ class TwilioAdapter(Adapter):
         super().__init__(link, **kwargs)
         self.send_results = (self.query.get("results") or ["0"])[0] == "1"
         self.track_roles = self.config.twilio_track_roles
-        self.expected_ms: dict[int, int] = {}
+        self.expected_ms: dict[int, float] = {}
 
     async def receive(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -124,9 +129,10 @@ class TwilioAdapter(Adapter):
             raise ProtocolError("unknown_event", f"unknown Twilio event {event!r}")
 
     def _media(self, data: dict) -> None:
-        """Feed one media event in timestamp order: a chunk from the past (duplicate or
-        late) is dropped; a jump forward (packets Twilio never sent) is filled with silence,
-        capped at max_gap_s."""
+        """Feed one media event by its timestamp, within ``JITTER_MS`` of the audio so far:
+        what it repeats of audio already received (a duplicate, a late or resent packet) is
+        dropped; a jump forward (packets never sent) is filled with silence, capped at
+        max_gap_s."""
         session = self.link.session
         assert session is not None
         media = parse_twilio_media(data, max_payload_bytes=self.config.max_frame_bytes)
@@ -136,10 +142,15 @@ class TwilioAdapter(Adapter):
         channel = session.start.roles.index(role)
         samples = decode_samples(media.payload, session.start.encoding)[:, 0]
         per_ms = session.start.sample_rate / 1000
-        expected = self.expected_ms.get(channel, media.timestamp_ms)
-        if media.timestamp_ms < expected:
-            return
-        self.link.fill_gap((media.timestamp_ms - expected) / 1000, self.config.max_gap_s,
-                           channel=channel)
-        self.expected_ms[channel] = media.timestamp_ms + int(len(samples) / per_ms)
+        expected = self.expected_ms.get(channel, float(media.timestamp_ms))
+        late_ms = expected - media.timestamp_ms
+        if late_ms > JITTER_MS:  # repeats audio received: keep what is new, if more than jitter
+            new = len(samples) - int(round(late_ms * per_ms))
+            if new <= JITTER_MS * per_ms:
+                return
+            samples = samples[-new:]
+        elif late_ms < -JITTER_MS:
+            self.link.fill_gap(-late_ms / 1000, self.config.max_gap_s, channel=channel)
+            expected = float(media.timestamp_ms)
+        self.expected_ms[channel] = expected + len(samples) / per_ms
         self.link.feed_channel(channel, samples)
