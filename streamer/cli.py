@@ -92,7 +92,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--fast", action="store_true",
                    help="send as fast as the server accepts (its CALLMON_MAX_SPEED after its "
                         "head start, which it announces; 4x after 10 s by default)")
-    p.add_argument("--speed", type=POSITIVE, default=1.0, help="pace at this multiple of real time")
+    p.add_argument("--speed", type=POSITIVE, default=1.0,
+                   help="pace at this multiple of real time (native: at most the server's pace, "
+                        "which it announces)")
     p.add_argument("--token", help="ingest bearer token")
     p.add_argument("--agent", help="the agent's name (shown on the dashboard's call card)")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
@@ -268,7 +270,8 @@ def _stream(args: argparse.Namespace) -> int:
         outcome = asyncio.run(stream_native(base + "/v1/stream", audio, rate=rate,
                                             call_id=args.call_id, encoding=args.encoding,
                                             speed=speed, token=args.token,
-                                            on_message=show, metadata=metadata))
+                                            on_message=show, metadata=metadata,
+                                            on_notice=lambda line: print(line, file=sys.stderr)))
     if outcome.errors:
         print(f"server refused: {outcome.errors[-1]['message']}", file=sys.stderr)
         return 1

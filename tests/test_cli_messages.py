@@ -171,6 +171,32 @@ def test_fast_streams_a_long_file_at_the_pace_the_server_accepts(shipped_model, 
             assert "too_fast" not in proc.stderr and took < len(audio) / 16_000 / 2, took
 
 
+def test_a_speed_above_the_servers_is_lowered_to_it_not_refused(shipped_model, redis_server,
+                                                                  ravdess_dir, tmp_path) -> None:
+    """``--speed 8`` against a server that accepts 2x streamed the head start and was then
+    refused ``too_fast`` part way through the file; the client knows the server's pace from
+    its "started" message, so it now sends at that pace and says so."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from .streaming import ServiceThread, actor_clips
+
+    audio = np.concatenate(actor_clips(ravdess_dir, "17", "calm", 4))  # ~15 s
+    path = tmp_path / "call.wav"
+    sf.write(path, audio, 16_000)
+    with ServiceThread(shipped_model, redis_server.url, max_speed=2.0, speed_burst_s=2.0,
+                       max_messages_per_s=500.0) as svc:
+        proc = callmon("stream", str(path), "--url", svc.ingest_url, "--speed", "8",
+                       timeout=120)
+    assert proc.returncode == 0 and "too_fast" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("this server accepts audio at most 2x real time (after 2 s "
+                                   "at once): sending at 1.7x instead of 8x"), proc.stderr
+    ended = [json.loads(line) for line in proc.stdout.splitlines() if '"ended"' in line]
+    assert ended and abs(ended[0]["duration_s"] - len(audio) / 16_000) < 0.1, proc.stdout
+
+
 def test_mic_without_a_sound_card_says_so_and_leaves_no_call(shipped_model, redis_server) -> None:
     """This machine has no sound card (CI installs sounddevice and PortAudio, so the device
     query itself fails): one line, a non-zero exit, and the server never hears of a call."""

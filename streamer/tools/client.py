@@ -68,6 +68,25 @@ def fastest_pace(started: dict | None) -> tuple[float, float]:
     return MARGIN * max_speed, MARGIN * burst
 
 
+def server_pace(speed: float, started: dict | None) -> tuple[float, float, str | None]:
+    """(speed, head start in seconds, notice) for a call the server answered with ``started``.
+
+    ``FASTEST`` goes just inside the pace the server announces. A speed above that pace would
+    be refused (``too_fast``) once the head start is spent, part way through the file, so it
+    is lowered to the server's pace with a notice saying so. A server that announced nothing
+    (no ``started`` in time) gets the speed asked for.
+    """
+    if speed == FASTEST:
+        return (*fastest_pace(started), None)
+    if not started or "max_speed" not in started or speed <= float(started["max_speed"]):
+        return speed, 0.0, None
+    paced, head_start = fastest_pace(started)
+    return paced, head_start, (
+        f"this server accepts audio at most {float(started['max_speed']):g}x real time (after "
+        f"{float(started.get('speed_burst_s', DEFAULT_SPEED_BURST_S)):g} s at once): sending "
+        f"at {paced:.3g}x instead of {speed:g}x")
+
+
 async def _paced(frames: int, frame_s: float, speed: float | None, *,
                  head_start_s: float = 0.0) -> AsyncIterator[int]:
     """Yield frame numbers at ``speed`` × real time (``None``: as fast as possible), the
@@ -115,8 +134,14 @@ async def stream_native(
     encoding: str = "pcm_s16le", roles: list[str] | None = None, metadata: dict | None = None,
     speed: float | None = 1.0, frame_ms: int = FRAME_MS, token: str | None = None,
     on_message: Callable[[dict], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> StreamOutcome:
-    """Stream ``audio`` (``(samples, channels)`` at ``rate``) over the native protocol."""
+    """Stream ``audio`` (``(samples, channels)`` at ``rate``) over the native protocol.
+
+    ``speed``: a multiple of real time, ``FASTEST``, or ``None`` (no pacing at all); a pace
+    the server announces it would refuse is lowered to its own (:func:`server_pace`), and
+    ``on_notice`` hears why.
+    """
     channels = audio.shape[1]
     headers = {"Authorization": f"Bearer {token}"} if token else None
     outcome = StreamOutcome()
@@ -137,10 +162,12 @@ async def stream_native(
         step = rate * frame_ms // 1000
         n = (audio.shape[0] + step - 1) // step
         head_start = 0.0
-        if speed == FASTEST:  # learn the server's pace from its "started" message
+        if speed is not None:  # learn the server's pace from its "started" message
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(answered.wait(), 5.0)
-            speed, head_start = fastest_pace(outcome.started)
+            speed, head_start, notice = server_pace(speed, outcome.started)
+            if notice and on_notice is not None:
+                on_notice(notice)
         try:
             async for i in _paced(n, frame_ms / 1000, speed, head_start_s=head_start):
                 await ws.send(encode(audio[i * step : (i + 1) * step], encoding))
