@@ -101,6 +101,14 @@ class CallLink:
     def started(self) -> bool:
         return self.session is not None
 
+    def release(self) -> None:
+        """The connection is done: let go of its call. The adapter holds this link and the
+        connection's ``on_start`` holds the adapter, so without this an ended call's audio
+        buffers waited for the cyclic garbage collector (about 1.5 MB per call, tens of MB
+        under churn)."""
+        self.session = None
+        self.on_start = None
+
     async def start(self, start: StreamStart, *, protocol: str, send_results: bool
                     ) -> CallSession:
         """Register the call (refusals raise :class:`ProtocolError`)."""

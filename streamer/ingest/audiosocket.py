@@ -169,6 +169,7 @@ class AudioSocketServer:
                     with contextlib.suppress(TimeoutError, ConnectionError):
                         await asyncio.wait_for(_discard(reader), 1.0)
         finally:
+            link.release()
             if watcher is not None:
                 watcher.cancel()
             writer.close()

@@ -139,6 +139,7 @@ class IngestServer:
         self.addresses.acquire(address)
         guard = new_guard(self.config)
         keepalive = asyncio.create_task(self._keepalive(connection, guard))
+        link: CallLink | None = None
         try:
             request = connection.request
             assert request is not None
@@ -149,6 +150,8 @@ class IngestServer:
                 config=self.config)
             await self._serve(connection, adapter, link)
         finally:
+            if link is not None:
+                link.release()
             keepalive.cancel()
             self.addresses.release(address)
             self._connections.discard(task)  # type: ignore[arg-type]
