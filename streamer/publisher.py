@@ -74,6 +74,7 @@ class RedisPublisher:
         self._flushed = asyncio.Event()
         self._flushed.set()
         self._attempted = asyncio.Event()
+        self._in_flight = 0  # events taken from the outbox by the write under way
         self.connected = False
         self.last_error: str | None = None
         self.degraded_since: float | None = None
@@ -112,8 +113,8 @@ class RedisPublisher:
 
     @property
     def undelivered(self) -> int:
-        """Alerts and call events waiting for Redis."""
-        return len(self._outbox)
+        """Alerts and call events waiting for Redis, the write under way included."""
+        return len(self._outbox) + self._in_flight
 
     @property
     def healthy(self) -> bool:
@@ -152,14 +153,18 @@ class RedisPublisher:
                     await asyncio.wait_for(self._wakeup.wait(), self.config.idle_ping_s)
             events = list(_take(self._outbox, self.config.batch_max))
             results = list(_take(self._results, self.config.batch_max))
+            self._in_flight = len(events)
             try:
                 await self._write(events, results)
             except asyncio.CancelledError:
+                self._outbox.extendleft(reversed(events))  # not confirmed: still held
+                self._in_flight = 0
                 raise
             except Exception as exc:
                 self._attempted.set()  # ConnectionError, TimeoutError, BusyLoadingError …
                 # Put back what was not confirmed, in order, and retry with backoff.
                 self._outbox.extendleft(reversed(events))
+                self._in_flight = 0
                 self._results.extendleft(reversed(results))
                 while len(self._results) > self.config.results_max:
                     self._results.popleft()
@@ -174,6 +179,7 @@ class RedisPublisher:
                 delay = min(delay * 2, self.config.retry_max_s)
                 continue
             self._attempted.set()
+            self._in_flight = 0
             if not self.connected:
                 if self.degraded_since is not None:
                     log.info("Redis back; delivered %d held alerts/events", len(events))

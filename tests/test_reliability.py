@@ -83,6 +83,45 @@ def test_redis_unavailable_at_start_up(shipped_model, call_actors, ravdess_dir, 
     assert raised["id"] in socket_alerts
 
 
+def test_events_in_flight_to_a_stalled_redis_count_as_undelivered(tmp_path) -> None:
+    """The publisher takes a batch out of its outbox to write it; while that write waited on
+    a Redis that did not answer, ``undelivered`` (health's figure) said 0 though nothing had
+    been confirmed (a CI run of the test above read 0 held events with Redis down)."""
+    from streamer import redis_client
+    from streamer.publisher import RedisPublisher
+    from streamer.schema import CallEvent, new_id
+
+    server = EmbeddedRedis(data_dir=tmp_path, extra_args=("--enable-debug-command", "local"))
+    server.start()
+
+    async def main() -> tuple[int, int, int]:
+        client = redis_client.connect(server.url, timeout_s=10.0)
+        publisher = RedisPublisher(client, node="n")
+        publisher.start()
+        await publisher.flush(5)
+        stall = asyncio.create_task(asyncio.to_thread(
+            redis.Redis.from_url(server.url).execute_command, "DEBUG", "SLEEP", "2"))
+        await asyncio.sleep(0.3)  # Redis is asleep now
+        for i in range(3):
+            publisher.publish_event(CallEvent(id=new_id(), type="call_started", call_id=f"c{i}",
+                                              roles=("customer",), sample_rate=16000,
+                                              encoding="pcm_s16le", protocol="native"))
+        await asyncio.sleep(0.3)  # the publisher has taken them and waits on Redis
+        during = publisher.undelivered
+        await stall
+        delivered = await publisher.flush(10)
+        after = publisher.undelivered
+        await publisher.stop()
+        await client.aclose()
+        return during, int(delivered), after
+
+    try:
+        during, delivered, after = asyncio.run(main())
+    finally:
+        server.close()
+    assert (during, delivered, after) == (3, 1, 0)
+
+
 def test_redis_slow_debug_sleep(shipped_model, call_actors, ravdess_dir, tmp_path):
     """Redis stalls for 4 s (``DEBUG SLEEP``, longer than the client's 2 s timeout) while the
     customer turns angry: results keep flowing on the socket, and a consumer that
