@@ -331,3 +331,87 @@ def test_a_call_ending_while_the_live_list_is_read_is_not_listed(redis_server) -
             await client.aclose()
 
     assert [c["call_id"] for c in asyncio.run(scenario())] == []
+
+
+def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_server) -> None:
+    """The grid reads every live call's state in one pipeline and every acknowledgement in
+    one read (a grid of 2 000 calls took over a second read call by call): each call must
+    still get its own state and each alert its own acknowledgement, and calls without a
+    readable state, or already ended, are left out."""
+    import asyncio
+    import json
+
+    from dashboard import store
+    from streamer import redis_client, schema
+    from streamer.schema import CallEvent
+
+    async def scenario() -> tuple[list[dict], list[dict | None]]:
+        client = redis_client.connect(redis_server.url)
+        try:
+            ids = [f"c{k:02d}" for k in range(40)]
+            for k, call_id in enumerate(ids):
+                start = CallEvent(id=schema.new_id(), type="call_started", call_id=call_id,
+                                  roles=("customer",), sample_rate=8000, encoding="mulaw",
+                                  protocol="native", metadata={"agent": f"agent {k}"})
+                await client.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
+                if k == 7:
+                    continue  # in the live set, no state hash
+                state = {"start": schema.dumps(start) if k != 8 else "{truncated",
+                         "last:customer": json.dumps({"window_index": k, "frustration": k / 100,
+                                                      "distress": 0.0})}
+                if k % 3 == 0:
+                    state["alert:customer:frustration"] = json.dumps(
+                        {"id": f"alert-{k}", "state": "raised", "kind": "frustration"})
+                if k == 9:
+                    state["end"] = schema.dumps(CallEvent(
+                        id=schema.new_id(), type="call_ended", call_id=call_id,
+                        roles=("customer",), sample_rate=8000, encoding="mulaw",
+                        protocol="native", reason="stop", duration_s=1.0))
+                await client.hset(schema.call_state_key(call_id), mapping=state)
+            for k in (3, 12, 33):
+                await store.acknowledge(client, f"alert-{k}", by=f"sup {k}")
+            return (await store.live_calls(client),
+                    await store.call_summaries(client, ["c12", "nobody", "c13", "c09"]))
+        finally:
+            await client.aclose()
+
+    calls, some = asyncio.run(scenario())
+    listed = {c["call_id"]: c for c in calls}
+    assert sorted(listed) == [f"c{k:02d}" for k in range(40) if k not in (7, 8, 9)]
+    for call_id, call in listed.items():
+        k = int(call_id[1:])
+        assert call["agent"] == f"agent {k}" and call["last"]["customer"]["window_index"] == k
+        alerts = call["alerts"]
+        assert list(alerts) == (["customer:frustration"] if k % 3 == 0 else [])
+        if alerts:
+            alert = alerts["customer:frustration"]
+            assert alert["id"] == f"alert-{k}"
+            assert (alert["ack"] or {}).get("by") == (f"sup {k}" if k in (3, 12, 33) else None)
+    # an active unacknowledged alert ranks first, then the customer's score
+    assert [c["call_id"] for c in calls[:3]] == ["c39", "c36", "c30"]
+    assert [c and c["call_id"] for c in some] == ["c12", None, "c13", "c09"]
+    assert some[0]["alerts"]["customer:frustration"]["ack"]["by"] == "sup 12"
+    assert some[3]["live"] is False
+
+
+@pytest.mark.parametrize("stored", [
+    b'{"score": NaN}', b'{"score": -Infinity}', b'{"score": 1e999}', b'{"agent": "\\ud800"}',
+    b'"\xed\xa0\x80"', '{"agent": "\ud800"}', b'{"truncated', b"[" * 100_000,
+])
+def test_a_stored_message_that_cannot_be_served_is_refused(stored) -> None:
+    """What the API could not answer as UTF-8 JSON (a lone surrogate escaped or encoded, a
+    NaN or infinity, a truncated or too deep message) is read as nothing."""
+    from dashboard import store
+
+    before = store.undecodable
+    assert store._decode(stored) is None
+    assert store.undecodable == before + 1
+
+
+def test_stored_messages_keep_every_character_and_number() -> None:
+    from dashboard import store
+
+    assert store._decode(b'{"agent": "\\ud83d\\ude00 Zo\\u00eb", "n": [1, -2.5e3, 0.125]}') == {
+        "agent": "\U0001f600 Zoë", "n": [1, -2500.0, 0.125]}
+    assert store._decode('{"agent": "Zoë"}'.encode()) == {"agent": "Zoë"}
+    assert store._decode(b'"\\\\ud800"') == "\\ud800"  # an escaped backslash, not a surrogate

@@ -1,0 +1,128 @@
+"""How long the dashboard takes to list N live calls (``GET /api/v1/calls``, and every
+browser that connects or reconnects), in a real Redis, standalone and Cluster.
+
+``PYTHONPATH=. python docs/results/bench_live_calls.py [--calls 100,2000] [--out
+docs/results/bench_live_calls.json]`` stores N calls as the publisher stores them (start,
+each role's latest window, an alert on every fifth call), then times, alternating, five
+times each:
+
+- ``call_by_call``: each call's state read on its own (two round trips for a call with
+  alerts: how ``store.live_calls`` read until it read them all in one pipeline);
+- ``live_calls``: ``store.live_calls`` as the API serves it;
+
+and, over the same stored messages, decoding them as ``store._decode`` does against parsing
+and then re-encoding every one (how it checked a message could be served). It prints the
+medians and their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from dashboard import store
+from streamer import redis_client, schema
+from streamer.schema import CallEvent
+from streamer.tools.redis_server import EmbeddedCluster, EmbeddedRedis
+
+ROUNDS = 5
+
+
+def window(call_id: str, role: str) -> str:
+    return json.dumps({
+        "v": 1, "type": "window", "call_id": call_id, "role": role, "channel": 0,
+        "window_index": 41, "start_s": 41.0, "end_s": 44.0, "speech": True,
+        "speech_ratio": 0.71, "scores": {"neutral": 0.52, "happy": 0.11, "sad": 0.09,
+                                         "angry": 0.2, "fearful": 0.08},
+        "emotion": "neutral", "confidence": 0.52, "frustration": 0.21, "distress": 0.17,
+        "latency_ms": 23.5, "ts": time.time(), "node": "host:1234"})
+
+
+async def store_calls(client, n: int) -> list[bytes]:
+    messages = []
+    for k in range(n):
+        call_id = f"call-{k}"
+        start = CallEvent(id=schema.new_id(), type="call_started", call_id=call_id,
+                          roles=("customer", "agent"), sample_rate=8000, encoding="mulaw",
+                          protocol="twilio", metadata={"agent": f"agent {k % 40}",
+                                                       "queue": "billing"})
+        state = {"start": schema.dumps(start), "last:customer": window(call_id, "customer"),
+                 "last:agent": window(call_id, "agent")}
+        if k % 5 == 0:
+            state["alert:customer:frustration"] = json.dumps({
+                "v": 1, "type": "alert", "id": schema.new_id(), "call_id": call_id,
+                "role": "customer", "kind": "frustration", "state": "raised", "score": 0.8,
+                "threshold": 0.45, "ts": time.time()})
+        await client.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
+        await client.hset(schema.call_state_key(call_id), mapping=state)
+        messages += [v.encode() for v in state.values()]
+    return messages
+
+
+def reencoded(value: bytes):
+    data = json.loads(value)
+    json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return data
+
+
+async def measure(url: str, n: int) -> dict:
+    client = redis_client.connect(url)
+    try:
+        messages = await store_calls(client, n)
+        ids = [c.decode() for c in await client.zrange(schema.LIVE_CALLS_KEY, 0, -1)]
+        times: dict[str, list[float]] = {"call_by_call": [], "live_calls": [],
+                                         "decode_reencoding": [], "decode": []}
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            one_by_one = [await store.call_summary(client, i) for i in ids]
+            times["call_by_call"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            listed = await store.live_calls(client)
+            times["live_calls"].append(time.perf_counter() - t)
+            assert len(listed) == len(one_by_one) == n
+            t = time.perf_counter()
+            slow = [reencoded(m) for m in messages]
+            times["decode_reencoding"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            fast = [store._decode(m) for m in messages]
+            times["decode"].append(time.perf_counter() - t)
+            assert slow == fast
+        await client.flushall()
+    finally:
+        await client.aclose()
+    ms = {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}
+    return {"calls": n, "messages": len(messages), "median_ms": ms,
+            "listing_ratio": round(ms["call_by_call"] / ms["live_calls"], 2),
+            "decode_ratio": round(ms["decode_reencoding"] / ms["decode"], 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", default="100,2000")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report = {}
+    for kind in ("standalone", "cluster"):
+        with tempfile.TemporaryDirectory() as folder:
+            server = (EmbeddedRedis(data_dir=Path(folder), persist=False) if kind == "standalone"
+                      else EmbeddedCluster(data_dir=Path(folder)))
+            with server:
+                for n in map(int, args.calls.split(",")):
+                    row = asyncio.run(measure(server.url, n))
+                    report[f"{kind}_{n}"] = row
+                    print(f"{kind:10s} {n:5d} calls: call by call {row['median_ms']['call_by_call']}"
+                          f" ms, live_calls {row['median_ms']['live_calls']} ms "
+                          f"({row['listing_ratio']}x); decoding {row['messages']} messages "
+                          f"{row['median_ms']['decode_reencoding']} -> "
+                          f"{row['median_ms']['decode']} ms ({row['decode_ratio']}x)")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
