@@ -1,10 +1,14 @@
 """Micro-batched inference shared by every call.
 
-Windows from all streams wait in one arrival-ordered queue; each stream may hold at most
-``max_pending_per_stream`` of them, and when a stream exceeds that its *oldest* pending
-window is dropped and counted (fresh audio matters more than stale audio, memory stays
-flat, and ingest never waits). A single worker thread runs the model on batches of up to
-``max_batch`` windows, waiting at most ``max_wait_ms`` to fill one.
+Windows from all streams wait in one arrival-ordered queue. A window that has waited more
+than ``max_age_s`` since its last sample arrived is shed when the next batch is formed,
+dropped and counted: fresh audio matters more than stale audio, so an overloaded server
+keeps its latency bounded instead of falling further behind. Each stream may also hold at
+most ``max_pending_per_stream`` windows (beyond that its *oldest* is shed at once), which
+bounds memory; the bound is set above what a client may send at once (the speed limit's
+head start), so a burst the server allows is scored, not shed by count while its first
+windows wait for the model. Ingest never waits. A single worker thread runs the model on
+batches of up to ``max_batch`` windows, waiting at most ``max_wait_ms`` to fill one.
 """
 
 from __future__ import annotations
@@ -57,14 +61,18 @@ class InferenceScheduler:
         max_batch: largest batch handed to the model.
         max_wait_ms: how long a lone window may wait for company.
         max_pending_per_stream: queue bound per (call, channel) before drop-oldest.
+        max_age_s: a window that has waited longer than this (from its ``ready_at``) when
+            a batch is formed is shed instead of scored.
     """
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 16,
-                 max_wait_ms: float = 10.0, max_pending_per_stream: int = 3) -> None:
+                 max_wait_ms: float = 10.0, max_pending_per_stream: int = 16,
+                 max_age_s: float = 3.0) -> None:
         self.predict = predict
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.max_pending_per_stream = max_pending_per_stream
+        self.max_age_s = max_age_s
         self.stats = SchedulerStats()
         self._queue: deque[_Pending] = deque()
         self._per_stream: dict[tuple[str, int], deque[_Pending]] = {}
@@ -110,11 +118,7 @@ class InferenceScheduler:
         self._live += 1
         self.stats.submitted += 1
         while len(stream) > self.max_pending_per_stream:
-            old = stream.popleft()
-            old.dropped = True
-            self._live -= 1
-            self.stats.dropped += 1
-            old.callback(old.window, None)
+            self._shed(stream.popleft())
         self._idle.clear()
         # Wake the loop when there is work at all or a full batch; in between it sleeps out
         # its batching wait (one wake-up per batch, not one per window).
@@ -128,8 +132,18 @@ class InferenceScheduler:
             if stream is not None and not stream:
                 del self._per_stream[(call_id, channel)]
 
+    def _shed(self, entry: _Pending) -> None:
+        entry.dropped = True
+        self._live -= 1
+        self.stats.dropped += 1
+        try:
+            entry.callback(entry.window, None)
+        except Exception:  # one call's failure must not stop the scheduler or another call
+            log.exception("result callback failed for %s", entry.window.call_id)
+
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
+        stale_before = time.monotonic() - self.max_age_s
         while self._queue and len(batch) < self.max_batch:
             entry = self._queue.popleft()
             if entry.dropped:
@@ -137,6 +151,9 @@ class InferenceScheduler:
             stream = self._per_stream.get((entry.window.call_id, entry.window.channel))
             if stream and stream[0] is entry:
                 stream.popleft()
+            if entry.window.ready_at < stale_before:
+                self._shed(entry)
+                continue
             batch.append(entry)
             self._live -= 1
         return batch

@@ -69,7 +69,12 @@ class Settings(BaseSettings):
     hop_s: float = Field(1.0, gt=0, le=3.0)
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(10.0, ge=0)
-    max_pending_per_stream: int = Field(3, ge=1)
+    max_pending_per_stream: int = Field(
+        16, ge=1, description="windows of one channel waiting for the model before its oldest "
+        "is shed (a memory bound, above a speed burst's windows: staleness is max_window_age_s)")
+    max_window_age_s: float = Field(
+        3.0, gt=0, description="a window that has waited longer than this for the model is shed "
+        "unscored: an overloaded server stays current instead of falling behind")
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     start_timeout_s: float = Field(10.0, gt=0)
     max_gap_s: float = Field(5.0, ge=0, description="longest audio gap a platform reports "

@@ -249,7 +249,7 @@ def test_silent_windows_wait_for_earlier_speech_and_alerts_end_with_the_call(
 
     async def main():
         async with running_service(SlowModel(shipped_model, 0.3), redis_server.url,
-                                   max_speed=64.0, max_pending_per_stream=64) as service:
+                                   max_speed=64.0, max_window_age_s=60.0) as service:
             outcome = await stream_native(
                 f"ws://127.0.0.1:{service.ingest.port}/v1/stream", audio[:, None], rate=16_000,
                 call_id="ends-angry", speed=32.0)
@@ -345,3 +345,28 @@ def test_shipped_alert_rules_end_to_end(shipped_model, call_actors, ravdess_dir,
     raised = [a for a in outcome.alerts if a["state"] == "raised" and a["kind"] == "frustration"]
     assert raised and raised[0]["threshold"] == card["frustration"]["on"]
     assert raised[0]["call_time_s"] > onset
+
+
+def test_a_burst_the_server_allows_is_scored_not_shed(shipped_model, redis_server, ravdess_dir,
+                                                      call_actors) -> None:
+    """The speed limit lets a client send its first 10 s at once (``callmon stream --fast``
+    does), so 8 windows arrive together. With at most 3 windows pending per stream, a model
+    still busy with the first of them shed the rest by count (on a day this machine ran the
+    model slowly, every fast stream lost its window 0). A window is shed once it is stale,
+    never for arriving in a burst the server allows."""
+    from streamer.tools.client import FASTEST
+
+    from .streaming import actor_clips
+
+    audio = np.concatenate(actor_clips(ravdess_dir, call_actors[0], "calm", 6))
+
+    async def main():
+        async with running_service(SlowModel(shipped_model, 0.3), redis_server.url) as service:
+            return await stream_native(
+                f"ws://127.0.0.1:{service.ingest.port}/v1/stream", audio[:, None], rate=16_000,
+                call_id="burst", speed=FASTEST)
+
+    outcome = asyncio.run(main())
+    assert outcome.ended["reason"] == "stop" and outcome.ended["windows"] >= 15
+    assert outcome.ended["dropped"] == 0, outcome.ended
+    assert [w["window_index"] for w in outcome.windows] == list(range(outcome.ended["windows"]))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -295,7 +297,7 @@ def test_results_leave_in_window_order() -> None:
 def _window(call: str, i: int, channel: int = 0) -> Window:
     return Window(call_id=call, role="customer", channel=channel, index=i, start_s=i,
                   end_s=i + 3, samples=np.full(16, float(i), np.float32), speech_ratio=1.0,
-                  speech=True, ready_at=0.0)
+                  speech=True, ready_at=time.monotonic())
 
 
 def test_scheduler_batches_and_drops_oldest() -> None:
@@ -323,6 +325,35 @@ def test_scheduler_batches_and_drops_oldest() -> None:
     assert sorted(scored) == [("a", 3), ("a", 4), ("b", 0)]
     assert scored[("a", 4)][0] == pytest.approx(4.0)  # each window got its own row
     assert stats.dropped == 3 and stats.scored == 3 and seen_batches == [3]
+
+
+def test_scheduler_sheds_stale_windows_and_keeps_fresh_ones() -> None:
+    """A window that waited longer than ``max_age_s`` is shed when a batch is formed (an
+    overloaded server stays current); a fresh one, however many of its stream wait, is not."""
+    batches: list[list[float]] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        batches.append([float(v) for v in x[:, 0]])
+        return np.stack([x.mean(axis=1), 1 - x.mean(axis=1)], axis=1)
+
+    async def main() -> tuple[dict, object]:
+        sched = InferenceScheduler(predict, max_batch=32, max_wait_ms=5, max_age_s=2.0)
+        results: dict = {}
+        sched.start()
+        for i in range(12):  # a burst of one stream, the first three already stale
+            window = _window("a", i)
+            if i < 3:
+                window = dataclasses.replace(window, ready_at=time.monotonic() - 2.5)
+            sched.submit(window, lambda w, p: results.setdefault(w.index, p))
+        await sched.drained()
+        await sched.stop()
+        return results, sched.stats
+
+    results, stats = asyncio.run(main())
+    assert [i for i, p in sorted(results.items()) if p is None] == [0, 1, 2]
+    assert [i for i, p in sorted(results.items()) if p is not None] == list(range(3, 12))
+    assert batches == [[float(i) for i in range(3, 12)]]
+    assert stats.dropped == 3 and stats.scored == 9 and stats.submitted == 12
 
 
 def test_result_json_is_versioned() -> None:
