@@ -275,7 +275,19 @@ def _stream(args: argparse.Namespace) -> int:
     if outcome.errors:
         print(f"server refused: {outcome.errors[-1]['message']}", file=sys.stderr)
         return 1
+    if outcome.ended is None:
+        print(f"the connection closed before the call ended ({_closed(outcome)}): the server "
+              "stopped or the network failed", file=sys.stderr)
+        return 1
     return 0
+
+
+def _closed(outcome) -> str:
+    """How a websocket closed, as a person reads it."""
+    if outcome.close_code in (None, 1006):
+        return "no close frame"
+    return f"code {outcome.close_code}" + (f" {outcome.close_reason}" if outcome.close_reason
+                                           else "")
 
 
 def _stream_platform(args: argparse.Namespace, base: str, speed: float,
@@ -325,6 +337,10 @@ def _stream_platform(args: argparse.Namespace, base: str, speed: float,
                   if isinstance(m, dict) and m.get("kind") == 0xFF]
     if errors:
         print(f"server refused: {errors[-1]}", file=sys.stderr)
+        return 1
+    if args.protocol == "audiohook" and not outcome.of_type("closed"):
+        print(f"the connection closed before the session did ({_closed(outcome)}): the "
+              "server stopped or the network failed", file=sys.stderr)
         return 1
     print(f"streamed {len(audio) / rate:.1f} s as "
           f"{args.protocol} call {call_id}; its windows and alerts are in Redis "

@@ -344,3 +344,76 @@ def test_serve_refuses_bad_alert_rules_before_it_starts_anything(tmp_path, monke
     assert proc.returncode == 2 and "frustration: need 0 <= off < on <= 1, got on=0.1" \
         in proc.stderr.splitlines()[-1]
     assert _redis_processes() <= before
+
+
+@pytest.mark.parametrize(("protocol", "limits", "says"), [
+    ("native", {"max_call_s": 4.0}, "calls are limited to 4 s"),
+    ("twilio", {"max_call_s": 4.0}, "calls are limited to 4 s"),
+    ("twilio", {"max_speed": 2.0, "speed_burst_s": 2.0}, "faster than 2x real time"),
+    ("audiohook", {"max_speed": 2.0, "speed_burst_s": 2.0}, "faster than 2x real time"),
+])
+def test_a_call_the_server_ends_part_way_says_why_in_one_line(
+        shipped_model, redis_server, ravdess_dir, tmp_path, protocol, limits, says) -> None:
+    """A server that ends a call part way through the file (a call over its length limit,
+    audio over a pace the platform's protocol cannot announce) sends its reason, then closes:
+    the client carried on sending into the closed socket and died with "received 1008 (policy
+    violation) too_fast; then sent 1008 …", the server's words lost (Twilio, AudioHook) or a
+    traceback's last line (native). It now stops sending and says what the server said."""
+    import numpy as np
+    import soundfile as sf
+
+    from .streaming import ServiceThread, actor_clips
+
+    audio = np.concatenate(actor_clips(ravdess_dir, "17", "calm", 4))  # ~15 s
+    path = tmp_path / "call.wav"
+    sf.write(path, audio, 16_000)
+    with ServiceThread(shipped_model, redis_server.url, max_messages_per_s=500.0,
+                       **limits) as svc:
+        proc = callmon("stream", str(path), "--url", svc.ingest_url, "--protocol", protocol,
+                       "--speed", "8" if "max_speed" in limits else "4", timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("server refused: ") and says in lines[0], proc.stderr
+
+
+def test_a_server_that_dies_mid_call_is_reported_not_taken_for_an_end(
+        redis_server, ravdess_dir, tmp_path) -> None:
+    """SIGKILL the server while ``callmon stream`` sends a call (native and Genesys AudioHook
+    at once): each client says, in one line and with a non-zero exit, that the connection
+    closed before the call ended; it must not report the call as streamed."""
+    import numpy as np
+    import redis
+    import soundfile as sf
+
+    from streamer import schema
+    from streamer.tools.bench import ServerProcess
+
+    from .streaming import actor_clips
+
+    audio = np.concatenate(actor_clips(ravdess_dir, "17", "calm", 4))  # ~15 s
+    path = tmp_path / "call.wav"
+    sf.write(path, audio, 16_000)
+    port = free_port()
+    server = ServerProcess(redis_url=redis_server.url, port=port)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        server.wait_ready()
+        streams = [subprocess.Popen(
+            [sys.executable, str(ROOT / "callmon_cli.py"), "stream", str(path), "--url",
+             f"ws://127.0.0.1:{port}", "--protocol", protocol, "--call-id", call_id],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for protocol, call_id in (("native", "dies-native"),
+                                      ("audiohook", "00000000-0000-4000-8000-000000000042"))]
+        deadline = time.monotonic() + 60
+        while client.zcard(schema.LIVE_CALLS_KEY) < 2:
+            assert time.monotonic() < deadline, "the two calls never went live"
+            time.sleep(0.05)
+        server.process.kill()
+        results = [s.communicate(timeout=60) for s in streams]
+    finally:
+        server.stop()
+    for stream, (_, stderr) in zip(streams, results, strict=True):
+        lines = stderr.strip().splitlines()
+        assert stream.returncode == 1 and len(lines) == 1, stderr
+        assert lines[0].startswith("the connection closed before the ") and "no close frame" \
+            in lines[0], stderr

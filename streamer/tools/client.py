@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from models.audio import decode_audio, encode_alaw, encode_mulaw, float_to_int16
 
@@ -120,8 +121,6 @@ def _collect(outcome: StreamOutcome, message: str | bytes,
 
 
 async def _receive(ws, outcome: StreamOutcome, on_message) -> None:
-    from websockets.exceptions import ConnectionClosed
-
     try:
         async for message in ws:
             _collect(outcome, message, on_message)
@@ -172,6 +171,8 @@ async def stream_native(
             async for i in _paced(n, frame_ms / 1000, speed, head_start_s=head_start):
                 await ws.send(encode(audio[i * step : (i + 1) * step], encoding))
             await ws.send(json.dumps({"type": "stop"}))
+        except ConnectionClosed:
+            pass  # the server ended the call: why is in what it sent before closing
         except Exception:
             receiver.cancel()
             raise
@@ -210,19 +211,22 @@ async def stream_twilio(
         head_start = 0.0
         if speed == FASTEST:  # Twilio's protocol has no "started": callmon's defaults
             speed, head_start = fastest_pace(None)
-        async for i in _paced(n, FRAME_MS / 1000, speed, head_start_s=head_start):
-            for c, track in enumerate(tracks):
-                seq += 1
-                payload = encode(audio[i * step : (i + 1) * step, c : c + 1], "mulaw")
-                await ws.send(json.dumps({
-                    "event": "media", "sequenceNumber": str(seq), "streamSid": stream_sid,
-                    "media": {"track": track, "chunk": str(i + 1), "timestamp": str(i * FRAME_MS),
-                              "payload": base64.b64encode(payload).decode()},
-                }))
-        seq += 1
-        await ws.send(json.dumps({"event": "stop", "sequenceNumber": str(seq),
-                                  "streamSid": stream_sid,
-                                  "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid}}))
+        with contextlib.suppress(ConnectionClosed):  # ended by the server: it said why
+            async for i in _paced(n, FRAME_MS / 1000, speed, head_start_s=head_start):
+                for c, track in enumerate(tracks):
+                    seq += 1
+                    payload = encode(audio[i * step : (i + 1) * step, c : c + 1], "mulaw")
+                    await ws.send(json.dumps({
+                        "event": "media", "sequenceNumber": str(seq), "streamSid": stream_sid,
+                        "media": {"track": track, "chunk": str(i + 1),
+                                  "timestamp": str(i * FRAME_MS),
+                                  "payload": base64.b64encode(payload).decode()},
+                    }))
+            seq += 1
+            await ws.send(json.dumps({"event": "stop", "sequenceNumber": str(seq),
+                                      "streamSid": stream_sid,
+                                      "stop": {"accountSid": "AC" + "0" * 32,
+                                               "callSid": call_sid}}))
         await receiver
         outcome.close_code, outcome.close_reason = ws.close_code, ws.close_reason or ""
     return outcome

@@ -117,16 +117,17 @@ async def stream_audiohook(
             step = 8000 * FRAME_MS // 1000
             n = (audio.shape[0] + step - 1) // step
             next_ping = ping_every_s
-            async for i in _paced(n, FRAME_MS / 1000, pace, head_start_s=head_start):
-                chunk = audio[i * step : (i + 1) * step]
-                await ws.send(encode_mulaw(float_to_int16(chunk)).tobytes())
-                sent_s += len(chunk) / 8000
-                if sent_s >= next_ping:
-                    await ws.send(message("ping", {"rtt": "PT0.01S"}))
-                    next_ping += ping_every_s
-            await ws.send(message("close", {"reason": "end"}))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closed.wait(), 30.0)
+            with contextlib.suppress(ConnectionClosed):  # ended by the server: it said why
+                async for i in _paced(n, FRAME_MS / 1000, pace, head_start_s=head_start):
+                    chunk = audio[i * step : (i + 1) * step]
+                    await ws.send(encode_mulaw(float_to_int16(chunk)).tobytes())
+                    sent_s += len(chunk) / 8000
+                    if sent_s >= next_ping:
+                        await ws.send(message("ping", {"rtt": "PT0.01S"}))
+                        next_ping += ping_every_s
+                await ws.send(message("close", {"reason": "end"}))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), 30.0)
             await ws.close()
         await receiver
         outcome.close_code, outcome.close_reason = ws.close_code, ws.close_reason or ""
