@@ -23,6 +23,7 @@ from dashboard.hub import LiveHub
 from dashboard.metrics import render_metrics
 from dashboard.predict import AudioRejected, decode_upload, predict
 from streamer import redis_client
+from streamer.alerts_feed import stream_id_for
 from streamer.nodes import Reaper
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,13 @@ class UploadGuard:
 
 @contextlib.contextmanager
 def _bad_since(since: str | None) -> Iterator[None]:
-    """Redis refusing ``since`` as a stream id is the client's mistake: 422, not 500."""
+    """A ``since`` that is no duration or stream id (or one Redis refuses) is the client's
+    mistake: 422, not 500."""
+    try:
+        if since:
+            stream_id_for(since)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     try:
         yield
     except Exception as exc:

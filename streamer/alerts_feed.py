@@ -13,17 +13,26 @@ from typing import Any
 from streamer import redis_client, schema
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 
 def stream_id_for(since: str | None) -> str:
     """``None`` → only new entries; ``0`` → everything; ``10m`` → from ten minutes ago;
-    anything else is taken as a stream id."""
+    ``1764400000000-0`` (or its milliseconds alone) → from that stream id.
+
+    Raises:
+        ValueError: anything else, in words a person can act on (Redis would only say
+            "Invalid stream ID specified as stream command argument").
+    """
     if since is None:
         return "$"
     m = _DURATION.match(since)
     if m:
         seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
         return f"{int((time.time() - seconds) * 1000)}-0"
+    if not _STREAM_ID.match(since):
+        raise ValueError(f"since {since!r} is neither a duration (30s, 10m, 2h, 1d), 0 (all "
+                         "that is kept) nor a stream id (1764400000000-0)")
     return since
 
 

@@ -28,6 +28,9 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     (["stream", "/nonexistent/call.wav"], "/nonexistent/call.wav: no such file"),
     (["stream", "README.md"], "README.md is not a readable audio file (Format not recognised"),
     (["alerts", "--redis-url", "redis://127.0.0.1:{port}"], "cannot reach Redis"),
+    (["alerts", "--since", "yesterday", "--redis-url", "redis://127.0.0.1:{port}"],
+     "since 'yesterday' is neither a duration (30s, 10m, 2h, 1d), 0 (all that is kept) nor a "
+     "stream id (1764400000000-0)"),
     (["alerts", "--redis-url", "redis://:s3cret@127.0.0.1:{port}/0"],
      "cannot reach Redis at redis://:***@127.0.0.1:"),  # the password stays out of logs
     (["calibrate", "--runs", "runs/f0", "--card", "/nonexistent"],

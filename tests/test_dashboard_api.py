@@ -75,7 +75,8 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
 
     assert http.get("/api/v1/calls/nope").status_code == 404
     assert http.post("/api/v1/alerts/nope/ack", json={}).status_code == 404
-    assert http.get("/api/v1/alerts", params={"since": "bogus"}).status_code == 422
+    bogus = http.get("/api/v1/alerts", params={"since": "bogus"})
+    assert bogus.status_code == 422 and "neither a duration" in bogus.json()["detail"]
     assert http.get("/api/v1/ended-calls", params={"since": "bogus"}).status_code == 422
     ended = http.get("/api/v1/ended-calls", params={"since": "1h"}).json()
     assert ended[0]["call_id"] == "api-call" and ended[0]["alerts_raised"] >= 1
