@@ -155,7 +155,7 @@ class Service:
             (max(batch, PREDICT_BATCH), self.model.window_samples), dtype=np.float32))
         self.scheduler = InferenceScheduler(self.model.run_windows, max_batch=batch,
                                             max_wait_ms=s.max_wait_ms,
-                                            max_pending_per_stream=s.max_pending_per_stream,
+                                            max_pending_per_stream=s.pending_per_stream,
                                             max_age_s=s.max_window_age_s)
         self.scheduler.start()
         card = self.model.card

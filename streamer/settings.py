@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import socket
 from pathlib import Path
@@ -69,9 +70,10 @@ class Settings(BaseSettings):
     hop_s: float = Field(1.0, gt=0, le=3.0)
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(10.0, ge=0)
-    max_pending_per_stream: int = Field(
-        16, ge=1, description="windows of one channel waiting for the model before its oldest "
-        "is shed (a memory bound, above a speed burst's windows: staleness is max_window_age_s)")
+    max_pending_per_stream: int | None = Field(
+        None, ge=1, description="windows of one channel waiting for the model before its "
+        "oldest is shed: a memory bound (staleness is max_window_age_s); default: the windows "
+        "of a head start, speed_burst_s / hop_s + 3")
     max_window_age_s: float = Field(
         3.0, gt=0, description="a window that has waited longer than this for the model is shed "
         "unscored: an overloaded server stays current instead of falling behind")
@@ -115,3 +117,11 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(5.0, gt=0, description="node heartbeat interval")
     heartbeat_ttl_s: float = Field(15.0, gt=0, description="a node silent this long is lost")
     redis_dir: str | None = Field(None, description="data folder of the embedded Redis")
+
+    @property
+    def pending_per_stream(self) -> int:
+        """The scheduler's per-channel bound: as set, or room for every window of a head
+        start (which a client may send at once) and the three a 3 s window spans."""
+        if self.max_pending_per_stream is not None:
+            return self.max_pending_per_stream
+        return math.ceil(self.speed_burst_s / self.hop_s) + 3
