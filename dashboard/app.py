@@ -107,7 +107,7 @@ def _bad_since(since: str | None) -> Iterator[None]:
     """A ``since`` that is no duration or stream id (or one Redis refuses) is the client's
     mistake: 422, not 500."""
     try:
-        if since:
+        if since is not None:
             stream_id_for(since)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None

@@ -77,7 +77,9 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
     assert http.post("/api/v1/alerts/nope/ack", json={}).status_code == 404
     bogus = http.get("/api/v1/alerts", params={"since": "bogus"})
     assert bogus.status_code == 422 and "neither a duration" in bogus.json()["detail"]
-    assert http.get("/api/v1/ended-calls", params={"since": "bogus"}).status_code == 422
+    for since in ("bogus", ""):  # "" reached store.ended_calls unchecked: a 500 (fuzzing)
+        assert http.get("/api/v1/ended-calls", params={"since": since}).status_code == 422
+        assert http.get("/api/v1/alerts", params={"since": since}).status_code == 422
     ended = http.get("/api/v1/ended-calls", params={"since": "1h"}).json()
     assert ended[0]["call_id"] == "api-call" and ended[0]["alerts_raised"] >= 1
     assert ended[0]["peak_frustration"] >= raised[0]["score"] - 1e-3
