@@ -119,9 +119,35 @@ def _bad_since(since: str | None) -> Iterator[None]:
         raise
 
 
+class Turns:
+    """At most ``running`` holders at once and ``waiting`` in line; one more is refused
+    (503, Retry-After) rather than queued without end."""
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self.running, self.waiting = running, waiting
+        self._slots = asyncio.Semaphore(running)
+        self._in_line = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self._in_line >= self.waiting:
+            raise HTTPException(503, f"busy: {self.running} upload(s) being scored and "
+                                f"{self._in_line} waiting; retry shortly",
+                                headers={"Retry-After": "5"})
+        self._in_line += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._in_line -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 20 * 2**20,
-               model=None, service=None, model_loader=None,
-               public_metrics: bool = False) -> FastAPI:
+               model=None, service=None, model_loader=None, public_metrics: bool = False,
+               predict_concurrency: int = 1, predict_queue: int = 8) -> FastAPI:
     """Build the app.
 
     Args:
@@ -133,6 +159,9 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
             ``stats()`` snapshot ``/metrics`` exposes and whose ``health()`` ``/healthz``
             includes; ``None`` for a dashboard-only process.
         public_metrics: serve ``/metrics`` without the supervisor credential (scrapers).
+        predict_concurrency, predict_queue: uploads scored at once, and waiting their turn
+            (beyond: 503). Scoring a long upload is seconds of CPU that the live calls of a
+            ``serve`` process share, so uploads take turns rather than all run at once.
 
     With a credential configured, everything but ``/healthz``'s one-line status needs it:
     the API, ``/metrics`` (unless public), ``/docs`` and ``/openapi.json``.
@@ -155,6 +184,7 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
             await reaper.stop()
         await app.state.redis.aclose()
 
+    turns = Turns(predict_concurrency, predict_queue)
     app = FastAPI(title="callmon", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None,
                   description="Supervisor dashboard and REST API of the callmon speech-emotion "
@@ -321,12 +351,13 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         model_ = request.app.state.model
         if model_ is None:
             raise HTTPException(503, "no model loaded")
-        try:
-            audio, rate, channels = await asyncio.to_thread(
-                decode_upload, data, max_seconds=MAX_PREDICT_SECONDS)
-        except AudioRejected as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
-        result = await asyncio.to_thread(predict, model_, audio)
+        async with turns.turn():
+            try:
+                audio, rate, channels = await asyncio.to_thread(
+                    decode_upload, data, max_seconds=MAX_PREDICT_SECONDS)
+            except AudioRejected as exc:
+                raise HTTPException(exc.status, str(exc)) from exc
+            result = await asyncio.to_thread(predict, model_, audio)
         result.update({"sample_rate_in": rate, "channels_in": channels,
                        "model": {"name": model_.card.name, "variant": model_.variant},
                        "elapsed_ms": round(1000 * (time.perf_counter() - started), 1)})

@@ -110,7 +110,9 @@ class DashboardServer:
 
 def build_dashboard(settings, *, redis_url: str, model=None, service=None) -> DashboardServer:
     app = create_app(redis_url=redis_url, auth=supervisor_auth(settings),
-                     max_upload_bytes=settings.max_upload_bytes, model=model, service=service,
+                     max_upload_bytes=settings.max_upload_bytes,
+                     predict_concurrency=settings.predict_concurrency,
+                     predict_queue=settings.predict_queue, model=model, service=service,
                      model_loader=None if model is not None else _loader(settings),
                      public_metrics=settings.public_metrics)
     return DashboardServer(app, host=settings.host, port=settings.dashboard_port,

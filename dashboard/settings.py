@@ -23,6 +23,11 @@ class DashboardSettings(Settings):
     dashboard_max_connections: int = Field(
         1000, ge=1, description="dashboard: concurrent connections (beyond: 503)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest predict upload")
+    predict_concurrency: int = Field(
+        1, ge=1, description="predict uploads decoded and scored at once (each takes CPU from "
+                             "the live calls of a serve process)")
+    predict_queue: int = Field(
+        8, ge=0, description="predict uploads waiting their turn; beyond: 503 with Retry-After")
 
 
 #: The fields the dashboard adds to the streamer's.

@@ -132,6 +132,33 @@ def test_predict(service, ravdess_dir, call_actors):
     assert channels["agent"]["scores"] != channels["customer"]["scores"]
 
 
+def test_predict_uploads_take_turns_and_a_full_line_is_told_to_retry(
+        shipped_model, redis_server, ravdess_dir, call_actors) -> None:
+    """Scoring a long upload is seconds of CPU that a serve process's live calls share, and
+    every upload sent at once ran at once. One is scored at a time, one more waits its turn,
+    and the rest are told at once to retry (503, Retry-After) rather than queued without end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    speech = np.concatenate(actor_clips(ravdess_dir, call_actors[2], "calm", 8))
+    two_minutes = soxr.resample(np.resize(speech, 120 * 16000), 16000, 8000)
+    body = wav_bytes(two_minutes, 8000)
+    with ServiceThread(shipped_model, redis_server.url, max_upload_bytes=2_000_000,
+                       predict_concurrency=1, predict_queue=1) as svc:
+        def upload(_: int) -> httpx.Response:
+            return httpx.post(svc.http_url + "/api/v1/predict", timeout=120,
+                              files={"file": ("call.wav", body)})
+
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(upload, range(4)))
+    assert sorted(r.status_code for r in responses) == [200, 200, 503, 503], \
+        [(r.status_code, r.text[:100]) for r in responses]
+    for busy in (r for r in responses if r.status_code == 503):
+        assert busy.headers["retry-after"] == "5"
+        assert busy.json()["detail"].startswith("busy: 1 upload(s) being scored and 1 waiting")
+    first, second = (r.json() for r in responses if r.status_code == 200)
+    assert first["duration_s"] == 120.0 and first["scores"] == second["scores"]
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "message"),
     [
