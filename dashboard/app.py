@@ -266,9 +266,12 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/api/v1/calls", tags=["calls"])
-    async def list_calls(request: Request, _: Supervisor) -> list[dict]:
-        """Live calls, most at-risk first."""
-        return await store.live_calls(request.app.state.redis)
+    async def list_calls(request: Request, _: Supervisor,
+                         tail: Annotated[int | None, Query(ge=1, le=1000)] = None) -> list[dict]:
+        """Live calls, most at-risk first; with ``tail``, each with its last ``tail`` window
+        results as ``timeline`` (what the grid's sparklines draw: one request, not one per
+        call)."""
+        return await store.live_calls(request.app.state.redis, tail=tail)
 
     @app.get("/api/v1/ended-calls", tags=["calls"])
     async def list_ended_calls(request: Request, _: Supervisor, since: str = "4h",

@@ -75,15 +75,26 @@ async def call_summary(redis, call_id: str) -> dict | None:
     return (await call_summaries(redis, [call_id]))[0]
 
 
-async def call_summaries(redis, call_ids: list[str]) -> list[dict | None]:
+async def call_summaries(redis, call_ids: list[str], *, tail: int | None = None
+                         ) -> list[dict | None]:
     """:func:`call_summary` of each call, read in two round trips whatever their number
     (one pipeline of state hashes, one read of the acknowledgements), not two per call: a
-    grid of 2 000 live calls took over a second to list one call at a time."""
+    grid of 2 000 live calls took over a second to list one call at a time. With ``tail``,
+    each call also gets ``timeline``: its last ``tail`` window results, in the same
+    pipeline (the grid's sparklines, which the browser fetched one call at a time)."""
     pipe = redis.pipeline(transaction=False)
     for call_id in call_ids:
         pipe.hgetall(schema.call_state_key(call_id))
-    states = await pipe.execute() if call_ids else []
-    calls = [_summary(call_id, state) for call_id, state in zip(call_ids, states, strict=True)]
+        if tail:
+            pipe.lrange(schema.call_timeline_key(call_id), -tail, -1)
+    replies = await pipe.execute() if call_ids else []
+    step = 2 if tail else 1
+    calls = [_summary(call_id, state) for call_id, state in
+             zip(call_ids, replies[::step], strict=True)]
+    if tail:
+        for call, rows in zip(calls, replies[1::2], strict=True):
+            if call is not None:
+                call["timeline"] = [d for d in map(_decode, rows) if d is not None]
     alerts = [a for c in calls if c is not None for a in c["alerts"].values()]
     if alerts:
         acks = await redis.hmget(schema.ACKS_KEY, [a["id"] for a in alerts])
@@ -114,11 +125,13 @@ def _summary(call_id: str, state: dict) -> dict | None:
     }
 
 
-async def live_calls(redis) -> list[dict]:
-    """The live calls, most at-risk first. A call that ends between reading the live set
-    and reading its state has its end stored by then: it is left out, not listed ended."""
+async def live_calls(redis, *, tail: int | None = None) -> list[dict]:
+    """The live calls, most at-risk first (with ``tail``, each with its last ``tail`` window
+    results). A call that ends between reading the live set and reading its state has its
+    end stored by then: it is left out, not listed ended."""
     ids = [c.decode() for c in await redis.zrange(schema.LIVE_CALLS_KEY, 0, -1)]
-    calls = [c for c in await call_summaries(redis, ids) if c is not None and c["live"]]
+    calls = [c for c in await call_summaries(redis, ids, tail=tail)
+             if c is not None and c["live"]]
     for c in calls:
         c["risk"] = round(risk(c), 4)
     return sorted(calls, key=lambda c: -c["risk"])

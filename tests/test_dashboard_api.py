@@ -46,7 +46,17 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
     wait_until(lambda: any(c["call_id"] == "api-call" for c in http.get("/api/v1/calls").json()),
                20, "the call to be listed")
     live = http.get("/api/v1/calls").json()[0]
-    assert live["agent"] == "Ann" and live["live"] is True
+    assert live["agent"] == "Ann" and live["live"] is True and "timeline" not in live
+    wait_until(lambda: len(http.get("/api/v1/calls/api-call").json()["timeline"]) >= 3, 30,
+               "three windows")
+    # With tail, each live call comes with the windows its sparkline draws, in one request.
+    with_tail = http.get("/api/v1/calls", params={"tail": 2}).json()[0]
+    later = [(w["role"], w["window_index"])
+             for w in http.get("/api/v1/calls/api-call").json()["timeline"]]
+    newest = [(w["role"], w["window_index"]) for w in with_tail["timeline"]]
+    assert len(newest) == 2 and later[later.index(newest[0]):][:2] == newest
+    for tail in ("0", "1001", "many"):
+        assert http.get("/api/v1/calls", params={"tail": tail}).status_code == 422
     outcome = future.result(120)
     assert http.get("/api/v1/calls").json() == []  # ended calls leave the live grid
     call = http.get("/api/v1/calls/api-call").json()
@@ -398,9 +408,13 @@ def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_serv
                         roles=("customer",), sample_rate=8000, encoding="mulaw",
                         protocol="native", reason="stop", duration_s=1.0))
                 await client.hset(schema.call_state_key(call_id), mapping=state)
+                if k % 4:
+                    await client.rpush(schema.call_timeline_key(call_id),
+                                       *[json.dumps({"call_id": call_id, "window_index": i})
+                                         for i in range(k % 4)])
             for k in (3, 12, 33):
                 await store.acknowledge(client, f"alert-{k}", by=f"sup {k}")
-            return (await store.live_calls(client),
+            return (await store.live_calls(client, tail=2),
                     await store.call_summaries(client, ["c12", "nobody", "c13", "c09"]))
         finally:
             await client.aclose()
@@ -411,6 +425,8 @@ def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_serv
     for call_id, call in listed.items():
         k = int(call_id[1:])
         assert call["agent"] == f"agent {k}" and call["last"]["customer"]["window_index"] == k
+        assert call["timeline"] == [{"call_id": call_id, "window_index": i}
+                                    for i in range(k % 4)][-2:]
         alerts = call["alerts"]
         assert list(alerts) == (["customer:frustration"] if k % 3 == 0 else [])
         if alerts:
@@ -420,6 +436,7 @@ def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_serv
     # an active unacknowledged alert ranks first, then the customer's score
     assert [c["call_id"] for c in calls[:3]] == ["c39", "c36", "c30"]
     assert [c and c["call_id"] for c in some] == ["c12", None, "c13", "c09"]
+    assert "timeline" not in some[0]
     assert some[0]["alerts"]["customer:frustration"]["ack"]["by"] == "sup 12"
     assert some[3]["live"] is False
 

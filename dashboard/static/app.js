@@ -34,12 +34,11 @@ async function api(path, options) {
 
 // ---- state loading (also after every reconnect) -----------------------------------------
 async function reload() {
-  const [live, log] = await Promise.all([api("/api/v1/calls"), api("/api/v1/alerts?since=1h")]);
+  // Every live call with the windows its sparkline draws, in one request.
+  const [live, log] = await Promise.all([api(`/api/v1/calls?tail=${SPARK_WINDOWS * 2}`),
+                                         api("/api/v1/alerts?since=1h")]);
   calls.clear();
-  for (const c of live) {
-    const detail = await api(`/api/v1/calls/${encodeURIComponent(c.call_id)}?tail=${SPARK_WINDOWS * 2}`);
-    calls.set(c.call_id, callEntry(c, detail.timeline));
-  }
+  for (const { timeline, ...summary } of live) calls.set(summary.call_id, callEntry(summary, timeline));
   alerts.clear();
   for (const a of log) if (a.type === "alert") noteAlert(a);
   await loadEnded();
