@@ -267,11 +267,12 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
 
     @app.get("/api/v1/calls", tags=["calls"])
     async def list_calls(request: Request, _: Supervisor,
-                         tail: Annotated[int | None, Query(ge=1, le=1000)] = None) -> list[dict]:
-        """Live calls, most at-risk first; with ``tail``, each with its last ``tail`` window
-        results as ``timeline`` (what the grid's sparklines draw: one request, not one per
-        call)."""
-        return await store.live_calls(request.app.state.redis, tail=tail)
+                         history: Annotated[int | None, Query(ge=1, le=1000)] = None
+                         ) -> list[dict]:
+        """Live calls, most at-risk first; with ``history``, each with the customer's last
+        ``history`` scored windows as ``[end_s, frustration, distress]`` and ``call_time_s``
+        (what the grid's sparklines draw: one request, not one per call)."""
+        return await store.live_calls(request.app.state.redis, history=history)
 
     @app.get("/api/v1/ended-calls", tags=["calls"])
     async def list_ended_calls(request: Request, _: Supervisor, since: str = "4h",

@@ -49,14 +49,16 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
     assert live["agent"] == "Ann" and live["live"] is True and "timeline" not in live
     wait_until(lambda: len(http.get("/api/v1/calls/api-call").json()["timeline"]) >= 3, 30,
                "three windows")
-    # With tail, each live call comes with the windows its sparkline draws, in one request.
-    with_tail = http.get("/api/v1/calls", params={"tail": 2}).json()[0]
-    later = [(w["role"], w["window_index"])
-             for w in http.get("/api/v1/calls/api-call").json()["timeline"]]
-    newest = [(w["role"], w["window_index"]) for w in with_tail["timeline"]]
-    assert len(newest) == 2 and later[later.index(newest[0]):][:2] == newest
-    for tail in ("0", "1001", "many"):
-        assert http.get("/api/v1/calls", params={"tail": tail}).status_code == 422
+    # With history, each live call comes with the points its sparkline draws, in one request.
+    listed = http.get("/api/v1/calls", params={"history": 2}).json()[0]
+    later = [[w["end_s"], w["frustration"], w["distress"]]
+             for w in http.get("/api/v1/calls/api-call").json()["timeline"]
+             if w["role"] == "customer" and w["frustration"] is not None]
+    assert len(listed["history"]) == 2 and listed["history"][0] in later
+    assert later[later.index(listed["history"][0]) + 1] == listed["history"][1]
+    assert listed["call_time_s"] == listed["history"][1][0]  # a mono call: customer only
+    for history in ("0", "1001", "many"):
+        assert http.get("/api/v1/calls", params={"history": history}).status_code == 422
     outcome = future.result(120)
     assert http.get("/api/v1/calls").json() == []  # ended calls leave the live grid
     call = http.get("/api/v1/calls/api-call").json()
@@ -408,13 +410,15 @@ def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_serv
                         roles=("customer",), sample_rate=8000, encoding="mulaw",
                         protocol="native", reason="stop", duration_s=1.0))
                 await client.hset(schema.call_state_key(call_id), mapping=state)
-                if k % 4:
-                    await client.rpush(schema.call_timeline_key(call_id),
-                                       *[json.dumps({"call_id": call_id, "window_index": i})
-                                         for i in range(k % 4)])
+                if k % 6:  # customer and agent windows in turn, the 3rd customer's silent
+                    await client.rpush(schema.call_timeline_key(call_id), *[json.dumps({
+                        "call_id": call_id, "role": "agent" if i % 2 else "customer",
+                        "window_index": i // 2, "end_s": 3.0 + i,
+                        "frustration": None if i == 4 else i / 10, "distress": 0.5})
+                        for i in range(k % 6)])
             for k in (3, 12, 33):
                 await store.acknowledge(client, f"alert-{k}", by=f"sup {k}")
-            return (await store.live_calls(client, tail=2),
+            return (await store.live_calls(client, history=2),
                     await store.call_summaries(client, ["c12", "nobody", "c13", "c09"]))
         finally:
             await client.aclose()
@@ -425,8 +429,12 @@ def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_serv
     for call_id, call in listed.items():
         k = int(call_id[1:])
         assert call["agent"] == f"agent {k}" and call["last"]["customer"]["window_index"] == k
-        assert call["timeline"] == [{"call_id": call_id, "window_index": i}
-                                    for i in range(k % 4)][-2:]
+        # the customer's scored windows among the last 4 (2 per role), and the call time
+        assert (call["history"], call["call_time_s"]) == {
+            0: ([], 0.0), 1: ([[3.0, 0.0, 0.5]], 3.0), 2: ([[3.0, 0.0, 0.5]], 4.0),
+            3: ([[3.0, 0.0, 0.5], [5.0, 0.2, 0.5]], 5.0),
+            4: ([[3.0, 0.0, 0.5], [5.0, 0.2, 0.5]], 6.0), 5: ([[5.0, 0.2, 0.5]], 7.0)}[k % 6]
+        assert "timeline" not in call
         alerts = call["alerts"]
         assert list(alerts) == (["customer:frustration"] if k % 3 == 0 else [])
         if alerts:

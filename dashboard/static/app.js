@@ -34,11 +34,14 @@ async function api(path, options) {
 
 // ---- state loading (also after every reconnect) -----------------------------------------
 async function reload() {
-  // Every live call with the windows its sparkline draws, in one request.
-  const [live, log] = await Promise.all([api(`/api/v1/calls?tail=${SPARK_WINDOWS * 2}`),
+  // Every live call with the points its sparkline draws, in one request.
+  const [live, log] = await Promise.all([api(`/api/v1/calls?history=${SPARK_WINDOWS}`),
                                          api("/api/v1/alerts?since=1h")]);
   calls.clear();
-  for (const { timeline, ...summary } of live) calls.set(summary.call_id, callEntry(summary, timeline));
+  for (const { history, call_time_s, ...summary } of live) {
+    calls.set(summary.call_id, {
+      summary, history: history.map(([t, f, d]) => ({ t, f, d })), callTime: call_time_s });
+  }
   alerts.clear();
   for (const a of log) if (a.type === "alert") noteAlert(a);
   await loadEnded();
