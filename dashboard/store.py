@@ -94,7 +94,7 @@ async def call_summaries(redis, call_ids: list[str], *, tail: int | None = None
     if tail:
         for call, rows in zip(calls, replies[1::2], strict=True):
             if call is not None:
-                call["timeline"] = [d for d in map(_decode, rows) if d is not None]
+                call["timeline"] = _decode_rows(rows)
     alerts = [a for c in calls if c is not None for a in c["alerts"].values()]
     if alerts:
         acks = await redis.hmget(schema.ACKS_KEY, [a["id"] for a in alerts])
@@ -156,7 +156,11 @@ def sparkline(timeline: list[dict], points: int) -> tuple[list[list[float]], flo
 
 async def timeline(redis, call_id: str, *, tail: int | None = None) -> list[dict]:
     start = -tail if tail else 0
-    rows = await redis.lrange(schema.call_timeline_key(call_id), start, -1)
+    return _decode_rows(await redis.lrange(schema.call_timeline_key(call_id), start, -1))
+
+
+def _decode_rows(rows: list[bytes]) -> list:
+    """Stored window results, the unreadable ones skipped (see :func:`_decode`)."""
     return [d for d in map(_decode, rows) if d is not None]
 
 
