@@ -1,18 +1,21 @@
 """How long the dashboard takes to list N live calls (``GET /api/v1/calls``, and every
 browser that connects or reconnects), in a real Redis, standalone and Cluster.
 
-``PYTHONPATH=. python docs/results/bench_live_calls.py [--calls 100,2000] [--out
-docs/results/bench_live_calls.json]`` stores N calls as the publisher stores them (start,
-each role's latest window, an alert on every fifth call), then times, alternating, five
-times each:
+``PYTHONPATH=. python docs/results/bench_live_calls.py [--calls 100,2000] [--reload 360]
+[--kinds standalone,cluster] [--out docs/results/bench_live_calls.json]`` stores N calls as
+the publisher stores them (start, each role's latest window, an alert on every fifth call),
+then times, alternating, five times each:
 
 - ``call_by_call``: each call's state read on its own (two round trips for a call with
   alerts: how ``store.live_calls`` read until it read them all in one pipeline);
 - ``live_calls``: ``store.live_calls`` as the API serves it;
 
 and, over the same stored messages, decoding them as ``store._decode`` does against parsing
-and then re-encoding every one (how it checked a message could be served). It prints the
-medians and their ratios.
+and then re-encoding every one (how it checked a message could be served). With ``--reload``
+each call also gets ``--reload`` window results in its timeline, and the dashboard's reload
+is timed as the store serves it: the list then each call's timeline tail (what the browser
+fetched call by call before) against ``live_calls(history=…)`` (one request now), with the
+JSON each answer would carry. It prints the medians and their ratios.
 """
 
 from __future__ import annotations
@@ -70,7 +73,29 @@ def reencoded(value: bytes):
     return data
 
 
-async def measure(url: str, n: int) -> dict:
+async def reload_figures(client, ids: list[str], windows: int) -> dict:
+    """The grid's reload both ways, ``ROUNDS`` times each, alternating."""
+    for call_id in ids:
+        await client.rpush(schema.call_timeline_key(call_id),
+                           *[window(call_id, ("agent", "customer")[i % 2]) for i in range(windows)])
+    per_call, together, sizes = [], [], {}
+    for _ in range(ROUNDS):
+        t = time.perf_counter()
+        listed = await store.live_calls(client)
+        tails = [await store.timeline(client, c["call_id"], tail=windows) for c in listed]
+        per_call.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        compact = await store.live_calls(client, history=windows // 2)
+        together.append(time.perf_counter() - t)
+        sizes = {"per_call_mb": round((len(json.dumps(listed)) + sum(
+                     len(json.dumps(tail)) for tail in tails)) / 1e6, 2),
+                 "history_mb": round(len(json.dumps(compact)) / 1e6, 2)}
+    return {"windows_per_call": windows, "requests_per_call": len(ids) + 1,
+            "per_call_ms": round(1000 * statistics.median(per_call), 1),
+            "history_ms": round(1000 * statistics.median(together), 1), **sizes}
+
+
+async def measure(url: str, n: int, reload_windows: int = 0) -> dict:
     client = redis_client.connect(url)
     try:
         messages = await store_calls(client, n)
@@ -92,34 +117,45 @@ async def measure(url: str, n: int) -> dict:
             fast = [store._decode(m) for m in messages]
             times["decode"].append(time.perf_counter() - t)
             assert slow == fast
+        reload = await reload_figures(client, ids, reload_windows) if reload_windows else None
         await client.flushall()
     finally:
         await client.aclose()
     ms = {k: round(1000 * statistics.median(v), 1) for k, v in times.items()}
-    return {"calls": n, "messages": len(messages), "median_ms": ms,
-            "listing_ratio": round(ms["call_by_call"] / ms["live_calls"], 2),
-            "decode_ratio": round(ms["decode_reencoding"] / ms["decode"], 2)}
+    row = {"calls": n, "messages": len(messages), "median_ms": ms,
+           "listing_ratio": round(ms["call_by_call"] / ms["live_calls"], 2),
+           "decode_ratio": round(ms["decode_reencoding"] / ms["decode"], 2)}
+    return {**row, "reload": reload} if reload else row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", default="100,2000")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--reload", type=int, default=0, metavar="WINDOWS",
+                        help="also time the grid's reload with this many windows per call")
+    parser.add_argument("--kinds", default="standalone,cluster")
     args = parser.parse_args()
     report = {}
-    for kind in ("standalone", "cluster"):
+    for kind in args.kinds.split(","):
         with tempfile.TemporaryDirectory() as folder:
             server = (EmbeddedRedis(data_dir=Path(folder), persist=False) if kind == "standalone"
                       else EmbeddedCluster(data_dir=Path(folder)))
             with server:
                 for n in map(int, args.calls.split(",")):
-                    row = asyncio.run(measure(server.url, n))
+                    row = asyncio.run(measure(server.url, n, args.reload))
                     report[f"{kind}_{n}"] = row
                     print(f"{kind:10s} {n:5d} calls: call by call {row['median_ms']['call_by_call']}"
                           f" ms, live_calls {row['median_ms']['live_calls']} ms "
                           f"({row['listing_ratio']}x); decoding {row['messages']} messages "
                           f"{row['median_ms']['decode_reencoding']} -> "
                           f"{row['median_ms']['decode']} ms ({row['decode_ratio']}x)")
+                    if "reload" in row:
+                        r = row["reload"]
+                        print(f"{'':10s} reload, {r['windows_per_call']} windows a call: "
+                              f"call by call {r['per_call_ms']} ms ({r['requests_per_call']} "
+                              f"requests, {r['per_call_mb']} MB), history {r['history_ms']} ms "
+                              f"(1 request, {r['history_mb']} MB)")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
