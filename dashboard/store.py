@@ -217,13 +217,15 @@ async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
 
 
 async def find_alert(redis, alert_id: str) -> dict | None:
-    """Look an alert up in the log (newest first, bounded scan)."""
+    """Look an alert up in the log (newest first, bounded scan); an entry that cannot be
+    decoded is skipped (see :func:`_decode`), as every other reader of the log does."""
     cursor = "+"
     for _ in range(50):
         entries = await redis.xrevrange(schema.ALERTS_STREAM, max=cursor, min="-", count=2000)
         for _, fields in entries:
-            if fields.get(b"id", b"").decode() == alert_id:
-                return json.loads(fields[b"data"])
+            if (fields.get(b"id", b"").decode(errors="replace") == alert_id
+                    and isinstance(data := _decode(fields.get(b"data")), dict)):
+                return data
         if len(entries) < 2000:
             return None
         last = entries[-1][0].decode()
