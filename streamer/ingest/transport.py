@@ -138,20 +138,18 @@ class IngestServer:
         address = _address(connection)
         self.addresses.acquire(address)
         guard = new_guard(self.config)
+        link = CallLink(self.monitor, guard, connection.send)
         keepalive = asyncio.create_task(self._keepalive(connection, guard))
-        link: CallLink | None = None
         try:
             request = connection.request
             assert request is not None
             url = urlsplit(request.path)
-            link = CallLink(self.monitor, guard, connection.send)
             adapter = self.adapters[url.path](
                 link, query=parse_qs(url.query), headers=_headers(request),
                 config=self.config)
             await self._serve(connection, adapter, link)
         finally:
-            if link is not None:
-                link.release()
+            link.release()
             keepalive.cancel()
             self.addresses.release(address)
             self._connections.discard(task)  # type: ignore[arg-type]
