@@ -287,23 +287,37 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
     async def get_call(call_id: str, request: Request, _: Supervisor,
                        tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict:
         """One call (live or ended in the last 24 h) with its window timeline (the last
-        ``tail`` windows only, if given)."""
+        ``tail`` windows only, if given) and ``alert_history``: every alert raised and
+        cleared on it, oldest first, the raises with their acknowledgements."""
         redis = request.app.state.redis
         call = await store.call_summary(redis, call_id)
         if call is None:
             raise HTTPException(404, f"no call {call_id!r}")
         call["timeline"] = await store.timeline(redis, call_id, tail=tail)
+        call["alert_history"] = await store.call_alerts(redis, call_id)
         return call
 
     @app.get("/api/v1/alerts", tags=["alerts"])
     async def list_alerts(request: Request, _: Supervisor, since: str | None = None,
-                          limit: int = 500) -> list[dict]:
-        """Alerts and call events from the log: ``since`` is a stream id, ``0``, or a duration
-        such as ``10m``; without it, everything kept (up to ``limit``)."""
+                          limit: int = 500,
+                          entry_type: Annotated[str | None, Query(alias="type")] = None,
+                          latest: bool = False) -> list[dict]:
+        """Alerts and call events from the log, oldest first: ``since`` is a stream id,
+        ``0``, or a duration such as ``10m``; without it, everything kept. ``type``: only
+        these (comma-separated: ``alert``, ``call_started``, ``call_ended``). Of more than
+        ``limit``, the earliest (page on with ``since`` = the last ``stream_id``), or with
+        ``latest=true`` the latest."""
         if not 1 <= limit <= 5000:
             raise HTTPException(422, "limit must be between 1 and 5000")
+        types = None
+        if entry_type is not None:
+            types = frozenset(entry_type.split(","))
+            if unknown := sorted(types - store.LOG_TYPES):
+                raise HTTPException(422, f"type {','.join(unknown)!r}: the log holds "
+                                         f"{', '.join(sorted(store.LOG_TYPES))}")
         with _bad_since(since):
-            return await store.alerts_since(request.app.state.redis, since, limit=limit)
+            return await store.alerts_since(request.app.state.redis, since, limit=limit,
+                                            types=types, latest=latest)
 
     @app.post("/api/v1/alerts/{alert_id}/ack", tags=["alerts"])
     async def ack_alert(alert_id: str, request: Request, who: Supervisor,

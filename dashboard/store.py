@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from streamer import schema
@@ -95,12 +96,16 @@ async def call_summaries(redis, call_ids: list[str], *, tail: int | None = None
         for call, rows in zip(calls, replies[1::2], strict=True):
             if call is not None:
                 call["timeline"] = _decode_rows(rows)
-    alerts = [a for c in calls if c is not None for a in c["alerts"].values()]
+    await _attach_acks(redis, [a for c in calls if c is not None for a in c["alerts"].values()])
+    return calls
+
+
+async def _attach_acks(redis, alerts: list[dict]) -> None:
+    """Give each alert its acknowledgement (``None`` if none), in one read."""
     if alerts:
         acks = await redis.hmget(schema.ACKS_KEY, [a["id"] for a in alerts])
         for alert, ack in zip(alerts, acks, strict=True):
             alert["ack"] = _decode(ack)
-    return calls
 
 
 def _summary(call_id: str, state: dict) -> dict | None:
@@ -164,26 +169,90 @@ def _decode_rows(rows: list[bytes]) -> list:
     return [d for d in map(_decode, rows) if d is not None]
 
 
-async def alerts_since(redis, since: str | None, *, limit: int = 500) -> list[dict]:
-    """Alerts and call events from the log, oldest first, each once, with acknowledgements."""
+async def call_alerts(redis, call_id: str) -> list[dict]:
+    """Every alert message of one call (raised and cleared), oldest first, each once, with
+    acknowledgements, as :func:`alerts_since` gives them: read from the call's own list,
+    not by scanning the alert log, which holds every call's alerts and call events."""
+    out = _once(_decode_rows(await redis.lrange(schema.call_alerts_key(call_id), 0, -1)))
+    await _attach_acks(redis, out)
+    return out
+
+
+def _once(messages: list) -> list[dict]:
+    """Messages with an id, the first of each id (a write retried after a Redis blip may
+    have landed twice)."""
+    seen: set[str] = set()
+    out = []
+    for m in messages:
+        if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"] not in seen:
+            seen.add(m["id"])
+            out.append(m)
+    return out
+
+
+#: Entries read from the alert log per round trip.
+LOG_CHUNK = 2000
+#: The types of the alert log's entries.
+LOG_TYPES = frozenset({"alert", "call_started", "call_ended"})
+
+
+async def log_entries(redis, start: str = "-", *, reverse: bool = False
+                      ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
+    """The alert log's entries (stream id, fields) from ``start`` (a stream id or ``-``)
+    on, oldest first, or with ``reverse`` newest first down to ``start``: read in chunks, so
+    a caller that stops early reads little, and one that does not still ends (the log is
+    capped at ``PublisherConfig.stream_maxlen`` entries)."""
+    low, high = start, "+"
+    while True:
+        if reverse:
+            entries = await redis.xrevrange(schema.ALERTS_STREAM, max=high, min=low,
+                                            count=LOG_CHUNK)
+        else:
+            entries = await redis.xrange(schema.ALERTS_STREAM, min=low, max=high,
+                                         count=LOG_CHUNK)
+        for entry_id, fields in entries:
+            yield entry_id.decode(), fields
+        if len(entries) < LOG_CHUNK:
+            return
+        last = f"({entries[-1][0].decode()}"  # exclusive: on from the entry after it
+        if reverse:
+            high = last
+        else:
+            low = last
+
+
+def _entry_type(fields: dict[bytes, bytes]) -> str:
+    """The type an entry states beside its data: filtering on it decodes nothing."""
+    return fields.get(b"type", b"").decode(errors="replace")
+
+
+async def alerts_since(redis, since: str | None, *, limit: int = 500,
+                       types: frozenset[str] | None = None, latest: bool = False
+                       ) -> list[dict]:
+    """Alerts and call events from the log since ``since`` (a duration, ``0`` or a stream
+    id; all that is kept without it), oldest first, each once, alerts with their
+    acknowledgements. ``types`` keeps only entries of those types. Of more than ``limit``,
+    the earliest (paging on from the last ``stream_id``), or with ``latest`` the latest:
+    what a page showing "the last hour" needs, where the earliest 500 entries of a busy
+    hour are call events from its first minutes."""
     start = stream_id_for(since) if since else "-"
     if start == "$":
         start = "-"
-    entries = await redis.xrange(schema.ALERTS_STREAM, min=start, max="+", count=limit)
     out, seen = [], set()
-    for entry_id, fields in entries:
+    async for entry_id, fields in log_entries(redis, start, reverse=latest):
+        if types is not None and _entry_type(fields) not in types:
+            continue
         data = _decode(fields.get(b"data"))
         if not isinstance(data, dict) or "id" not in data or data["id"] in seen:
             continue
         seen.add(data["id"])
-        data["stream_id"] = entry_id.decode()
+        data["stream_id"] = entry_id
         out.append(data)
-    alert_ids = [d["id"] for d in out if d["type"] == "alert"]
-    if alert_ids:
-        acks = dict(zip(alert_ids, await redis.hmget(schema.ACKS_KEY, alert_ids), strict=True))
-        for d in out:
-            if d["type"] == "alert":
-                d["ack"] = _decode(acks[d["id"]])
+        if len(out) >= limit:
+            break
+    if latest:
+        out.reverse()
+    await _attach_acks(redis, [d for d in out if d.get("type") == "alert"])
     return out
 
 
@@ -191,12 +260,11 @@ async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
     """Calls that ended since ``since`` (newest first), from their ``call_ended`` events:
     duration, reason, agent and metadata, alerts raised and each role's peak scores."""
     start = stream_id_for(since)
-    entries = await redis.xrevrange(schema.ALERTS_STREAM, max="+",
-                                    min="-" if start in ("$", "0") else start, count=20_000)
     out: list[dict] = []
     seen: set[str] = set()
-    for _, fields in entries:
-        if fields.get(b"type", b"call_ended") != b"call_ended":
+    async for _, fields in log_entries(redis, "-" if start in ("$", "0") else start,
+                                       reverse=True):
+        if _entry_type(fields) not in ("call_ended", ""):
             continue  # the entry says its type: most are alerts, not worth decoding
         e = _decode(fields.get(b"data"))
         if not isinstance(e, dict) or e.get("type") != "call_ended" or e.get("id") in seen:
@@ -217,20 +285,12 @@ async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
 
 
 async def find_alert(redis, alert_id: str) -> dict | None:
-    """Look an alert up in the log (newest first, bounded scan); an entry that cannot be
-    decoded is skipped (see :func:`_decode`), as every other reader of the log does."""
-    cursor = "+"
-    for _ in range(50):
-        entries = await redis.xrevrange(schema.ALERTS_STREAM, max=cursor, min="-", count=2000)
-        for _, fields in entries:
-            if (fields.get(b"id", b"").decode(errors="replace") == alert_id
-                    and isinstance(data := _decode(fields.get(b"data")), dict)):
-                return data
-        if len(entries) < 2000:
-            return None
-        last = entries[-1][0].decode()
-        ms, seq = (int(x) for x in last.split("-"))
-        cursor = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-18446744073709551615"
+    """Look an alert up in the log, newest first; an entry that cannot be decoded is
+    skipped (see :func:`_decode`), as every other reader of the log does."""
+    async for _, fields in log_entries(redis, reverse=True):
+        if (fields.get(b"id", b"").decode(errors="replace") == alert_id
+                and isinstance(data := _decode(fields.get(b"data")), dict)):
+            return data
     return None
 
 

@@ -41,13 +41,15 @@ class PublisherConfig:
         results_max: window results held while Redis is away.
         timeline_max: window results kept per call (about 2 h of one channel at 1 s hop).
         stream_maxlen: approximate cap of ``callmon:alerts:log``.
-        ended_ttl_s: how long an ended call's state and timeline stay in Redis.
+        alerts_max: alert messages kept per call (its page's history; a call raises a few).
+        ended_ttl_s: how long an ended call's state, timeline and alerts stay in Redis.
     """
 
     outbox_max: int = 100_000
     results_max: int = 20_000
     timeline_max: int = 7_200
     stream_maxlen: int = 100_000
+    alerts_max: int = 1_000
     ended_ttl_s: int = 24 * 3600
     batch_max: int = 500
     retry_initial_s: float = 0.1
@@ -257,7 +259,7 @@ def is_outage(error: Exception) -> bool:
 def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
                 sharded: bool = False) -> None:
     """Add the writes of one alert or call event to a Redis pipeline: pub/sub, the alert
-    log, the live-call set and the call's state. Shared by the publisher and the reaper of
+    log, the live-call set and the call's state and alerts. Shared by the publisher and the reaper of
     lost calls, so both leave Redis in the same shape."""
     payload = schema.dumps(item)
     publish(pipe, schema.ALERTS_CHANNEL, payload, sharded=sharded)
@@ -266,7 +268,8 @@ def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
     state_key = schema.call_state_key(item.call_id)
     if isinstance(item, CallEvent) and item.type == "call_started":
         # A reused call id starts clean: no end state, alerts or timeline of the old call.
-        pipe.delete(state_key, schema.call_timeline_key(item.call_id))
+        pipe.delete(state_key, schema.call_timeline_key(item.call_id),
+                    schema.call_alerts_key(item.call_id))
         pipe.zadd(schema.LIVE_CALLS_KEY, {item.call_id: item.ts})
         pipe.hset(state_key, mapping={"start": payload})
     elif isinstance(item, CallEvent):
@@ -274,8 +277,13 @@ def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
         pipe.hset(state_key, mapping={"end": payload})
         pipe.expire(state_key, config.ended_ttl_s)
         pipe.expire(schema.call_timeline_key(item.call_id), config.ended_ttl_s)
+        pipe.expire(schema.call_alerts_key(item.call_id), config.ended_ttl_s)
     else:
         pipe.hset(state_key, mapping={f"alert:{item.role}:{item.kind}": payload})
+        alerts = schema.call_alerts_key(item.call_id)
+        pipe.rpush(alerts, payload)
+        pipe.ltrim(alerts, -config.alerts_max, -1)
+        pipe.expire(alerts, config.ended_ttl_s)  # renewed by each alert, as the timeline is
 
 
 class _Queued(NamedTuple):

@@ -57,6 +57,12 @@ def call_timeline_key(call_id: str) -> str:
     return f"callmon:call:{{{call_id}}}:timeline"
 
 
+def call_alerts_key(call_id: str) -> str:
+    """List of the call's alert messages (raised and cleared), oldest first, capped: what
+    the call page shades, read without scanning the whole alert log."""
+    return f"callmon:call:{{{call_id}}}:alerts"
+
+
 Role = Literal["customer", "agent"]
 AlertKind = Literal["frustration", "distress"]
 AlertState = Literal["raised", "cleared"]

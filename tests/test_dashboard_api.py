@@ -83,6 +83,16 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
     assert again == ack  # the first acknowledgement stands
     log = http.get("/api/v1/alerts", params={"since": "0"}).json()
     assert next(a for a in log if a["id"] == raised[0]["id"])["ack"] == ack
+    # The call page's alert periods: the call's own alerts, raised and cleared (at the
+    # latest when the call ended), in the log's order, read without the log.
+    history = http.get("/api/v1/calls/api-call").json()["alert_history"]
+    assert [a["id"] for a in history] == [a["id"] for a in log if a["type"] == "alert"]
+    assert history[0] == {k: v for k, v in raised[0].items() if k != "stream_id"} | {"ack": ack}
+    assert history[-1]["state"] == "cleared"
+    only = http.get("/api/v1/alerts", params={"since": "0", "type": "alert,call_ended"}).json()
+    assert [a["id"] for a in only] == [a["id"] for a in log if a["type"] != "call_started"]
+    wrong = http.get("/api/v1/alerts", params={"type": "alert,window"})
+    assert wrong.status_code == 422 and "'window'" in wrong.json()["detail"]
     assert http.get("/api/v1/alerts", params={"since": "10m"}).json()[0]["type"] == "call_started"
 
     assert http.get("/api/v1/calls/nope").status_code == 404
@@ -451,6 +461,68 @@ def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_serv
     assert "timeline" not in some[0]
     assert some[0]["alerts"]["customer:frustration"]["ack"]["by"] == "sup 12"
     assert some[3]["live"] is False
+
+
+def test_a_busy_log_gives_the_latest_alerts_and_every_call_its_own(redis_server,
+                                                                   monkeypatch) -> None:
+    """The dashboard loaded the feed with the earliest 500 entries of the last hour, and
+    a call page with the earliest 5 000 of the whole log: on a busy log, call events from
+    the hour's first minutes, and none of the newest alerts. The log is read in chunks
+    (made small here so that reads cross them)."""
+    import asyncio
+
+    from dashboard import store
+    from streamer import redis_client, schema
+    from streamer.publisher import PublisherConfig, queue_event
+    from streamer.schema import Alert, CallEvent
+
+    monkeypatch.setattr(store, "LOG_CHUNK", 7)
+    call = {"roles": ("customer",), "sample_rate": 8000, "encoding": "mulaw",
+            "protocol": "twilio"}
+
+    def alert(call_id: str, state: str = "raised", raised_id: str | None = None) -> Alert:
+        return Alert(id=schema.new_id(), call_id=call_id, role="customer", kind="distress",
+                     state=state, score=0.9, threshold=0.7, window_index=9, call_time_s=12.0,
+                     raised_id=raised_id)
+
+    async def scenario():
+        client = redis_client.connect(redis_server.url)
+        try:
+            first, last = alert("early"), alert("late")
+            cleared = alert("late", "cleared", last.id)
+            pipe = client.pipeline(transaction=False)
+            queue_event(pipe, first, PublisherConfig())
+            for k in range(600):
+                queue_event(pipe, CallEvent(id=schema.new_id(), type="call_started",
+                                            call_id=f"busy-{k}", **call), PublisherConfig())
+            for event in (last, cleared, last, cleared):  # written twice (a retry)
+                queue_event(pipe, event, PublisherConfig())
+            await pipe.execute()
+            await store.acknowledge(client, last.id, by="sup")
+            return (first, last, cleared,
+                    await store.alerts_since(client, "1h"),
+                    await store.alerts_since(client, "1h", types=frozenset({"alert"}),
+                                             latest=True, limit=2),
+                    await store.alerts_since(client, "1h", types=frozenset({"alert"})),
+                    await store.alerts_since(client, "0", latest=True, limit=10),
+                    await store.call_alerts(client, "late"),
+                    await store.call_alerts(client, "nobody"),
+                    await store.find_alert(client, first.id))
+        finally:
+            await client.aclose()
+
+    (first, last, cleared, earliest, feed, alerts, tail, late, nobody,
+     found) = asyncio.run(scenario())
+    assert len(earliest) == 500 and earliest[0]["id"] == first.id
+    assert last.id not in {e["id"] for e in earliest}  # what the feed used to load
+    assert [a["id"] for a in feed] == [last.id, cleared.id]  # the latest two, oldest first
+    assert feed[0]["ack"]["by"] == "sup" and feed[1]["ack"] is None
+    assert [a["id"] for a in alerts] == [first.id, last.id, cleared.id]  # each once
+    assert [e["id"] for e in tail][-2:] == [last.id, cleared.id] and len(tail) == 10
+    order = [tuple(map(int, e["stream_id"].split("-"))) for e in tail]
+    assert order == sorted(order)
+    assert [a["id"] for a in late] == [last.id, cleared.id] and late[0]["ack"]["by"] == "sup"
+    assert nobody == [] and found["id"] == first.id
 
 
 @pytest.mark.parametrize("stored", [

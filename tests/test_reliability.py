@@ -376,7 +376,8 @@ def test_redis_refusing_writes_is_an_outage_and_loses_nothing(shipped_model, cal
             await wait_for(lambda: service.publisher.connected
                            and not service.publisher.undelivered, 30, "the held events")
             seen["ttl"] = (admin.ttl(schema.call_state_key("oom")),
-                           admin.ttl(schema.call_timeline_key("oom")))
+                           admin.ttl(schema.call_timeline_key("oom")),
+                           admin.ttl(schema.call_alerts_key("oom")))
             again = await stream_native(url, audio[: 16_000 * 6, None], rate=16_000,
                                         call_id="oom", speed=8.0)
             await service.publisher.flush(10)
@@ -402,6 +403,8 @@ def test_redis_refusing_writes_is_an_outage_and_loses_nothing(shipped_model, cal
     timeline = admin.lrange(schema.call_timeline_key("oom"), 0, -1)
     assert len(timeline) == len(again.windows) < len(outcome.windows)
     assert not any(k.startswith(b"alert:") for k in state) or again.alerts
+    kept = {json.loads(a)["id"] for a in admin.lrange(schema.call_alerts_key("oom"), 0, -1)}
+    assert not kept & {a["id"] for a in outcome.alerts}
 
 
 @pytest.mark.parametrize("protocol", ["native", "audiosocket"])

@@ -35,8 +35,10 @@ async function api(path, options) {
 // ---- state loading (also after every reconnect) -----------------------------------------
 async function reload() {
   // Every live call with the points its sparkline draws, in one request.
+  // The feed: the last hour's alerts, the latest first if there are more (a busy hour's
+  // log is mostly call events, and its earliest entries are the least useful).
   const [live, log] = await Promise.all([api(`/api/v1/calls?history=${SPARK_WINDOWS}`),
-                                         api("/api/v1/alerts?since=1h")]);
+                                         api("/api/v1/alerts?since=1h&type=alert&latest=true&limit=5000")]);
   calls.clear();
   for (const { history, call_time_s, ...summary } of live) {
     calls.set(summary.call_id, {
@@ -338,10 +340,9 @@ async function showCall(id) {
   $("call-meta").textContent = "";
   $("legend").innerHTML = "";
   $("call-title").textContent = `Call ${id}`;
-  let detail, log;
+  let detail;
   try {
-    [detail, log] = await Promise.all([api(`/api/v1/calls/${encodeURIComponent(id)}`),
-                                       api("/api/v1/alerts?since=0&limit=5000")]);
+    detail = await api(`/api/v1/calls/${encodeURIComponent(id)}`);
   } catch (e) {
     if (!current || current.id !== id) return;
     $("call-title").textContent = e.status === 404
@@ -350,7 +351,7 @@ async function showCall(id) {
   }
   if (!current || current.id !== id) return;  // the user moved on meanwhile
   current.detail = detail;
-  current.alerts = log.filter((a) => a.type === "alert" && a.call_id === id);
+  current.alerts = detail.alert_history;
   drawCall();
 }
 
