@@ -84,6 +84,9 @@ def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, r
         page.goto(svc.http_url + "/#/call/angry-call")
         page.wait_for_selector("#call-charts svg polyline", timeout=10_000)
         assert page.locator("#call-charts rect.alert-period").count() >= 1
+        # and its alerts listed under it, with who acknowledged them
+        page.wait_for_selector(f'#call-alerts li[data-alert="{alert_id}"] .acked-by',
+                               timeout=10_000)
         page.screenshot(path=str(ARTIFACTS / "call.png"))
         angry.result(120)
         calm.result(120)
@@ -180,6 +183,14 @@ def test_filters_notifications_ended_calls_and_a_live_call_page(browser, shipped
         # in alert" keeps the alerting call; the sparkline is scaled and its threshold named.
         page.wait_for_selector("#alerts li.frustration.raised", timeout=90_000)
         page.wait_for_function("Number(document.body.dataset.notified || 0) >= 1", timeout=5_000)
+        # Acknowledged on the call page, where a notification leads: the grid hears of it.
+        ack = call_page.locator("#call-alerts li.frustration.raised button.ack")
+        ack.wait_for(timeout=10_000)
+        alert_id = ack.get_attribute("data-alert")
+        ack.click()
+        call_page.wait_for_selector(f'#call-alerts li[data-alert="{alert_id}"] .acked-by',
+                                    timeout=10_000)
+        page.wait_for_selector(f'#alerts li[data-alert="{alert_id}"] .acked-by', timeout=10_000)
         page.check("#f-alerting")
         only_card(page, "angry-1")
         spark = page.text_content('.card[data-call="angry-1"] svg.spark')
@@ -217,4 +228,5 @@ def test_filters_notifications_ended_calls_and_a_live_call_page(browser, shipped
             "document.getElementById('call-title').textContent.startsWith('No call no-such-call')",
             timeout=10_000)
         assert call_page.locator("#call-charts svg").count() == 0
+        assert call_page.locator("#call-feed").is_hidden()
         context.close()

@@ -159,9 +159,14 @@ function handle(m) {
     if (c) c.summary.alerts[`${m.role}:${m.kind}`] = m;
     scheduleRender();
   } else if (m.type === "ack") {
+    const ack = { by: m.by, at: m.at, note: m.note };
     const a = alerts.get(m.alert_id);
-    if (a) a.ack = { by: m.by, at: m.at, note: m.note };
-    for (const c of calls.values()) for (const a2 of Object.values(c.summary.alerts)) if (a2.id === m.alert_id) a2.ack = { by: m.by, at: m.at, note: m.note };
+    if (a) a.ack = ack;
+    for (const c of calls.values()) for (const a2 of Object.values(c.summary.alerts)) if (a2.id === m.alert_id) a2.ack = ack;
+    if (current && current.alerts.some((a2) => a2.id === m.alert_id)) {
+      for (const a2 of current.alerts) if (a2.id === m.alert_id) a2.ack = ack;
+      scheduleCall();
+    }
     scheduleRender();
   } else if (m.type === "call_started") {
     calls.set(m.call_id, { summary: { call_id: m.call_id, start: m, agent: (m.metadata || {}).agent, last: {}, alerts: {}, live: true }, history: [], callTime: 0 });
@@ -339,6 +344,7 @@ async function showCall(id) {
   $("call-charts").innerHTML = "";
   $("call-meta").textContent = "";
   $("legend").innerHTML = "";
+  $("call-feed").hidden = true;
   $("call-title").textContent = `Call ${id}`;
   let detail;
   try {
@@ -379,6 +385,12 @@ function drawCall() {
   $("call-meta").innerHTML = meta.filter(Boolean).join(" · ");
   $("call-charts").innerHTML = c.start.roles.map((r) => `<h3>${esc(r)}</h3>` + timelineChart(
     c.timeline.filter((w) => w.role === r), current.alerts.filter((a) => a.role === r), length)).join("");
+  // The call's alerts, newest first, each with how it ended and who acknowledged it.
+  const raised = current.alerts.filter((a) => a.state === "raised").map((a) => ({
+    ...a, cleared: current.alerts.find((b) => b.state === "cleared" && b.raised_id === a.id) }))
+    .sort((a, b) => b.ts - a.ts);
+  $("call-feed").hidden = false;
+  setHTML("call-alerts", raised.length ? raised.map(alertItem).join("") : '<li class="empty">No alerts on this call.</li>');
   $("legend").innerHTML = Object.entries(COLORS).map(([k, v]) => `<span><i style="background:${v}"></i>${k}</span>`).join("")
     + Object.entries(SHADE).map(([k, v]) => `<span><i class="shade" style="background:${v}"></i>${k} alert</span>`).join("");
 }
