@@ -230,3 +230,41 @@ def test_filters_notifications_ended_calls_and_a_live_call_page(browser, shipped
         assert call_page.locator("#call-charts svg").count() == 0
         assert call_page.locator("#call-feed").is_hidden()
         context.close()
+
+
+def test_an_alert_raised_over_an_hour_ago_and_still_active_is_in_the_feed(
+        browser, shipped_model, redis_server) -> None:
+    """The feed loads the last hour of the alert log: an alert raised 70 minutes into a
+    long call and still active was missing from it (and from the unacknowledged count)
+    while its card showed the badge. It comes from the live call's state as well now."""
+    import time
+
+    import redis
+
+    from streamer import schema
+    from streamer.schema import Alert, CallEvent
+
+    r = redis.Redis.from_url(redis_server.url)
+    now = time.time()
+    r.set(schema.node_key("elsewhere"), "{}")  # a live node, so the call is not reaped
+    start = CallEvent(id=schema.new_id(), type="call_started", call_id="long-call",
+                      roles=("customer",), sample_rate=8000, encoding="mulaw",
+                      protocol="twilio", metadata={"agent": "Kim"}, ts=now - 7200,
+                      node="elsewhere")
+    alert = Alert(id=schema.new_id(), call_id="long-call", role="customer", kind="distress",
+                  state="raised", score=0.8, threshold=0.65, window_index=3000,
+                  call_time_s=3002.0, ts=now - 4200, node="elsewhere")
+    r.xadd(schema.ALERTS_STREAM, {"id": start.id, "type": start.type,
+                                  "data": schema.dumps(start)}, id=f"{int(start.ts * 1000)}-0")
+    r.xadd(schema.ALERTS_STREAM, {"id": alert.id, "type": alert.type,
+                                  "data": schema.dumps(alert)}, id=f"{int(alert.ts * 1000)}-0")
+    r.zadd(schema.LIVE_CALLS_KEY, {"long-call": start.ts})
+    r.hset(schema.call_state_key("long-call"), mapping={
+        "start": schema.dumps(start), "alert:customer:distress": schema.dumps(alert)})
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector('.card[data-call="long-call"] .badge.distress', timeout=15_000)
+        page.wait_for_selector(f'#alerts li[data-alert="{alert.id}"] button.ack', timeout=10_000)
+        assert "1 unacknowledged alert" in page.inner_text("#summary")
+        page.close()

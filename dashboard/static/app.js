@@ -46,6 +46,10 @@ async function reload() {
   }
   alerts.clear();
   for (const a of log) if (a.type === "alert") noteAlert(a);
+  // An alert still active on a live call, raised before the last hour, is listed too.
+  for (const c of calls.values()) {
+    for (const a of Object.values(c.summary.alerts || {})) if (a.state === "raised" && !alerts.has(a.id)) noteAlert(a);
+  }
   await loadEnded();
   if (current) await showCall(current.id);
   render();
