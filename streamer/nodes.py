@@ -105,19 +105,38 @@ class Heartbeat:
 
 
 async def orphaned_calls(redis, *, own_node: str | None = None) -> list[tuple[str, dict | None]]:
-    """Live calls whose node has no heartbeat (never this process's own)."""
-    out = []
-    for raw in await redis.zrange(schema.LIVE_CALLS_KEY, 0, -1):
-        call_id = raw.decode()
-        start_raw = await redis.hget(schema.call_state_key(call_id), "start")
-        start = json.loads(start_raw) if start_raw else None
-        node = (start or {}).get("node")
-        if node and node == own_node:
-            continue  # we know our own calls are alive, whatever Redis lost
-        if start is not None and node and await redis.exists(schema.node_key(node)):
-            continue
-        out.append((call_id, start))
-    return out
+    """Live calls whose node has no heartbeat (never this process's own), each with its
+    start event (``None`` where it is missing or cannot be read: such a call is ended too,
+    not left live for ever). Three round trips whatever the number of calls (the live set,
+    every start, every node's heartbeat), not two per call on every pass of every process."""
+    ids = [raw.decode() for raw in await redis.zrange(schema.LIVE_CALLS_KEY, 0, -1)]
+    if not ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for call_id in ids:
+        pipe.hget(schema.call_state_key(call_id), "start")
+    starts = [_start_event(raw) for raw in await pipe.execute()]
+    nodes = sorted({node for s in starts if s and (node := s.get("node"))
+                    and isinstance(node, str) and node != own_node})
+    alive: set[str] = set()
+    if nodes:
+        pipe = redis.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(schema.node_key(node))
+        alive = {node for node, up in zip(nodes, await pipe.execute(), strict=True) if up}
+    return [(call_id, start) for call_id, start in zip(ids, starts, strict=True)
+            if not (start and start.get("node") and (start["node"] == own_node
+                                                     or start["node"] in alive))]
+
+
+def _start_event(raw: bytes | None) -> dict | None:
+    """A stored ``call_started`` message, or ``None`` if it is absent or unreadable: one
+    bad entry made every reaper pass fail, so that no lost call was ended any more."""
+    try:
+        start = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
+    return start if isinstance(start, dict) else None
 
 
 async def reap_lost_calls(redis, *, own_node: str | None = None,
@@ -146,11 +165,13 @@ async def reap_lost_calls(redis, *, own_node: str | None = None,
             continue  # another reaper has it
         event = schema.CallEvent(
             id=schema.new_id(), type="call_ended", call_id=call_id,
-            roles=tuple((start or {}).get("roles", ())),
+            roles=tuple(roles) if isinstance(roles := (start or {}).get("roles"), list) else (),
             sample_rate=(start or {}).get("sample_rate", 0),
             encoding=(start or {}).get("encoding", ""), protocol=(start or {}).get("protocol", ""),
             metadata=(start or {}).get("metadata", {}), reason="lost",
-            duration_s=round(time.time() - start["ts"], 3) if start else None, node=node or "")
+            duration_s=round(time.time() - ts, 3) if isinstance(ts := (start or {}).get("ts"),
+                                                                  int | float) else None,
+            node=node if isinstance(node, str) else "")
         pipe = redis.pipeline(transaction=False)
         queue_event(pipe, event, PublisherConfig(), sharded=is_cluster(redis))
         await pipe.execute()

@@ -460,3 +460,36 @@ def test_an_ended_call_is_freed_without_the_cycle_collector(shipped_model, redis
             assert alive == [False, False]
 
     asyncio.run(main())
+
+
+def test_one_unreadable_call_start_does_not_stop_lost_calls_being_ended(redis_server) -> None:
+    """The reaper read each live call's start with ``json.loads``: one start that could not
+    be read (a truncated write) failed every pass, quietly, and no lost call of any node was
+    ended any more. Now such a call is ended like one with no start, the others as before,
+    and a call whose node still beats is left alone."""
+    from streamer import redis_client, schema
+    from streamer.nodes import reap_lost_calls
+
+    async def scenario() -> tuple[list[str], list[bytes], list[dict]]:
+        client = redis_client.connect(redis_server.url)
+        try:
+            await client.set(schema.node_key("beating"), "{}")
+            starts = {"unreadable": "{truncated", "odd": json.dumps({"node": 7, "roles": 3}),
+                      "lost": json.dumps({"node": "gone", "ts": time.time() - 60,
+                                          "roles": ["customer"], "sample_rate": 8000}),
+                      "alive": json.dumps({"node": "beating", "ts": time.time()})}
+            for call_id, start in starts.items():
+                await client.zadd(schema.LIVE_CALLS_KEY, {call_id: time.time()})
+                await client.hset(schema.call_state_key(call_id), mapping={"start": start})
+            ended = await reap_lost_calls(client)
+            log = [json.loads(f[b"data"]) for _, f in
+                   await client.xrange(schema.ALERTS_STREAM, "-", "+")]
+            return ended, await client.zrange(schema.LIVE_CALLS_KEY, 0, -1), log
+        finally:
+            await client.aclose()
+
+    ended, live, log = asyncio.run(scenario())
+    assert sorted(ended) == ["lost", "odd", "unreadable"] and live == [b"alive"]
+    lost = next(e for e in log if e["call_id"] == "lost")
+    assert lost["reason"] == "lost" and lost["roles"] == ["customer"] and lost["node"] == "gone"
+    assert 59 < lost["duration_s"] < 120
