@@ -44,6 +44,7 @@ async function reload() {
     calls.set(summary.call_id, {
       summary, history: history.map(([t, f, d]) => ({ t, f, d })), callTime: call_time_s });
   }
+  reorder = true;
   alerts.clear();
   for (const a of log) if (a.type === "alert") noteAlert(a);
   // An alert still active on a live call, raised before the last hour, is listed too.
@@ -136,7 +137,7 @@ function ensureCall(id) {
   fetching.add(id);
   api(`/api/v1/calls/${encodeURIComponent(id)}?tail=${SPARK_WINDOWS * 2}`)
     .then((detail) => {
-      if (detail.live && !calls.has(id)) calls.set(id, callEntry(detail, detail.timeline));
+      if (detail.live && !calls.has(id)) { calls.set(id, callEntry(detail, detail.timeline)); reorder = true; }
       scheduleRender();
     })
     .catch(console.error)
@@ -155,18 +156,20 @@ function handle(m) {
       c.history.push({ t: m.end_s, f: m.frustration, d: m.distress });
       if (c.history.length > SPARK_WINDOWS) c.history.shift();
     }
-    scheduleRender();
+    changed(c);
   } else if (m.type === "alert") {
     if (m.state === "raised" && !alerts.has(m.id)) notify(m);
     noteAlert(m);
     const c = calls.get(m.call_id);
-    if (c) c.summary.alerts[`${m.role}:${m.kind}`] = m;
+    if (c) { c.summary.alerts[`${m.role}:${m.kind}`] = m; changed(c, true); }
     scheduleRender();
   } else if (m.type === "ack") {
     const ack = { by: m.by, at: m.at, note: m.note };
     const a = alerts.get(m.alert_id);
     if (a) a.ack = ack;
-    for (const c of calls.values()) for (const a2 of Object.values(c.summary.alerts)) if (a2.id === m.alert_id) a2.ack = ack;
+    for (const c of calls.values()) {
+      for (const a2 of Object.values(c.summary.alerts)) if (a2.id === m.alert_id) { a2.ack = ack; changed(c, true); }
+    }
     if (current && current.alerts.some((a2) => a2.id === m.alert_id)) {
       for (const a2 of current.alerts) if (a2.id === m.alert_id) a2.ack = ack;
       scheduleCall();
@@ -174,16 +177,37 @@ function handle(m) {
     scheduleRender();
   } else if (m.type === "call_started") {
     calls.set(m.call_id, { summary: { call_id: m.call_id, start: m, agent: (m.metadata || {}).agent, last: {}, alerts: {}, live: true }, history: [], callTime: 0 });
+    reorder = true;
     scheduleRender();
   } else if (m.type === "call_ended") {
     calls.delete(m.call_id);
+    reorder = true;
     scheduleEnded();
     scheduleRender();
   }
 }
 
-let pending = false;
-function scheduleRender() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; render(); }); } }
+// A hundred calls send a hundred window results a second: the grid is drawn at most
+// RENDER_EVERY_MS apart, only the cards whose call changed are rebuilt, and the order (most
+// at risk first) is taken again every REORDER_EVERY_MS, or at once when a call comes or goes,
+// an alert is raised, cleared or acknowledged, or a filter changes: cards do not jump under
+// the pointer with every score. (Rebuilding the whole grid on every result kept the page's
+// main thread 90 % busy at 100 calls: docs/results/bench_dashboard_render.json.)
+const RENDER_EVERY_MS = 250;
+const REORDER_EVERY_MS = 2000;
+let reorder = true, orderedAt = 0, order = [];
+let pending = false, renderedAt = 0;
+function changed(c, urgent = false) {
+  c.v = (c.v || 0) + 1;
+  if (urgent) reorder = true;
+  scheduleRender();
+}
+function scheduleRender() {
+  if (pending) return;
+  pending = true;
+  setTimeout(() => requestAnimationFrame(() => { pending = false; renderedAt = Date.now(); render(); }),
+             Math.max(0, renderedAt + RENDER_EVERY_MS - Date.now()));
+}
 
 // ---- filters (remembered in this browser) ------------------------------------------------
 const FILTERS = ["search", "queue", "agent", "kind", "alerting"];
@@ -192,6 +216,7 @@ function readFilters() {
   filters = { search: $("f-search").value.trim(), queue: $("f-queue").value, agent: $("f-agent").value,
               kind: $("f-kind").value, alerting: $("f-alerting").checked };
   store.set("filters", filters);
+  reorder = true;
   scheduleRender();
 }
 function restoreFilters() {
@@ -273,10 +298,14 @@ function render() {
   const all = [...calls.values()];
   options("f-queue", "All queues", all.map((c) => metaOf(c.summary).queue));
   options("f-agent", "All agents", all.map((c) => agentOf(c.summary)));
-  const list = all.filter(passes).sort((a, b) => risk(b) - risk(a));
+  if (reorder || Date.now() - orderedAt >= REORDER_EVERY_MS) {
+    order = all.filter(passes).sort((a, b) => risk(b) - risk(a)).map((c) => c.summary.call_id);
+    reorder = false;
+    orderedAt = Date.now();
+  }
+  const list = order.map((id) => calls.get(id)).filter(Boolean);
   $("f-count").textContent = list.length === all.length ? "" : `showing ${list.length} of ${all.length}`;
-  setHTML("calls", list.length ? list.map(card).join("")
-    : `<p class="empty">${all.length ? "No live call matches the filters." : "No live calls."}</p>`);
+  drawCards(list, all.length);
   const feed = [...alerts.values()].sort((a, b) => b.ts - a.ts).slice(0, 200);
   setHTML("alerts", feed.length ? feed.map(alertItem).join("") : '<li class="empty">No alerts in the last hour.</li>');
 }
@@ -298,18 +327,45 @@ function who(s) {
   return parts.join(" · ");
 }
 
-function card(c) {
+// The cards in `list`'s order, each element kept while its call lives and rebuilt only
+// when the call changed (or the entry was replaced by a reload).
+const cardEls = new Map();  // call_id -> {el, entry, v}
+function drawCards(list, total) {
+  const box = $("calls");
+  if (!list.length) {
+    cardEls.clear();
+    setHTML("calls", `<p class="empty">${total ? "No live call matches the filters." : "No live calls."}</p>`);
+    return;
+  }
+  if (rendered.calls !== undefined) { box.innerHTML = ""; delete rendered.calls; }
+  const keep = new Set(list.map((c) => c.summary.call_id));
+  for (const [id, k] of cardEls) if (!keep.has(id)) { k.el.remove(); cardEls.delete(id); }
+  let prev = null;
+  for (const c of list) {
+    const id = c.summary.call_id;
+    let k = cardEls.get(id);
+    if (!k) { k = { el: document.createElement("div") }; cardEls.set(id, k); }
+    if (k.entry !== c || k.v !== c.v) { fillCard(k.el, c); k.entry = c; k.v = c.v; }
+    const at = prev ? prev.nextSibling : box.firstChild;
+    if (at !== k.el) box.insertBefore(k.el, at);
+    prev = k.el;
+  }
+}
+
+function fillCard(el, c) {
   const s = c.summary, last = (s.last || {}).customer;
   const alerting = activeAlerts(s).some((a) => !a.ack);
   const emotion = last && last.emotion ? `${esc(last.emotion)} <span class="conf">${Math.round(last.confidence * 100)}%</span>` : '<span class="conf">listening…</span>';
   const scores = last && last.frustration !== null ? `frustration ${last.frustration.toFixed(2)} · distress ${last.distress.toFixed(2)}` : "";
-  return `<div class="card${alerting ? " alerting" : ""}" data-call="${esc(s.call_id)}" onclick="location.hash='#/call/${encodeURIComponent(s.call_id)}'">
-    <div class="top"><span class="id">${esc(s.call_id)}</span><span class="dur" title="call time: audio received so far">${fmtDur(c.callTime)}</span></div>
+  el.className = `card${alerting ? " alerting" : ""}`;
+  el.dataset.call = s.call_id;
+  el.onclick = () => { location.hash = `#/call/${encodeURIComponent(s.call_id)}`; };
+  el.innerHTML = `<div class="top"><span class="id">${esc(s.call_id)}</span><span class="dur" title="call time: audio received so far">${fmtDur(c.callTime)}</span></div>
     <div class="agent">${who(s) || "&nbsp;"}</div>
     <div class="emotion">${emotion}</div>
     <div>${badges(s)}</div>
     ${spark(c.history, s.start && s.start.alert_thresholds)}
-    <div class="scores">${scores}</div></div>`;
+    <div class="scores">${scores}</div>`;
 }
 
 function alertItem(a) {
