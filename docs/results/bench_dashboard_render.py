@@ -9,6 +9,10 @@ for ``--seconds``. It reads the page's main-thread time from Chromium (DevTools
 ``Performance.getMetrics``: tasks, script, style, layout) over that span, and checks that the
 page kept up: every card shows its call's latest score when the feed stops.
 
+With ``--call-page W`` the first call already has W window results (7 200: two hours at a
+1 s hop) and the page measured is that call's page, following it live while the other calls
+go on: what a supervisor watching one long call costs.
+
 With ``--baseline REF`` the dashboard of that git revision (its own code and static files,
 from a temporary worktree) is measured too, alternating with this checkout's, ``--rounds``
 times each, and the ratios printed: the same machine, the same minute.
@@ -73,13 +77,14 @@ def store_calls(client: redis.Redis, n: int) -> list[str]:
 class Feeder(threading.Thread):
     """Each call's window results at 1 per second, the calls spread over the second."""
 
-    def __init__(self, url: str, ids: list[str]) -> None:
+    def __init__(self, url: str, ids: list[str], first_index: int = 1) -> None:
         super().__init__(daemon=True)
         self.client = redis.Redis.from_url(url)
         self.ids = ids
         self.stop = threading.Event()
         self.last: dict[str, float] = {}
-        self.index = 1
+        self.last_end: dict[str, float] = {}
+        self.index = first_index
         self.published = 0
 
     def run(self) -> None:
@@ -92,6 +97,7 @@ class Feeder(threading.Thread):
                 for call_id in self.ids[tick::ticks]:
                     value = round(rng.random() * 0.4, 2)
                     self.last[call_id] = value
+                    self.last_end[call_id] = self.index + 3.0
                     pipe.publish(schema.call_channel(call_id),
                                  window(call_id, self.index, value))
                 pipe.execute()
@@ -129,16 +135,31 @@ def dashboard(redis_url: str, source: Path):
         proc.wait(10)
 
 
-def measure(browser, url: str, redis_url: str, ids: list[str], seconds: float) -> dict:
+def store_timeline(client: redis.Redis, call_id: str, windows: int) -> None:
+    key = schema.call_timeline_key(call_id)
+    for first in range(0, windows, 1000):
+        client.rpush(key, *[window(call_id, i, 0.1 + 0.3 * (i % 60) / 60)
+                            for i in range(first, min(windows, first + 1000))])
+
+
+def measure(browser, url: str, redis_url: str, ids: list[str], seconds: float,
+            call_page: int = 0) -> dict:
     page = browser.new_page(viewport={"width": 1920, "height": 1080})
     try:
-        page.goto(url + "/")
-        page.wait_for_selector("#status.on", timeout=30_000)
-        page.wait_for_function(f"document.querySelectorAll('#calls .card').length === {len(ids)}",
-                               timeout=60_000)
+        if call_page:
+            page.goto(url + f"/#/call/{ids[0]}")
+            page.wait_for_selector("#status.on", timeout=30_000)
+            page.wait_for_selector("#call-charts svg polyline", state="attached",
+                                   timeout=60_000)
+        else:
+            page.goto(url + "/")
+            page.wait_for_selector("#status.on", timeout=30_000)
+            page.wait_for_function(
+                f"document.querySelectorAll('#calls .card').length === {len(ids)}",
+                timeout=60_000)
         cdp = page.context.new_cdp_session(page)
         cdp.send("Performance.enable")
-        feeder = Feeder(redis_url, ids)
+        feeder = Feeder(redis_url, ids, first_index=call_page or 1)
         feeder.start()
         time.sleep(2)  # past the first seconds' start-up
         before = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
@@ -149,14 +170,21 @@ def measure(browser, url: str, redis_url: str, ids: list[str], seconds: float) -
         published = feeder.published - published
         feeder.stop.set()
         feeder.join()
-        # Kept up: every card shows its call's last published score once the feed stops.
+        # Kept up: every card shows its call's latest score once the feed stops (the call
+        # page: its call time reaches the last window's end).
         stopped = time.monotonic()
-        expected = {c: f"frustration {v:.2f}" for c, v in feeder.last.items()}
-        page.wait_for_function(
-            """(expected) => Object.entries(expected).every(([id, text]) => {
-                 const card = document.querySelector(`.card[data-call="${id}"] .scores`);
-                 return card && card.textContent.startsWith(text); })""",
-            arg=expected, timeout=30_000)
+        if call_page:
+            end = int(feeder.last_end[ids[0]])
+            page.wait_for_function(
+                "(text) => document.getElementById('call-meta').textContent.includes(text)",
+                arg=f"{end // 60}:{end % 60:02d} of call time", timeout=30_000)
+        else:
+            expected = {c: f"frustration {v:.2f}" for c, v in feeder.last.items()}
+            page.wait_for_function(
+                """(expected) => Object.entries(expected).every(([id, text]) => {
+                     const card = document.querySelector(`.card[data-call="${id}"] .scores`);
+                     return card && card.textContent.startsWith(text); })""",
+                arg=expected, timeout=30_000)
         caught_up_s = time.monotonic() - stopped
         figures = {name: round((after[name] - before[name]) / span, 4) for name in METRICS}
         return {"main_thread_busy": figures["TaskDuration"],
@@ -187,6 +215,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--baseline", help="a git revision whose dashboard is measured alongside")
+    p.add_argument("--call-page", type=int, default=0, metavar="W",
+                   help="measure the first call's page, that call holding W windows")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     sources = {"current": ROOT}
@@ -208,8 +238,11 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, source in sources.items():
                     ids = store_calls(client, args.calls)
+                    if args.call_page:
+                        store_timeline(client, ids[0], args.call_page)
                     with dashboard(server.url, source) as url:
-                        runs[name].append(measure(browser, url, server.url, ids, args.seconds))
+                        runs[name].append(measure(browser, url, server.url, ids, args.seconds,
+                                                  args.call_page))
                     print(name, runs[name][-1], flush=True)
             browser.close()
     finally:
@@ -220,6 +253,7 @@ def main() -> None:
     summary = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
                for name, rs in runs.items()}
     result = {"calls": args.calls, "seconds": args.seconds, "rounds": args.rounds,
+              "call_page_windows": args.call_page,
               "current": revision("HEAD") + (" with changes" if dirty() else ""),
               "baseline": revision(args.baseline) if args.baseline else None,
               "median": summary, "runs": runs}
