@@ -546,3 +546,50 @@ def test_stored_messages_keep_every_character_and_number() -> None:
         "agent": "\U0001f600 Zoë", "n": [1, -2500.0, 0.125]}
     assert store._decode('{"agent": "Zoë"}'.encode()) == {"agent": "Zoë"}
     assert store._decode(b'"\\\\ud800"') == "\\ud800"  # an escaped backslash, not a surrogate
+
+
+def test_sparkline_points_are_read_as_decoding_would_read_them() -> None:
+    """The grid's sparklines match a few fields of each stored window result instead of
+    decoding it whole (hundreds of rows per call, in the event loop that serves ingest).
+    What they read must be what decoding reads, for every shape of result, a call id that
+    tries to look like fields included, and a row that is not ``schema.dumps``'s is decoded."""
+    import json
+
+    from dashboard import store
+    from streamer import schema
+    from streamer.schema import WindowResult
+
+    scores = {"neutral": 0.5, "happy": 0.1, "sad": 0.1, "angry": 0.2, "fearful": 0.1}
+    tricky = 'c"x","role":"agent","channel":0,"window_index":1,"start_s":0,"end_s":99,\\'
+    results = [
+        WindowResult(call_id="c-1", role="customer", channel=0, window_index=4, start_s=4.0,
+                     end_s=7.0, speech=True, speech_ratio=0.8, scores=scores,
+                     frustration=0.25, distress=1e-7, latency_ms=12.5),
+        WindowResult(call_id="c-1", role="agent", channel=1, window_index=5, start_s=5.0,
+                     end_s=8.0, speech=True, speech_ratio=0.8, scores=scores,
+                     frustration=0.5, distress=0.125),
+        WindowResult(call_id="c-1", role="customer", channel=0, window_index=6, start_s=6.0,
+                     end_s=9.0, speech=False, speech_ratio=0.0, scores=None,
+                     frustration=None, distress=None),
+        WindowResult(call_id=tricky, role="customer", channel=0, window_index=7, start_s=7,
+                     end_s=10, speech=True, speech_ratio=1.0, scores=scores,
+                     frustration=0, distress=1),
+        WindowResult(call_id="é€😀", role="customer", channel=0, window_index=8, start_s=8.0,
+                     end_s=11.0, speech=True, speech_ratio=1.0, scores=scores,
+                     frustration=0.75, distress=0.0),
+    ]
+    rows = [schema.dumps(r).encode() for r in results]
+    assert all(store._SPARK_ROW.match(row) for row in rows)  # the fast path, every one
+    for row in rows:
+        w = json.loads(row)
+        assert store._spark_point(row) == (w["role"], w["end_s"], w["frustration"],
+                                           w["distress"])
+    # Not as schema.dumps writes: decoded, or refused as decoding refuses it.
+    spaced = json.dumps(json.loads(rows[0])).encode()
+    assert store._spark_point(spaced) == ("customer", 7.0, 0.25, 1e-7)
+    for bad in (rows[0].replace(b'"frustration":0.25', b'"frustration":NaN'),
+                rows[0].replace(b'"end_s":7.0', b'"end_s":1e999'), rows[0][:-40], b"[]",
+                rows[0].replace(b'"frustration":0.25', b'"frustration":"high"')):
+        assert store._spark_point(bad) is None
+    history, call_time = store.sparkline(rows, 2)
+    assert history == [[10, 0, 1], [11.0, 0.75, 0.0]] and call_time == 11.0

@@ -15,7 +15,9 @@ and then re-encoding every one (how it checked a message could be served). With 
 each call also gets ``--reload`` window results in its timeline, and the dashboard's reload
 is timed as the store serves it: the list then each call's timeline tail (what the browser
 fetched call by call before) against ``live_calls(history=…)`` (one request now), with the
-JSON each answer would carry. It prints the medians and their ratios.
+JSON each answer would carry, and the sparklines alone from the same stored rows: each row
+decoded whole (how ``store.sparkline`` read them) against its fields matched (how it reads
+them now). It prints the medians and their ratios.
 """
 
 from __future__ import annotations
@@ -30,20 +32,29 @@ from pathlib import Path
 
 from dashboard import store
 from streamer import redis_client, schema
-from streamer.schema import CallEvent
+from streamer.schema import CallEvent, WindowResult
 from streamer.tools.redis_server import EmbeddedCluster, EmbeddedRedis
 
 ROUNDS = 5
 
 
-def window(call_id: str, role: str) -> str:
-    return json.dumps({
-        "v": 1, "type": "window", "call_id": call_id, "role": role, "channel": 0,
-        "window_index": 41, "start_s": 41.0, "end_s": 44.0, "speech": True,
-        "speech_ratio": 0.71, "scores": {"neutral": 0.52, "happy": 0.11, "sad": 0.09,
-                                         "angry": 0.2, "fearful": 0.08},
-        "emotion": "neutral", "confidence": 0.52, "frustration": 0.21, "distress": 0.17,
-        "latency_ms": 23.5, "ts": time.time(), "node": "host:1234"})
+def window(call_id: str, role: str, index: int = 41) -> str:
+    """A window result as the publisher stores it."""
+    return schema.dumps(WindowResult(
+        call_id=call_id, role=role, channel=0, window_index=index, start_s=float(index),
+        end_s=index + 3.0, speech=True, speech_ratio=0.71,
+        scores={"neutral": 0.52, "happy": 0.11, "sad": 0.09, "angry": 0.2, "fearful": 0.08},
+        frustration=0.21, distress=0.17, latency_ms=23.5, node="host:1234"))
+
+
+def sparkline_decoding(rows: list[bytes], points: int) -> tuple[list, float]:
+    """``store.sparkline`` as it was: every row decoded whole, then the fields taken."""
+    timeline = store._decode_rows(rows)
+    ends = [w["end_s"] for w in timeline if isinstance(w.get("end_s"), int | float)]
+    scored = [[w["end_s"], w["frustration"], w["distress"]] for w in timeline
+              if w.get("role") == "customer" and isinstance(w.get("end_s"), int | float)
+              and w.get("frustration") is not None]
+    return scored[-points:], max(ends, default=0.0)
 
 
 async def store_calls(client, n: int) -> list[bytes]:
@@ -77,8 +88,12 @@ async def reload_figures(client, ids: list[str], windows: int) -> dict:
     """The grid's reload both ways, ``ROUNDS`` times each, alternating."""
     for call_id in ids:
         await client.rpush(schema.call_timeline_key(call_id),
-                           *[window(call_id, ("agent", "customer")[i % 2]) for i in range(windows)])
+                           *[window(call_id, ("agent", "customer")[i % 2], i // 2)
+                             for i in range(windows)])
+    summaries = await store.call_summaries(client, ids, tail=windows)
+    rows = [c["rows"] for c in summaries if c is not None]
     per_call, together, sizes = [], [], {}
+    decoded, matched = [], []
     for _ in range(ROUNDS):
         t = time.perf_counter()
         listed = await store.live_calls(client)
@@ -90,9 +105,19 @@ async def reload_figures(client, ids: list[str], windows: int) -> dict:
         sizes = {"per_call_mb": round((len(json.dumps(listed)) + sum(
                      len(json.dumps(tail)) for tail in tails)) / 1e6, 2),
                  "history_mb": round(len(json.dumps(compact)) / 1e6, 2)}
+        # The sparklines alone, from the same rows: decoded whole against matched.
+        t = time.perf_counter()
+        slow = [sparkline_decoding(r, windows // 2) for r in rows]
+        decoded.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fast = [store.sparkline(r, windows // 2) for r in rows]
+        matched.append(time.perf_counter() - t)
+        assert slow == fast
     return {"windows_per_call": windows, "requests_per_call": len(ids) + 1,
             "per_call_ms": round(1000 * statistics.median(per_call), 1),
-            "history_ms": round(1000 * statistics.median(together), 1), **sizes}
+            "history_ms": round(1000 * statistics.median(together), 1),
+            "sparklines_decoded_ms": round(1000 * statistics.median(decoded), 1),
+            "sparklines_matched_ms": round(1000 * statistics.median(matched), 1), **sizes}
 
 
 async def measure(url: str, n: int, reload_windows: int = 0) -> dict:
@@ -155,7 +180,9 @@ def main() -> None:
                         print(f"{'':10s} reload, {r['windows_per_call']} windows a call: "
                               f"call by call {r['per_call_ms']} ms ({r['requests_per_call']} "
                               f"requests, {r['per_call_mb']} MB), history {r['history_ms']} ms "
-                              f"(1 request, {r['history_mb']} MB)")
+                              f"(1 request, {r['history_mb']} MB); its sparklines "
+                              f"{r['sparklines_decoded_ms']} ms decoded whole, "
+                              f"{r['sparklines_matched_ms']} ms matched")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
