@@ -57,6 +57,7 @@ def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, r
                                                    "caller": "+44 20 7946 0018"}))
         page.wait_for_selector('.card[data-call="angry-call"]', timeout=20_000)
         page.wait_for_selector('.card[data-call="calm-call"]', timeout=20_000)
+        assert page.locator("#calls .empty").count() == 0  # "No live calls." is gone
         # The alert shows in the feed and the card moves to the top of the grid.
         page.wait_for_selector("#alerts li.frustration.raised button.ack", timeout=90_000)
         button = page.locator("#alerts li.frustration.raised button.ack").first

@@ -337,7 +337,7 @@ function drawCards(list, total) {
     setHTML("calls", `<p class="empty">${total ? "No live call matches the filters." : "No live calls."}</p>`);
     return;
   }
-  if (rendered.calls !== undefined) { box.innerHTML = ""; delete rendered.calls; }
+  if (!cardEls.size) { box.innerHTML = ""; delete rendered.calls; }  // the "no calls" line
   const keep = new Set(list.map((c) => c.summary.call_id));
   for (const [id, k] of cardEls) if (!keep.has(id)) { k.el.remove(); cardEls.delete(id); }
   let prev = null;
