@@ -233,7 +233,9 @@ def _once(messages: list) -> list[dict]:
     return out
 
 
-#: Entries read from the alert log per round trip.
+#: Entries read from the alert log in a round trip: the first read takes LOG_FIRST_CHUNK,
+#: each further one twice the last, up to LOG_CHUNK.
+LOG_FIRST_CHUNK = 250
 LOG_CHUNK = 2000
 #: The types of the alert log's entries.
 LOG_TYPES = frozenset({"alert", "call_started", "call_ended"})
@@ -242,21 +244,23 @@ LOG_TYPES = frozenset({"alert", "call_started", "call_ended"})
 async def log_entries(redis, start: str = "-", *, reverse: bool = False
                       ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
     """The alert log's entries (stream id, fields) from ``start`` (a stream id or ``-``)
-    on, oldest first, or with ``reverse`` newest first down to ``start``: read in chunks, so
-    a caller that stops early reads little, and one that does not still ends (the log is
-    capped at ``PublisherConfig.stream_maxlen`` entries)."""
+    on, oldest first, or with ``reverse`` newest first down to ``start``: read in growing
+    chunks, so a caller that stops early reads little (the ended-calls panel, refreshed
+    after every call that ends, needs a few hundred entries; it read 20 000 at a time), and
+    one that does not still ends (the log is capped at ``PublisherConfig.stream_maxlen``)."""
     low, high = start, "+"
+    count = min(LOG_FIRST_CHUNK, LOG_CHUNK)
     while True:
         if reverse:
             entries = await redis.xrevrange(schema.ALERTS_STREAM, max=high, min=low,
-                                            count=LOG_CHUNK)
+                                            count=count)
         else:
-            entries = await redis.xrange(schema.ALERTS_STREAM, min=low, max=high,
-                                         count=LOG_CHUNK)
+            entries = await redis.xrange(schema.ALERTS_STREAM, min=low, max=high, count=count)
         for entry_id, fields in entries:
             yield entry_id.decode(), fields
-        if len(entries) < LOG_CHUNK:
+        if len(entries) < count:
             return
+        count = min(2 * count, LOG_CHUNK)
         last = f"({entries[-1][0].decode()}"  # exclusive: on from the entry after it
         if reverse:
             high = last

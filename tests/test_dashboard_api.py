@@ -476,6 +476,7 @@ def test_a_busy_log_gives_the_latest_alerts_and_every_call_its_own(redis_server,
     from streamer.publisher import PublisherConfig, queue_event
     from streamer.schema import Alert, CallEvent
 
+    monkeypatch.setattr(store, "LOG_FIRST_CHUNK", 3)  # 3, 6, 7, 7, ...
     monkeypatch.setattr(store, "LOG_CHUNK", 7)
     call = {"roles": ("customer",), "sample_rate": 8000, "encoding": "mulaw",
             "protocol": "twilio"}
