@@ -116,17 +116,18 @@ async def orphaned_calls(redis, *, own_node: str | None = None) -> list[tuple[st
     for call_id in ids:
         pipe.hget(schema.call_state_key(call_id), "start")
     starts = [_start_event(raw) for raw in await pipe.execute()]
-    nodes = sorted({node for s in starts if s and (node := s.get("node"))
-                    and isinstance(node, str) and node != own_node})
-    alive: set[str] = set()
-    if nodes:
+    # Each call's node, None where its start names none a node could have written.
+    nodes = [node if isinstance(node := (start or {}).get("node"), str) and node else None
+             for start in starts]
+    alive = {own_node} if own_node else set()  # we know our own calls live, whatever Redis lost
+    others = sorted({node for node in nodes if node is not None} - alive)
+    if others:
         pipe = redis.pipeline(transaction=False)
-        for node in nodes:
+        for node in others:
             pipe.exists(schema.node_key(node))
-        alive = {node for node, up in zip(nodes, await pipe.execute(), strict=True) if up}
-    return [(call_id, start) for call_id, start in zip(ids, starts, strict=True)
-            if not (start and start.get("node") and (start["node"] == own_node
-                                                     or start["node"] in alive))]
+        alive |= {node for node, up in zip(others, await pipe.execute(), strict=True) if up}
+    return [(call_id, start) for call_id, start, node in zip(ids, starts, nodes, strict=True)
+            if node not in alive]
 
 
 def _start_event(raw: bytes | None) -> dict | None:

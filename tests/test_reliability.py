@@ -475,6 +475,7 @@ def test_one_unreadable_call_start_does_not_stop_lost_calls_being_ended(redis_se
         try:
             await client.set(schema.node_key("beating"), "{}")
             starts = {"unreadable": "{truncated", "odd": json.dumps({"node": 7, "roles": 3}),
+                      "odder": json.dumps({"node": ["gone"], "ts": "noon"}),
                       "lost": json.dumps({"node": "gone", "ts": time.time() - 60,
                                           "roles": ["customer"], "sample_rate": 8000}),
                       "alive": json.dumps({"node": "beating", "ts": time.time()})}
@@ -489,7 +490,7 @@ def test_one_unreadable_call_start_does_not_stop_lost_calls_being_ended(redis_se
             await client.aclose()
 
     ended, live, log = asyncio.run(scenario())
-    assert sorted(ended) == ["lost", "odd", "unreadable"] and live == [b"alive"]
+    assert sorted(ended) == ["lost", "odd", "odder", "unreadable"] and live == [b"alive"]
     lost = next(e for e in log if e["call_id"] == "lost")
     assert lost["reason"] == "lost" and lost["roles"] == ["customer"] and lost["node"] == "gone"
     assert 59 < lost["duration_s"] < 120
