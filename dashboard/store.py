@@ -153,8 +153,8 @@ async def live_calls(redis, *, history: int | None = None) -> list[dict]:
 def sparkline(rows: list[bytes], points: int) -> tuple[list[list[float | None]], float]:
     """The customer's last ``points`` scored windows as ``[end_s, frustration, distress]``,
     and the latest window end of any role (the call time on the audio's clock), from stored
-    window results (:func:`_spark_point`), newest first: the rows before the points needed
-    (half of those read, on a call without an agent channel) are older, and are not read."""
+    window results (:func:`_spark_point`), newest first: the rows older than the points
+    needed (half of those fetched, on a call without an agent channel) are not parsed."""
     scored: list[list[float | None]] = []
     latest = 0.0
     for point in map(_spark_point, reversed(rows)):
@@ -208,7 +208,8 @@ async def timeline(redis, call_id: str, *, tail: int | None = None) -> list[dict
 
 
 def _decode_rows(rows: list[bytes]) -> list:
-    """Stored window results, the unreadable ones skipped (see :func:`_decode`)."""
+    """Stored messages (window results, alerts), the unreadable ones skipped (see
+    :func:`_decode`)."""
     return [d for d in map(_decode, rows) if d is not None]
 
 

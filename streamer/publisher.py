@@ -259,8 +259,8 @@ def is_outage(error: Exception) -> bool:
 def queue_event(pipe, item: Alert | CallEvent, config: PublisherConfig, *,
                 sharded: bool = False) -> None:
     """Add the writes of one alert or call event to a Redis pipeline: pub/sub, the alert
-    log, the live-call set and the call's state and alerts. Shared by the publisher and the reaper of
-    lost calls, so both leave Redis in the same shape."""
+    log, the live-call set and the call's state and alerts. Shared by the publisher and the
+    reaper of lost calls, so both leave Redis in the same shape."""
     payload = schema.dumps(item)
     publish(pipe, schema.ALERTS_CHANNEL, payload, sharded=sharded)
     pipe.xadd(schema.ALERTS_STREAM, {"id": item.id, "type": item.type, "data": payload},
