@@ -356,7 +356,9 @@ def test_a_burst_the_server_allows_is_scored_not_shed(shipped_model, redis_serve
     still busy with the first of them shed the rest by count (on a day this machine ran the
     model slowly, every fast stream lost its window 0). A window is shed once it is stale,
     never for arriving in a burst the server allows, whatever the hop (at 0.5 s a head start
-    is 21 windows)."""
+    is 21 windows). After the head start the client goes on at 1.5 x real time, not the
+    default limit of 4 x: the burst is the point here, and a sustained pace beyond what a
+    slowed model scores in time is shed as designed (a loaded CI host did, at 4 x)."""
     from streamer.tools.client import FASTEST
 
     from .streaming import actor_clips
@@ -365,7 +367,7 @@ def test_a_burst_the_server_allows_is_scored_not_shed(shipped_model, redis_serve
 
     async def main():
         async with running_service(SlowModel(shipped_model, 0.3), redis_server.url,
-                                   hop_s=hop_s) as service:
+                                   hop_s=hop_s, max_speed=1.5) as service:
             return await stream_native(
                 f"ws://127.0.0.1:{service.ingest.port}/v1/stream", audio[:, None], rate=16_000,
                 call_id="burst", speed=FASTEST)
