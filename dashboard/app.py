@@ -6,6 +6,7 @@ dependencies declared inside ``create_app`` at run time."""
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +14,13 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -33,6 +40,12 @@ MAX_PREDICT_SECONDS = 600.0
 
 
 MAX_NOTE_CHARS = 500
+
+
+def _json(content) -> bytes:
+    """``content`` encoded as a JSON response encodes it (compact, UTF-8, no NaN)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode()
 
 
 class AckRequest(BaseModel):
@@ -283,9 +296,10 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         with _bad_since(since):
             return await store.ended_calls(request.app.state.redis, since, limit=limit)
 
-    @app.get("/api/v1/calls/{call_id}", tags=["calls"])
+    @app.get("/api/v1/calls/{call_id}", tags=["calls"], response_model=dict)
     async def get_call(call_id: str, request: Request, _: Supervisor,
-                       tail: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> dict:
+                       tail: Annotated[int | None, Query(ge=1, le=100_000)] = None
+                       ) -> Response:
         """One call (live or ended in the last 24 h) with its window timeline (the last
         ``tail`` windows only, if given) and ``alert_history``: every alert raised and
         cleared on it, oldest first, the raises with their acknowledgements."""
@@ -293,9 +307,13 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         call = await store.call_summary(redis, call_id)
         if call is None:
             raise HTTPException(404, f"no call {call_id!r}")
-        call["timeline"] = await store.timeline(redis, call_id, tail=tail)
-        call["alert_history"] = await store.call_alerts(redis, call_id)
-        return call
+        timeline = await store.timeline_json(redis, call_id, tail=tail)
+        history = await store.call_alerts(redis, call_id)
+        # The timeline (up to 7 200 stored rows) goes out as stored, not decoded and
+        # encoded again in the event loop (see store.timeline_json).
+        return Response(_json(call)[:-1] + b',"timeline":' + timeline
+                        + b',"alert_history":' + _json(history) + b"}",
+                        media_type="application/json")
 
     @app.get("/api/v1/alerts", tags=["alerts"])
     async def list_alerts(request: Request, _: Supervisor, since: str | None = None,

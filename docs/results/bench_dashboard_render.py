@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -207,6 +208,45 @@ def dirty() -> bool:
                                 "dashboard"], capture_output=True, text=True).stdout.strip())
 
 
+@contextlib.contextmanager
+def checkouts(baseline: str | None) -> Iterator[tuple[dict[str, Path], Path]]:
+    """The dashboards to measure, by name: this checkout (``current``) and, with
+    ``baseline``, that git revision from a temporary worktree; and a scratch folder. The
+    worktree and the folder are removed after."""
+    tmp = Path(tempfile.mkdtemp(prefix="callmon-bench-"))
+    sources = {"current": ROOT}
+    try:
+        if baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach",
+                            str(tmp / "baseline"), baseline], check=True, capture_output=True)
+            sources = {"baseline": tmp / "baseline", "current": ROOT}
+        yield sources, tmp
+    finally:
+        if baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(tmp / "baseline")], check=False, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(runs: dict[str, list[dict]], baseline: str | None, ratios: tuple[str, ...],
+           out: Path | None, **settings) -> None:
+    """Each figure's median over the rounds, per dashboard, and with a baseline the
+    ``ratios`` figures of this checkout's over its: printed, and written to ``out`` with
+    every round's figures."""
+    summary = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+               for name, rs in runs.items()}
+    result = {**settings, "current": revision("HEAD") + (" with changes" if dirty() else ""),
+              "baseline": revision(baseline) if baseline else None,
+              "median": summary, "runs": runs}
+    if baseline:
+        result["ratio_current_to_baseline"] = {
+            key: round(summary["current"][key] / summary["baseline"][key], 3)
+            for key in ratios if summary["baseline"][key]}
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    if out:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
@@ -219,14 +259,7 @@ def main() -> None:
                    help="measure the first call's page, that call holding W windows")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    sources = {"current": ROOT}
-    tmp = Path(tempfile.mkdtemp(prefix="callmon-bench-"))
-    try:
-        if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach",
-                            str(tmp / "baseline"), args.baseline], check=True,
-                           capture_output=True)
-            sources = {"baseline": tmp / "baseline", "current": ROOT}
+    with checkouts(args.baseline) as (sources, tmp):
         runs: dict[str, list[dict]] = {name: [] for name in sources}
         (tmp / "redis").mkdir()
         with EmbeddedRedis(data_dir=tmp / "redis", persist=False) as server, \
@@ -245,27 +278,10 @@ def main() -> None:
                                                   args.call_page))
                     print(name, runs[name][-1], flush=True)
             browser.close()
-    finally:
-        if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(tmp / "baseline")], check=False, capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    summary = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
-               for name, rs in runs.items()}
-    result = {"calls": args.calls, "seconds": args.seconds, "rounds": args.rounds,
-              "call_page_windows": args.call_page,
-              "current": revision("HEAD") + (" with changes" if dirty() else ""),
-              "baseline": revision(args.baseline) if args.baseline else None,
-              "median": summary, "runs": runs}
-    if args.baseline:
-        result["ratio_current_to_baseline"] = {
-            key: round(summary["current"][key] / summary["baseline"][key], 3)
-            for key in ("main_thread_busy", "script_s_per_s", "style_s_per_s",
-                        "layout_s_per_s") if summary["baseline"][key]}
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-
+    report(runs, args.baseline, ("main_thread_busy", "script_s_per_s", "style_s_per_s",
+                                 "layout_s_per_s"), args.out,
+           calls=args.calls, seconds=args.seconds, rounds=args.rounds,
+           call_page_windows=args.call_page)
 
 if __name__ == "__main__":
     main()

@@ -97,13 +97,13 @@ async def reload_figures(client, ids: list[str], windows: int) -> dict:
     for _ in range(ROUNDS):
         t = time.perf_counter()
         listed = await store.live_calls(client)
-        tails = [await store.timeline(client, c["call_id"], tail=windows) for c in listed]
+        tails = [await store.timeline_json(client, c["call_id"], tail=windows) for c in listed]
         per_call.append(time.perf_counter() - t)
         t = time.perf_counter()
         compact = await store.live_calls(client, history=windows // 2)
         together.append(time.perf_counter() - t)
         sizes = {"per_call_mb": round((len(json.dumps(listed)) + sum(
-                     len(json.dumps(tail)) for tail in tails)) / 1e6, 2),
+                     len(tail) for tail in tails)) / 1e6, 2),
                  "history_mb": round(len(json.dumps(compact)) / 1e6, 2)}
         # The sparklines alone, from the same rows: decoded whole against matched.
         t = time.perf_counter()
