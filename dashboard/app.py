@@ -278,14 +278,16 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                                                 live_calls=live),
                                  media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/v1/calls", tags=["calls"])
+    @app.get("/api/v1/calls", tags=["calls"], response_model=list[dict])
     async def list_calls(request: Request, _: Supervisor,
                          history: Annotated[int | None, Query(ge=1, le=1000)] = None
-                         ) -> list[dict]:
+                         ) -> Response:
         """Live calls, most at-risk first; with ``history``, each with the customer's last
         ``history`` scored windows as ``[end_s, frustration, distress]`` and ``call_time_s``
         (what the grid's sparklines draw: one request, not one per call)."""
-        return await store.live_calls(request.app.state.redis, history=history)
+        calls = await store.live_calls(request.app.state.redis, history=history)
+        # Encoded in a worker thread, as the calls were decoded (see store.call_summaries).
+        return Response(await asyncio.to_thread(_json, calls), media_type="application/json")
 
     @app.get("/api/v1/ended-calls", tags=["calls"])
     async def list_ended_calls(request: Request, _: Supervisor, since: str = "4h",

@@ -77,28 +77,40 @@ async def call_summary(redis, call_id: str) -> dict | None:
     return (await call_summaries(redis, [call_id]))[0]
 
 
-async def call_summaries(redis, call_ids: list[str], *, tail: int | None = None
+async def call_summaries(redis, call_ids: list[str], *, history: int | None = None
                          ) -> list[dict | None]:
     """:func:`call_summary` of each call, read in two round trips whatever their number
     (one pipeline of state hashes, one read of the acknowledgements), not two per call: a
-    grid of 2 000 live calls took over a second to list one call at a time. With ``tail``,
-    each call also gets ``rows``: its last ``tail`` window results as stored, undecoded,
-    read in the same pipeline (the grid's sparklines, which the browser fetched one call at
-    a time; see :func:`sparkline`)."""
+    grid of 2 000 live calls took over a second to list one call at a time. With
+    ``history``, each call also gets ``history`` and ``call_time_s`` (:func:`sparkline`)
+    from its last ``2 * history`` window results, read in the same pipeline (both roles
+    share the timeline: twice the points read covers the customer's).
+
+    What is read is decoded in a worker thread: for the grid of 100 calls (36 000 window
+    results) that held the event loop, which also serves ingest under ``callmon serve``,
+    ~230 ms whenever a browser connected."""
+    tail = 2 * history if history else None
     pipe = redis.pipeline(transaction=False)
     for call_id in call_ids:
         pipe.hgetall(schema.call_state_key(call_id))
         if tail:
             pipe.lrange(schema.call_timeline_key(call_id), -tail, -1)
     replies = await pipe.execute() if call_ids else []
-    step = 2 if tail else 1
+    calls = await asyncio.to_thread(_summaries, call_ids, replies, history)
+    await _attach_acks(redis, [a for c in calls if c is not None for a in c["alerts"].values()])
+    return calls
+
+
+def _summaries(call_ids: list[str], replies: list, history: int | None) -> list[dict | None]:
+    """The calls' summaries from the pipeline's replies (each call's state, then its
+    timeline's tail with ``history``)."""
+    step = 2 if history else 1
     calls = [_summary(call_id, state) for call_id, state in
              zip(call_ids, replies[::step], strict=True)]
-    if tail:
+    if history:
         for call, rows in zip(calls, replies[1::2], strict=True):
             if call is not None:
-                call["rows"] = rows
-    await _attach_acks(redis, [a for c in calls if c is not None for a in c["alerts"].values()])
+                call["history"], call["call_time_s"] = sparkline(rows, history)
     return calls
 
 
@@ -141,13 +153,10 @@ async def live_calls(redis, *, history: int | None = None) -> list[dict]:
     ``call_time_s``, the audio received so far (whole window results came to ~340 bytes
     each, 12 MB for 100 calls' sparklines)."""
     ids = [c.decode() for c in await redis.zrange(schema.LIVE_CALLS_KEY, 0, -1)]
-    # Both roles share the timeline: twice the points read covers the customer's.
-    calls = [c for c in await call_summaries(redis, ids, tail=2 * history if history else None)
+    calls = [c for c in await call_summaries(redis, ids, history=history)
              if c is not None and c["live"]]
     for c in calls:
         c["risk"] = round(risk(c), 4)
-        if history:
-            c["history"], c["call_time_s"] = sparkline(c.pop("rows"), history)
     return sorted(calls, key=lambda c: -c["risk"])
 
 

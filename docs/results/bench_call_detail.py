@@ -1,16 +1,18 @@
-"""What opening a long call's page costs the server's other work: ``GET
-/api/v1/calls/{id}`` of a call holding W window results, against the event loop that also
-serves ingest under ``callmon serve``.
+"""What opening a long call's page, or the grid of many calls, costs the server's other
+work: ``GET /api/v1/calls/{id}`` of a call holding W window results, or ``GET
+/api/v1/calls?history=180`` of N live calls (what every browser that connects or reconnects
+asks), against the event loop that also serves ingest under ``callmon serve``.
 
-``PYTHONPATH=. python docs/results/bench_call_detail.py [--windows 7200] [--fetches 10]
-[--baseline REF] [--out docs/results/bench_call_detail.json]`` stores one call with W
-window results (7 200: two hours at a 1 s hop) in an embedded Redis, starts ``callmon
-dashboard`` on it, and fetches the call ``--fetches`` times, one after another, while a
-second client asks ``/healthz`` every 20 ms. A health check answered late is a request the
-server's event loop could not get to: under ``serve``, audio frames of every live call wait
-the same. It prints the fetch's median time and the health checks' latency (median, 99th
-percentile, max) with no fetch under way and during the fetches, and checks each answer holds
-the W windows.
+``PYTHONPATH=. python docs/results/bench_call_detail.py [--windows 7200] [--grid N]
+[--fetches 10] [--baseline REF] [--out docs/results/bench_call_detail.json]`` stores one
+call with W window results (7 200: two hours at a 1 s hop), or with ``--grid`` N live calls
+with 360 each (both roles: the three minutes the grid's sparklines draw), in an embedded
+Redis, starts ``callmon dashboard`` on it, and fetches the call (or the grid) ``--fetches``
+times, one after another, while a second client asks ``/healthz`` every 20 ms. A health
+check answered late is a request the server's event loop could not get to: under ``serve``,
+audio frames of every live call wait the same. It prints the fetch's median time and the
+health checks' latency (median, 99th percentile, max) with no fetch under way and during the
+fetches, and checks each answer is whole.
 
 With ``--baseline REF`` the dashboard of that git revision (from a temporary worktree) is
 measured too, alternating with this checkout's, ``--rounds`` times each, and the ratios
@@ -24,7 +26,9 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -66,12 +70,14 @@ def latency_ms(samples: list[float], name: str) -> dict:
             f"{name}_max_ms": round(1000 * ordered[-1], 1)}
 
 
-def measure(url: str, call_id: str, windows: int, fetches: int) -> dict:
+GRID_HISTORY = 180  # the grid's SPARK_WINDOWS
+
+
+def measure(url: str, path: str, whole: Callable[[Any], bool], fetches: int) -> dict:
     client = httpx.Client(base_url=url, timeout=60)
-    path = f"/api/v1/calls/{call_id}"
     first = client.get(path)  # warm: imports, connections
     first.raise_for_status()
-    assert len(first.json()["timeline"]) == windows, "the call's timeline is incomplete"
+    assert whole(first.json()), f"{path}: the answer is not whole"
     prober = Prober(url)
     prober.start()
     time.sleep(0.5)
@@ -88,8 +94,7 @@ def measure(url: str, call_id: str, windows: int, fetches: int) -> dict:
     busy_to = time.monotonic()
     prober.stop.set()
     prober.join()
-    for body in bodies:
-        assert len(json.loads(body)["timeline"]) == windows, "an answer lost windows"
+    assert all(whole(json.loads(body)) for body in bodies), f"{path}: an answer was not whole"
     return {"fetch_ms": round(1000 * statistics.median(walls), 1),
             "answer_mb": round(len(bodies[-1]) / 1e6, 2),
             **latency_ms(prober.between(idle_from, busy_from), "health_idle"),
@@ -99,6 +104,8 @@ def measure(url: str, call_id: str, windows: int, fetches: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--windows", type=int, default=7200)
+    p.add_argument("--grid", type=int, default=0, metavar="N",
+                   help="fetch the grid of N live calls instead of one call's page")
     p.add_argument("--fetches", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--baseline", help="a git revision whose dashboard is measured alongside")
@@ -109,18 +116,39 @@ def main() -> None:
         (tmp / "redis").mkdir()
         with EmbeddedRedis(data_dir=tmp / "redis", persist=False) as server:
             client = redis.Redis.from_url(server.url)
-            call_id = store_calls(client, 1)[0]
-            for first in range(0, args.windows, 1000):  # stored as the publisher stores them
-                client.rpush(schema.call_timeline_key(call_id), *[
-                    window(call_id, "customer", i)
-                    for i in range(first, min(args.windows, first + 1000))])
+            if args.grid:
+                ids = store_calls(client, args.grid)
+                for call_id in ids:
+                    store_windows(client, call_id, 2 * GRID_HISTORY, roles=2)
+                path = f"/api/v1/calls?history={GRID_HISTORY}"
+
+                def whole(answer: Any) -> bool:
+                    return len(answer) == args.grid and all(
+                        len(c["history"]) == GRID_HISTORY for c in answer)
+            else:
+                call_id = store_calls(client, 1)[0]
+                store_windows(client, call_id, args.windows, roles=1)
+                path = f"/api/v1/calls/{call_id}"
+
+                def whole(answer: Any) -> bool:
+                    return len(answer["timeline"]) == args.windows
             for _ in range(args.rounds):
                 for name, source in sources.items():
                     with dashboard(server.url, source) as url:
-                        runs[name].append(measure(url, call_id, args.windows, args.fetches))
+                        runs[name].append(measure(url, path, whole, args.fetches))
                     print(name, runs[name][-1], flush=True)
     report(runs, args.baseline, ("fetch_ms", "health_fetching_p99_ms", "health_fetching_max_ms"),
-           args.out, windows=args.windows, fetches=args.fetches, rounds=args.rounds)
+           args.out, path=path, windows=2 * GRID_HISTORY if args.grid else args.windows,
+           grid_calls=args.grid, fetches=args.fetches, rounds=args.rounds)
+
+
+def store_windows(client: redis.Redis, call_id: str, windows: int, roles: int) -> None:
+    """``windows`` window results as the publisher stores them, the customer's alone or
+    alternating with the agent's."""
+    for first in range(0, windows, 1000):
+        client.rpush(schema.call_timeline_key(call_id), *[
+            window(call_id, ("customer", "agent")[i % roles], i // roles)
+            for i in range(first, min(windows, first + 1000))])
 
 if __name__ == "__main__":
     main()

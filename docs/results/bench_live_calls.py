@@ -90,8 +90,8 @@ async def reload_figures(client, ids: list[str], windows: int) -> dict:
         await client.rpush(schema.call_timeline_key(call_id),
                            *[window(call_id, ("agent", "customer")[i % 2], i // 2)
                              for i in range(windows)])
-    summaries = await store.call_summaries(client, ids, tail=windows)
-    rows = [c["rows"] for c in summaries if c is not None]
+    rows = [await client.lrange(schema.call_timeline_key(call_id), -windows, -1)
+            for call_id in ids]
     per_call, together, sizes = [], [], {}
     decoded, matched = [], []
     for _ in range(ROUNDS):
