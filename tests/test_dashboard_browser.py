@@ -269,3 +269,48 @@ def test_an_alert_raised_over_an_hour_ago_and_still_active_is_in_the_feed(
         page.wait_for_selector(f'#alerts li[data-alert="{alert.id}"] button.ack', timeout=10_000)
         assert "1 unacknowledged alert" in page.inner_text("#summary")
         page.close()
+
+
+def test_the_ended_calls_panel_keeps_up_while_calls_end_one_after_another(
+        browser, shipped_model, redis_server) -> None:
+    """The panel reloaded 800 ms after the *last* call_ended it heard of, each one putting
+    the reload off again: with calls ending every 300 ms (a few hundred live calls across
+    the nodes) it never reloaded while they kept ending. It reloads at most every 800 ms
+    now, and at least that soon after a call ends."""
+    import threading
+    import time
+
+    import redis
+
+    from streamer import schema
+    from streamer.schema import CallEvent
+
+    r = redis.Redis.from_url(redis_server.url)
+    ending = 8.0
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector("#status.on", timeout=15_000)
+
+        def end_calls() -> None:
+            for k in range(int(ending / 0.3)):
+                end = CallEvent(id=schema.new_id(), type="call_ended", call_id=f"end-{k}",
+                                roles=("customer",), sample_rate=8000, encoding="mulaw",
+                                protocol="twilio", reason="stop", duration_s=60.0,
+                                alerts_raised=0, node="elsewhere")
+                r.xadd(schema.ALERTS_STREAM, {"id": end.id, "type": end.type,
+                                              "data": schema.dumps(end)})
+                r.publish(schema.ALERTS_CHANNEL, schema.dumps(end))
+                time.sleep(0.3)
+
+        ender = threading.Thread(target=end_calls)
+        ender.start()
+        try:
+            page.wait_for_selector('#ended-rows tr[data-call="end-0"]',
+                                   timeout=int(1000 * ending) + 5000)
+            assert ender.is_alive(), "the panel waited until calls stopped ending"
+        finally:
+            ender.join()
+        page.wait_for_selector(f'#ended-rows tr[data-call="end-{int(ending / 0.3) - 1}"]',
+                               timeout=10_000)
+        page.close()

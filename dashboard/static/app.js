@@ -66,8 +66,13 @@ async function loadEnded() {
   ended = await api("/api/v1/ended-calls?since=4h&limit=100");
   renderEnded();
 }
+// Reloaded 800 ms after a call ends, the calls that end meanwhile included: at most that
+// often, and never put off by the next call that ends (calls end every few hundred ms on a
+// busy centre's dashboard; putting it off again each time, it never reloaded).
 let endedTimer = null;
-function scheduleEnded() { clearTimeout(endedTimer); endedTimer = setTimeout(() => loadEnded().catch(console.error), 800); }
+function scheduleEnded() {
+  if (!endedTimer) endedTimer = setTimeout(() => { endedTimer = null; loadEnded().catch(console.error); }, 800);
+}
 
 // One row per alert: a "cleared" message (score fell, or the call ended) closes its raise.
 function noteAlert(m) {
