@@ -314,3 +314,62 @@ def test_the_ended_calls_panel_keeps_up_while_calls_end_one_after_another(
         page.wait_for_selector(f'#ended-rows tr[data-call="end-{int(ending / 0.3) - 1}"]',
                                timeout=10_000)
         page.close()
+
+
+def test_a_page_opened_while_calls_speak_asks_for_the_grid_once(browser, shipped_model,
+                                                                  redis_server) -> None:
+    """A window result for a call the page does not know makes it fetch that call. While the
+    page was still loading the grid, every live call's next result did: 40 single-call
+    requests on opening a page of 100 live calls, each reading its 360 latest windows from
+    Redis, answered then thrown away by the grid's own answer. Now results for unknown calls
+    wait for the grid, which holds them."""
+    import threading
+    import time
+
+    import redis
+
+    from streamer import schema
+    from streamer.schema import CallEvent, WindowResult
+
+    r = redis.Redis.from_url(redis_server.url)
+    r.set(schema.node_key("elsewhere"), "{}")  # a live node, so the calls are not reaped
+    ids = [f"talking-{k:02d}" for k in range(20)]
+    for call_id in ids:
+        start = CallEvent(id=schema.new_id(), type="call_started", call_id=call_id,
+                          roles=("customer",), sample_rate=8000, encoding="mulaw",
+                          protocol="twilio", node="elsewhere")
+        r.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
+        r.hset(schema.call_state_key(call_id), mapping={"start": schema.dumps(start)})
+    stop = threading.Event()
+
+    def speak() -> None:  # every call's results, one every 20 ms each
+        index = 0
+        while not stop.is_set():
+            for call_id in ids:
+                r.publish(schema.call_channel(call_id), schema.dumps(WindowResult(
+                    call_id=call_id, role="customer", channel=0, window_index=index,
+                    start_s=float(index), end_s=index + 3.0, speech=True, speech_ratio=0.8,
+                    scores={"neutral": 0.6, "happy": 0.1, "sad": 0.1, "angry": 0.1,
+                            "fearful": 0.1}, frustration=0.2, distress=0.1, node="elsewhere")))
+            index += 1
+            time.sleep(0.02)
+
+    speaker = threading.Thread(target=speak)
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        speaker.start()
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 760})
+            asked: list[str] = []
+            page.on("request", lambda request: asked.append(request.url))
+            page.goto(svc.http_url + "/")
+            page.wait_for_function(
+                f"document.querySelectorAll('#calls .card').length === {len(ids)}",
+                timeout=20_000)
+            time.sleep(2)
+            one_by_one = [u for u in asked if "/api/v1/calls/" in u]
+            assert not one_by_one, f"{len(one_by_one)} calls fetched one by one"
+            assert sum("/api/v1/calls?" in u for u in asked) == 1
+            page.close()
+        finally:
+            stop.set()
+            speaker.join()

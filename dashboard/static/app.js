@@ -33,12 +33,19 @@ async function api(path, options) {
 }
 
 // ---- state loading (also after every reconnect) -----------------------------------------
+let reloading = false;                 // the live calls are being fetched: see ensureCall
 async function reload() {
   // Every live call with the points its sparkline draws, in one request.
   // The feed: the last hour's alerts, the latest first if there are more (a busy hour's
   // log is mostly call events, and its earliest entries are the least useful).
-  const [live, log] = await Promise.all([api(`/api/v1/calls?history=${SPARK_WINDOWS}`),
-                                         api("/api/v1/alerts?since=1h&type=alert&latest=true&limit=5000")]);
+  reloading = true;
+  let live, log;
+  try {
+    [live, log] = await Promise.all([api(`/api/v1/calls?history=${SPARK_WINDOWS}`),
+                                     api("/api/v1/alerts?since=1h&type=alert&latest=true&limit=5000")]);
+  } finally {
+    reloading = false;
+  }
   calls.clear();
   for (const { history, call_time_s, ...summary } of live) {
     calls.set(summary.call_id, {
@@ -135,10 +142,13 @@ function connect() {
 }
 
 // A call this page does not know yet (its call_started raced with a reload, or came before
-// the page connected): fetch it once, then its window events land normally.
+// the page connected): fetch it once, then its window events land normally. Not while the
+// live calls are being fetched: that answer holds it (or its next result asks again), and
+// every live call's next result fetching it meanwhile was 40 requests on opening a page of
+// 100 calls.
 const fetching = new Set();
 function ensureCall(id) {
-  if (calls.has(id) || fetching.has(id)) return;
+  if (reloading || calls.has(id) || fetching.has(id)) return;
   fetching.add(id);
   api(`/api/v1/calls/${encodeURIComponent(id)}?tail=${SPARK_WINDOWS * 2}`)
     .then((detail) => {
