@@ -373,3 +373,64 @@ def test_a_page_opened_while_calls_speak_asks_for_the_grid_once(browser, shipped
         finally:
             stop.set()
             speaker.join()
+
+
+def test_a_call_page_keeps_what_the_call_sent_while_the_page_was_fetched(
+        browser, shipped_model, redis_server) -> None:
+    """The call page dropped the call's messages that came while its own answer was on the
+    way: a call that ended then stayed "(live)" on it, and a result that came then was
+    missing from its timeline. They are kept now, and applied to the answer unless it holds
+    them already. (The answer is held back here while the call sends a window and ends.)"""
+    import time
+
+    import redis
+
+    from streamer import schema
+    from streamer.schema import CallEvent, WindowResult
+
+    r = redis.Redis.from_url(redis_server.url)
+    r.set(schema.node_key("elsewhere"), "{}")  # a live node, so the call is not reaped
+    start = CallEvent(id=schema.new_id(), type="call_started", call_id="ending-1",
+                      roles=("customer",), sample_rate=8000, encoding="mulaw",
+                      protocol="twilio", node="elsewhere")
+
+    def window(index: int) -> str:
+        return schema.dumps(WindowResult(
+            call_id="ending-1", role="customer", channel=0, window_index=index,
+            start_s=float(index), end_s=index + 3.0, speech=True, speech_ratio=0.8,
+            scores={"neutral": 0.6, "happy": 0.1, "sad": 0.1, "angry": 0.1, "fearful": 0.1},
+            frustration=0.2, distress=0.1, node="elsewhere"))
+
+    r.zadd(schema.LIVE_CALLS_KEY, {"ending-1": start.ts})
+    r.hset(schema.call_state_key("ending-1"), mapping={"start": schema.dumps(start)})
+    r.rpush(schema.call_timeline_key("ending-1"), *[window(i) for i in range(5)])
+
+    def held_back(route) -> None:
+        answer = route.fetch()  # read before the call's last window and its end
+        last, end = window(40), CallEvent(
+            id=schema.new_id(), type="call_ended", call_id="ending-1", roles=("customer",),
+            sample_rate=8000, encoding="mulaw", protocol="twilio", reason="stop",
+            duration_s=43.0, alerts_raised=0, node="elsewhere")
+        r.rpush(schema.call_timeline_key("ending-1"), last)
+        r.publish(schema.call_channel("ending-1"), last)
+        r.hset(schema.call_state_key("ending-1"), "end", schema.dumps(end))
+        r.zrem(schema.LIVE_CALLS_KEY, "ending-1")
+        r.xadd(schema.ALERTS_STREAM, {"id": end.id, "type": end.type,
+                                      "data": schema.dumps(end)})
+        r.publish(schema.ALERTS_CHANNEL, schema.dumps(end))
+        time.sleep(1.5)  # the page hears both meanwhile
+        route.fulfill(response=answer)
+
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector("#status.on", timeout=15_000)
+        page.route("**/api/v1/calls/ending-1", held_back)
+        page.evaluate("location.hash = '#/call/ending-1'")
+        page.wait_for_function(
+            "document.getElementById('call-title').textContent.includes('(ended)')",
+            timeout=10_000)
+        assert "0:43 of call time" in page.inner_text("#call-meta")
+        assert page.evaluate("current.detail.timeline.map((w) => w.window_index)") == [
+            0, 1, 2, 3, 4, 40]
+        page.close()

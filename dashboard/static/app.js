@@ -415,7 +415,7 @@ window.ackAlert = ackAlert;
 
 // ---- call page: follows the call live ----------------------------------------------------
 async function showCall(id) {
-  current = { id, detail: null, alerts: [] };
+  current = { id, detail: null, alerts: [], early: [] };
   $("call-charts").innerHTML = "";
   $("call-meta").textContent = "";
   $("legend").innerHTML = "";
@@ -433,17 +433,33 @@ async function showCall(id) {
   if (!current || current.id !== id) return;  // the user moved on meanwhile
   current.detail = detail;
   current.alerts = detail.alert_history;
+  // What the call sent while the answer was on the way, unless the answer holds it.
+  for (const m of current.early) if (!answered(m)) addToCall(m);
+  current.early = [];
   drawCall();
 }
 
-function onCurrentCall(m) {
+function answered(m) {
   const d = current.detail;
-  if (!d) return;
+  if (m.type === "window") {
+    return d.timeline.some((w) => w.window_index === m.window_index && w.role === m.role && w.channel === m.channel);
+  }
+  if (m.type === "alert") return current.alerts.some((a) => a.id === m.id);
+  return m.type === "call_ended" && !d.live;
+}
+
+function onCurrentCall(m) {
+  if (!current.detail) current.early.push(m);  // kept until the page's answer comes
+  else if (addToCall(m)) scheduleCall();
+}
+
+function addToCall(m) {
+  const d = current.detail;
   if (m.type === "window") d.timeline.push(m);
   else if (m.type === "alert") current.alerts.push(m);
   else if (m.type === "call_ended") { d.live = false; d.duration_s = m.duration_s; d.end = m; }
-  else return;
-  scheduleCall();
+  else return false;
+  return true;
 }
 let callTimer = null;
 function scheduleCall() { if (!callTimer) callTimer = setTimeout(() => { callTimer = null; if (current) drawCall(); }, 500); }
