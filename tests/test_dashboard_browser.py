@@ -434,3 +434,64 @@ def test_a_call_page_keeps_what_the_call_sent_while_the_page_was_fetched(
         assert page.evaluate("current.detail.timeline.map((w) => w.window_index)") == [
             0, 1, 2, 3, 4, 40]
         page.close()
+
+
+def test_what_happens_while_the_grid_loads_is_not_undone_by_its_answer(
+        browser, shipped_model, redis_server) -> None:
+    """The grid applied what it heard while its live calls were being fetched, then
+    replaced everything with the answer, read before: a call that ended meanwhile came back
+    as a live card that nothing would ever remove, and an alert raised meanwhile was missing
+    from the feed. What is heard meanwhile is applied after the answer now. (The answer is
+    held back here while one call ends and another raises an alert.)"""
+    import time
+
+    import redis
+
+    from streamer import schema
+    from streamer.schema import Alert, CallEvent
+
+    r = redis.Redis.from_url(redis_server.url)
+    r.set(schema.node_key("elsewhere"), "{}")  # a live node, so the calls are not reaped
+    starts = {}
+    for call_id in ("ghost-1", "loud-1"):
+        starts[call_id] = start = CallEvent(
+            id=schema.new_id(), type="call_started", call_id=call_id, roles=("customer",),
+            sample_rate=8000, encoding="mulaw", protocol="twilio", node="elsewhere")
+        r.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
+        r.hset(schema.call_state_key(call_id), mapping={"start": schema.dumps(start)})
+    alert = Alert(id=schema.new_id(), call_id="loud-1", role="customer", kind="frustration",
+                  state="raised", score=0.8, threshold=0.45, window_index=12,
+                  call_time_s=15.0, node="elsewhere")
+    held = []
+
+    def held_back(route) -> None:
+        if held:
+            route.continue_()
+            return
+        held.append(route)
+        answer = route.fetch()  # both calls live, no alert yet
+        end = CallEvent(id=schema.new_id(), type="call_ended", call_id="ghost-1",
+                        roles=("customer",), sample_rate=8000, encoding="mulaw",
+                        protocol="twilio", reason="stop", duration_s=30.0, alerts_raised=0,
+                        node="elsewhere")
+        r.hset(schema.call_state_key("ghost-1"), "end", schema.dumps(end))
+        r.zrem(schema.LIVE_CALLS_KEY, "ghost-1")
+        r.hset(schema.call_state_key("loud-1"), "alert:customer:frustration",
+               schema.dumps(alert))
+        for event in (end, alert):
+            r.xadd(schema.ALERTS_STREAM, {"id": event.id, "type": event.type,
+                                          "data": schema.dumps(event)})
+            r.publish(schema.ALERTS_CHANNEL, schema.dumps(event))
+        time.sleep(1.5)  # the page hears both meanwhile
+        route.fulfill(response=answer)
+
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.route("**/api/v1/calls?history=*", held_back)
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector('.card[data-call="loud-1"]', timeout=15_000)
+        page.wait_for_selector(f'#alerts li[data-alert="{alert.id}"]', timeout=10_000)
+        time.sleep(1)  # a render or two later
+        assert page.locator('.card[data-call="ghost-1"]').count() == 0
+        assert held, "the grid's answer was not held back"
+        page.close()

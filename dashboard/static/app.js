@@ -33,18 +33,23 @@ async function api(path, options) {
 }
 
 // ---- state loading (also after every reconnect) -----------------------------------------
-let reloading = false;                 // the live calls are being fetched: see ensureCall
+// What is heard while the live calls and the feed are being fetched waits, and is applied
+// after their answer, which was read before it: applied first and then replaced by the
+// answer, a call that ended meanwhile came back as a live card for good, and an alert raised
+// meanwhile was missing from the feed.
+let heardWhileLoading = null;
 async function reload() {
   // Every live call with the points its sparkline draws, in one request.
   // The feed: the last hour's alerts, the latest first if there are more (a busy hour's
   // log is mostly call events, and its earliest entries are the least useful).
-  reloading = true;
+  const heard = heardWhileLoading = [];
   let live, log;
   try {
     [live, log] = await Promise.all([api(`/api/v1/calls?history=${SPARK_WINDOWS}`),
                                      api("/api/v1/alerts?since=1h&type=alert&latest=true&limit=5000")]);
   } finally {
-    reloading = false;
+    if (heardWhileLoading === heard) heardWhileLoading = null;
+    if (!log) for (const m of heard) handle(m);  // no answer: the page goes on as it was
   }
   calls.clear();
   for (const { history, call_time_s, ...summary } of live) {
@@ -58,6 +63,7 @@ async function reload() {
   for (const c of calls.values()) {
     for (const a of Object.values(c.summary.alerts || {})) if (a.state === "raised" && !alerts.has(a.id)) noteAlert(a);
   }
+  for (const m of heard) handle(m);
   await loadEnded();
   if (current) await showCall(current.id);
   render();
@@ -142,13 +148,13 @@ function connect() {
 }
 
 // A call this page does not know yet (its call_started raced with a reload, or came before
-// the page connected): fetch it once, then its window events land normally. Not while the
-// live calls are being fetched: that answer holds it (or its next result asks again), and
+// the page connected): fetch it once, then its window events land normally. (Results heard
+// while the live calls were being fetched wait for that answer, which holds their calls:
 // every live call's next result fetching it meanwhile was 40 requests on opening a page of
-// 100 calls.
+// 100 calls.)
 const fetching = new Set();
 function ensureCall(id) {
-  if (reloading || calls.has(id) || fetching.has(id)) return;
+  if (calls.has(id) || fetching.has(id)) return;
   fetching.add(id);
   api(`/api/v1/calls/${encodeURIComponent(id)}?tail=${SPARK_WINDOWS * 2}`)
     .then((detail) => {
@@ -160,6 +166,7 @@ function ensureCall(id) {
 }
 
 function handle(m) {
+  if (heardWhileLoading) { heardWhileLoading.push(m); return; }
   if (current && m.call_id === current.id) onCurrentCall(m);
   if (m.type === "window") {
     const c = calls.get(m.call_id);
@@ -167,7 +174,8 @@ function handle(m) {
     c.summary.last = c.summary.last || {};
     c.callTime = Math.max(c.callTime, m.end_s);
     if (m.scores) c.summary.last[m.role] = m;  // a silent window keeps the last emotion shown
-    if (m.role === "customer" && m.frustration !== null) {
+    const newest = c.history.length ? c.history[c.history.length - 1].t : -Infinity;
+    if (m.role === "customer" && m.frustration !== null && m.end_s > newest) {  // once each
       c.history.push({ t: m.end_s, f: m.frustration, d: m.distress });
       if (c.history.length > SPARK_WINDOWS) c.history.shift();
     }
@@ -191,7 +199,10 @@ function handle(m) {
     }
     scheduleRender();
   } else if (m.type === "call_started") {
-    calls.set(m.call_id, { summary: { call_id: m.call_id, start: m, agent: (m.metadata || {}).agent, last: {}, alerts: {}, live: true }, history: [], callTime: 0 });
+    // A call announced again (its node does after every Redis outage) keeps what it shows.
+    const c = calls.get(m.call_id);
+    if (c) c.summary.start = m;
+    else calls.set(m.call_id, { summary: { call_id: m.call_id, start: m, agent: (m.metadata || {}).agent, last: {}, alerts: {}, live: true }, history: [], callTime: 0 });
     reorder = true;
     scheduleRender();
   } else if (m.type === "call_ended") {
