@@ -39,6 +39,60 @@ def browser():
         b.close()
 
 
+# Calls as another node would announce them, for the tests that play one's part in Redis.
+ELSEWHERE = "elsewhere"
+
+
+def _started(call_id: str):
+    from streamer import schema
+    from streamer.schema import CallEvent
+
+    return CallEvent(id=schema.new_id(), type="call_started", call_id=call_id,
+                     roles=("customer",), sample_rate=8000, encoding="mulaw",
+                     protocol="twilio", node=ELSEWHERE)
+
+
+def _ended(call_id: str, duration_s: float):
+    from streamer import schema
+    from streamer.schema import CallEvent
+
+    return CallEvent(id=schema.new_id(), type="call_ended", call_id=call_id,
+                     roles=("customer",), sample_rate=8000, encoding="mulaw",
+                     protocol="twilio", reason="stop", duration_s=duration_s,
+                     alerts_raised=0, node=ELSEWHERE)
+
+
+def _window(call_id: str, index: int) -> str:
+    from streamer import schema
+    from streamer.schema import WindowResult
+
+    return schema.dumps(WindowResult(
+        call_id=call_id, role="customer", channel=0, window_index=index,
+        start_s=float(index), end_s=index + 3.0, speech=True, speech_ratio=0.8,
+        scores={"neutral": 0.6, "happy": 0.1, "sad": 0.1, "angry": 0.1, "fearful": 0.1},
+        frustration=0.2, distress=0.1, node=ELSEWHERE))
+
+
+def _go_live(r, *call_ids: str) -> None:
+    """The calls live on a node that is alive (so no reaper ends them)."""
+    from streamer import schema
+
+    r.set(schema.node_key(ELSEWHERE), "{}")
+    for call_id in call_ids:
+        start = _started(call_id)
+        r.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
+        r.hset(schema.call_state_key(call_id), mapping={"start": schema.dumps(start)})
+
+
+def _announce(r, event) -> None:
+    """An alert or call event into the alert log and onto its channel."""
+    from streamer import schema
+
+    r.xadd(schema.ALERTS_STREAM, {"id": event.id, "type": event.type,
+                                  "data": schema.dumps(event)})
+    r.publish(schema.ALERTS_CHANNEL, schema.dumps(event))
+
+
 def test_supervisor_sees_the_alert_and_acknowledges_it(browser, shipped_model, redis_server,
                                                        ravdess_dir, call_actors):
     audio, onset = calm_then_angry(ravdess_dir, call_actors[2])
@@ -282,9 +336,6 @@ def test_the_ended_calls_panel_keeps_up_while_calls_end_one_after_another(
 
     import redis
 
-    from streamer import schema
-    from streamer.schema import CallEvent
-
     r = redis.Redis.from_url(redis_server.url)
     ending = 8.0
     with ServiceThread(shipped_model, redis_server.url) as svc:
@@ -294,13 +345,7 @@ def test_the_ended_calls_panel_keeps_up_while_calls_end_one_after_another(
 
         def end_calls() -> None:
             for k in range(int(ending / 0.3)):
-                end = CallEvent(id=schema.new_id(), type="call_ended", call_id=f"end-{k}",
-                                roles=("customer",), sample_rate=8000, encoding="mulaw",
-                                protocol="twilio", reason="stop", duration_s=60.0,
-                                alerts_raised=0, node="elsewhere")
-                r.xadd(schema.ALERTS_STREAM, {"id": end.id, "type": end.type,
-                                              "data": schema.dumps(end)})
-                r.publish(schema.ALERTS_CHANNEL, schema.dumps(end))
+                _announce(r, _ended(f"end-{k}", 60.0))
                 time.sleep(0.3)
 
         ender = threading.Thread(target=end_calls)
@@ -329,28 +374,17 @@ def test_a_page_opened_while_calls_speak_asks_for_the_grid_once(browser, shipped
     import redis
 
     from streamer import schema
-    from streamer.schema import CallEvent, WindowResult
 
     r = redis.Redis.from_url(redis_server.url)
-    r.set(schema.node_key("elsewhere"), "{}")  # a live node, so the calls are not reaped
     ids = [f"talking-{k:02d}" for k in range(20)]
-    for call_id in ids:
-        start = CallEvent(id=schema.new_id(), type="call_started", call_id=call_id,
-                          roles=("customer",), sample_rate=8000, encoding="mulaw",
-                          protocol="twilio", node="elsewhere")
-        r.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
-        r.hset(schema.call_state_key(call_id), mapping={"start": schema.dumps(start)})
+    _go_live(r, *ids)
     stop = threading.Event()
 
     def speak() -> None:  # every call's results, one every 20 ms each
         index = 0
         while not stop.is_set():
             for call_id in ids:
-                r.publish(schema.call_channel(call_id), schema.dumps(WindowResult(
-                    call_id=call_id, role="customer", channel=0, window_index=index,
-                    start_s=float(index), end_s=index + 3.0, speech=True, speech_ratio=0.8,
-                    scores={"neutral": 0.6, "happy": 0.1, "sad": 0.1, "angry": 0.1,
-                            "fearful": 0.1}, frustration=0.2, distress=0.1, node="elsewhere")))
+                r.publish(schema.call_channel(call_id), _window(call_id, index))
             index += 1
             time.sleep(0.02)
 
@@ -386,38 +420,19 @@ def test_a_call_page_keeps_what_the_call_sent_while_the_page_was_fetched(
     import redis
 
     from streamer import schema
-    from streamer.schema import CallEvent, WindowResult
 
     r = redis.Redis.from_url(redis_server.url)
-    r.set(schema.node_key("elsewhere"), "{}")  # a live node, so the call is not reaped
-    start = CallEvent(id=schema.new_id(), type="call_started", call_id="ending-1",
-                      roles=("customer",), sample_rate=8000, encoding="mulaw",
-                      protocol="twilio", node="elsewhere")
-
-    def window(index: int) -> str:
-        return schema.dumps(WindowResult(
-            call_id="ending-1", role="customer", channel=0, window_index=index,
-            start_s=float(index), end_s=index + 3.0, speech=True, speech_ratio=0.8,
-            scores={"neutral": 0.6, "happy": 0.1, "sad": 0.1, "angry": 0.1, "fearful": 0.1},
-            frustration=0.2, distress=0.1, node="elsewhere"))
-
-    r.zadd(schema.LIVE_CALLS_KEY, {"ending-1": start.ts})
-    r.hset(schema.call_state_key("ending-1"), mapping={"start": schema.dumps(start)})
-    r.rpush(schema.call_timeline_key("ending-1"), *[window(i) for i in range(5)])
+    _go_live(r, "ending-1")
+    r.rpush(schema.call_timeline_key("ending-1"), *[_window("ending-1", i) for i in range(5)])
 
     def held_back(route) -> None:
         answer = route.fetch()  # read before the call's last window and its end
-        last, end = window(40), CallEvent(
-            id=schema.new_id(), type="call_ended", call_id="ending-1", roles=("customer",),
-            sample_rate=8000, encoding="mulaw", protocol="twilio", reason="stop",
-            duration_s=43.0, alerts_raised=0, node="elsewhere")
+        last, end = _window("ending-1", 40), _ended("ending-1", 43.0)
         r.rpush(schema.call_timeline_key("ending-1"), last)
         r.publish(schema.call_channel("ending-1"), last)
         r.hset(schema.call_state_key("ending-1"), "end", schema.dumps(end))
         r.zrem(schema.LIVE_CALLS_KEY, "ending-1")
-        r.xadd(schema.ALERTS_STREAM, {"id": end.id, "type": end.type,
-                                      "data": schema.dumps(end)})
-        r.publish(schema.ALERTS_CHANNEL, schema.dumps(end))
+        _announce(r, end)
         time.sleep(1.5)  # the page hears both meanwhile
         route.fulfill(response=answer)
 
@@ -448,20 +463,13 @@ def test_what_happens_while_the_grid_loads_is_not_undone_by_its_answer(
     import redis
 
     from streamer import schema
-    from streamer.schema import Alert, CallEvent
+    from streamer.schema import Alert
 
     r = redis.Redis.from_url(redis_server.url)
-    r.set(schema.node_key("elsewhere"), "{}")  # a live node, so the calls are not reaped
-    starts = {}
-    for call_id in ("ghost-1", "loud-1"):
-        starts[call_id] = start = CallEvent(
-            id=schema.new_id(), type="call_started", call_id=call_id, roles=("customer",),
-            sample_rate=8000, encoding="mulaw", protocol="twilio", node="elsewhere")
-        r.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
-        r.hset(schema.call_state_key(call_id), mapping={"start": schema.dumps(start)})
+    _go_live(r, "ghost-1", "loud-1")
     alert = Alert(id=schema.new_id(), call_id="loud-1", role="customer", kind="frustration",
                   state="raised", score=0.8, threshold=0.45, window_index=12,
-                  call_time_s=15.0, node="elsewhere")
+                  call_time_s=15.0, node=ELSEWHERE)
     held = []
 
     def held_back(route) -> None:
@@ -470,18 +478,13 @@ def test_what_happens_while_the_grid_loads_is_not_undone_by_its_answer(
             return
         held.append(route)
         answer = route.fetch()  # both calls live, no alert yet
-        end = CallEvent(id=schema.new_id(), type="call_ended", call_id="ghost-1",
-                        roles=("customer",), sample_rate=8000, encoding="mulaw",
-                        protocol="twilio", reason="stop", duration_s=30.0, alerts_raised=0,
-                        node="elsewhere")
+        end = _ended("ghost-1", 30.0)
         r.hset(schema.call_state_key("ghost-1"), "end", schema.dumps(end))
         r.zrem(schema.LIVE_CALLS_KEY, "ghost-1")
         r.hset(schema.call_state_key("loud-1"), "alert:customer:frustration",
                schema.dumps(alert))
-        for event in (end, alert):
-            r.xadd(schema.ALERTS_STREAM, {"id": event.id, "type": event.type,
-                                          "data": schema.dumps(event)})
-            r.publish(schema.ALERTS_CHANNEL, schema.dumps(event))
+        _announce(r, end)
+        _announce(r, alert)
         time.sleep(1.5)  # the page hears both meanwhile
         route.fulfill(response=answer)
 
