@@ -274,8 +274,10 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         if not public_metrics:
             auth(request)
         live = await request.app.state.redis.zcard(store.schema.LIVE_CALLS_KEY)
+        hub: LiveHub = request.app.state.hub
         return PlainTextResponse(render_metrics(service.stats() if service is not None else None,
-                                                live_calls=live),
+                                                live_calls=live, browsers=len(hub.subscribers),
+                                                browsers_behind=hub.behind),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/api/v1/calls", tags=["calls"], response_model=list[dict])
@@ -366,6 +368,8 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
+                    if message is None:  # fell behind: reconnecting, the page reloads
+                        return
                     yield f"data: {message}\n\n"
             finally:
                 hub.unsubscribe(sub)

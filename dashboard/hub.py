@@ -1,10 +1,12 @@
 """One Redis subscription per dashboard process, fanned out to every connected browser.
 
-Each browser gets a bounded queue: a slow browser loses its oldest window updates and
-never holds up the others (alerts and acknowledgements are also in Redis, so a browser
-that reconnects reloads them). The subscription exists only while a browser is connected
-(and ``linger_s`` after the last one left, so a reload does not resubscribe): a node with
-thousands of calls and nobody watching does not read every window back from Redis."""
+Each browser gets a bounded queue and never holds up the others: a browser that falls
+``queue_max`` messages behind is dropped, its stream ends, and it reconnects and reloads
+what it shows from Redis (it used to lose its oldest messages silently, alerts and call
+ends among them, and show ended calls as live until reloaded by hand). The subscription
+exists only while a browser is connected (and ``linger_s`` after the last one left, so a
+reload does not resubscribe): a node with thousands of calls and nobody watching does not
+read every window back from Redis."""
 
 from __future__ import annotations
 
@@ -23,18 +25,28 @@ log = logging.getLogger(__name__)
 
 class Subscriber:
     def __init__(self, maxlen: int) -> None:
-        self.items: deque[str] = deque(maxlen=maxlen)
+        self.maxlen = maxlen
+        self.items: deque[str] = deque()
         self.ready = asyncio.Event()
+        self.behind = False
 
-    def put(self, message: str) -> None:
-        self.items.append(message)
+    def put(self, message: str) -> bool:
+        """Queue a message; ``False`` (and nothing queued from then on) once the browser is
+        ``maxlen`` messages behind."""
+        if len(self.items) >= self.maxlen:
+            self.behind = True
+            self.items.clear()
+        else:
+            self.items.append(message)
         self.ready.set()
+        return not self.behind
 
-    async def get(self) -> str:
-        while not self.items:
+    async def get(self) -> str | None:
+        """The next message, or ``None`` once the browser fell behind: its stream must end."""
+        while not self.items and not self.behind:
             self.ready.clear()
             await self.ready.wait()
-        return self.items.popleft()
+        return None if self.behind else self.items.popleft()
 
 
 class LiveHub:
@@ -49,6 +61,7 @@ class LiveHub:
         self.queue_max = queue_max
         self.linger_s = linger_s
         self.subscribers: set[Subscriber] = set()
+        self.behind = 0  # browsers dropped for falling behind
         self._task: asyncio.Task | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()  # set while the subscription is live
@@ -99,7 +112,11 @@ class LiveHub:
     def _fan_out(self, data: bytes | str) -> str:
         text = data.decode() if isinstance(data, bytes) else data
         for sub in list(self.subscribers):
-            sub.put(text)
+            if not sub.put(text):
+                self.behind += 1
+                log.warning("a dashboard browser fell %d messages behind: its live stream is "
+                            "ended, and it reloads (%d so far)", sub.maxlen, self.behind)
+                self.unsubscribe(sub)
         return text
 
     async def _relay(self) -> None:

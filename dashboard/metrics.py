@@ -5,11 +5,17 @@ from __future__ import annotations
 from streamer.metrics import NodeStats, counter
 
 
-def render_metrics(stats: NodeStats | None, *, live_calls: int) -> str:
-    """Prometheus text: live calls across the cluster, and this node's ``stats`` when the
-    dashboard runs inside ``callmon serve``."""
+def render_metrics(stats: NodeStats | None, *, live_calls: int, browsers: int = 0,
+                   browsers_behind: int = 0) -> str:
+    """Prometheus text: live calls across the cluster, this dashboard's live streams to
+    browsers, and this node's ``stats`` when the dashboard runs inside ``callmon serve``."""
     lines = counter("callmon_active_calls", "Live calls across all nodes (from Redis).",
                     live_calls, kind="gauge")
+    lines += counter("callmon_dashboard_streams", "Browsers following the live stream.",
+                     browsers, kind="gauge")
+    lines += counter("callmon_dashboard_streams_behind_total",
+                     "Live streams ended because their browser fell behind (it reloads).",
+                     browsers_behind)
     if stats is not None:
         lines += counter("callmon_node_calls", "Live calls on this node.", stats.live_calls,
                          kind="gauge")

@@ -108,6 +108,7 @@ def test_calls_alerts_and_acknowledgement(service, ravdess_dir, call_actors):
     metrics = http.get("/metrics").text
     assert "callmon_windows_scored_total" in metrics and "callmon_alerts_raised_total 1" in metrics
     assert 'callmon_window_latency_ms_bucket{le="+Inf"}' in metrics
+    assert "callmon_dashboard_streams_behind_total 0" in metrics
     health = http.get("/healthz").json()
     assert health["status"] == "ok" and health["model"]["variant"] == "int8"
     assert "/api/v1/predict" in http.get("/openapi.json").json()["paths"]
@@ -356,6 +357,34 @@ def test_live_hub_reads_redis_only_while_a_browser_watches(redis_server):
 
     asyncio.run(scenario())
 
+
+
+def test_a_browser_that_falls_behind_is_told_to_reload_not_left_short(redis_server):
+    """A browser that did not read its live stream fast enough (a slow link, a dashboard of
+    a thousand calls) silently lost its oldest messages, alerts and call ends among them:
+    cards of ended calls stayed, alerts never showed, until the page was reloaded by hand.
+    Its stream now ends instead, and the browser reconnects and reloads (EventSource does,
+    the page reloads on every connection)."""
+    from dashboard.hub import LiveHub
+    from streamer import redis_client, schema
+
+    async def scenario() -> None:
+        client = redis_client.connect(redis_server.url)
+        hub = LiveHub(client, queue_max=5)
+        try:
+            slow, quick = await hub.subscribe(), await hub.subscribe()
+            for k in range(6):
+                await client.publish(schema.call_channel("c-1"), f"w{k}")
+                if k < 5:
+                    assert await asyncio.wait_for(quick.get(), 5) == f"w{k}"
+            assert await asyncio.wait_for(quick.get(), 5) == "w5"  # the other keeps up
+            assert await asyncio.wait_for(slow.get(), 5) is None  # told: it fell behind
+            assert slow not in hub.subscribers and hub.behind == 1
+        finally:
+            await hub.stop()
+            await client.aclose()
+
+    asyncio.run(scenario())
 
 def test_a_call_ending_while_the_live_list_is_read_is_not_listed(redis_server) -> None:
     """The publisher's end writes remove the call from the live set and store its end; a
