@@ -40,6 +40,8 @@ MAX_PREDICT_SECONDS = 600.0
 
 
 MAX_NOTE_CHARS = 500
+#: How long a browser whose live stream was ended for falling behind waits to reconnect.
+BEHIND_RETRY_MS = 5000
 
 
 def _json(content) -> bytes:
@@ -368,7 +370,11 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                    if message is None:  # fell behind: reconnecting, the page reloads
+                    if message is None:
+                        # Fell behind: the browser reconnects and reloads, after a pause
+                        # long enough that a browser that stays slow does not reload the
+                        # grid (a thousand calls' worth) over and over.
+                        yield f"retry: {BEHIND_RETRY_MS}\n\n"
                         return
                     yield f"data: {message}\n\n"
             finally:
