@@ -366,17 +366,17 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                 yield "retry: 2000\n\n"
                 while True:
                     try:
-                        message = await asyncio.wait_for(sub.get(), 15.0)
+                        messages = await asyncio.wait_for(sub.take(), 15.0)
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
-                    if message is None:
+                    if messages is None:
                         # Fell behind: the browser reconnects and reloads, after a pause
                         # long enough that a browser that stays slow does not reload the
                         # grid (a thousand calls' worth) over and over.
                         yield f"retry: {BEHIND_RETRY_MS}\n\n"
                         return
-                    yield f"data: {message}\n\n"
+                    yield "".join(f"data: {message}\n\n" for message in messages)
             finally:
                 hub.unsubscribe(sub)
 

@@ -41,12 +41,17 @@ class Subscriber:
         self.ready.set()
         return not self.behind
 
-    async def get(self) -> str | None:
-        """The next message, or ``None`` once the browser fell behind: its stream must end."""
+    async def take(self) -> list[str] | None:
+        """Every message queued, once there is one (sent to the browser in one write, not
+        one each), or ``None`` once the browser fell behind: its stream must end."""
         while not self.items and not self.behind:
             self.ready.clear()
             await self.ready.wait()
-        return None if self.behind else self.items.popleft()
+        if self.behind:
+            return None
+        taken = list(self.items)
+        self.items.clear()
+        return taken
 
 
 class LiveHub:
