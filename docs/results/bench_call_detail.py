@@ -27,16 +27,14 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
-from bench_dashboard_render import checkouts, dashboard, report, store_calls
+from bench_dashboard_render import alongside, common_arguments, dashboard, report, store_calls
 from bench_live_calls import window
 
 from streamer import schema
-from streamer.tools.redis_server import EmbeddedRedis
 
 PROBE_EVERY_S = 0.02
 
@@ -107,36 +105,30 @@ def main() -> None:
     p.add_argument("--grid", type=int, default=0, metavar="N",
                    help="fetch the grid of N live calls instead of one call's page")
     p.add_argument("--fetches", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--baseline", help="a git revision whose dashboard is measured alongside")
-    p.add_argument("--out", type=Path)
+    common_arguments(p)
     args = p.parse_args()
-    with checkouts(args.baseline) as (sources, tmp):
-        runs: dict[str, list[dict]] = {name: [] for name in sources}
-        (tmp / "redis").mkdir()
-        with EmbeddedRedis(data_dir=tmp / "redis", persist=False) as server:
-            client = redis.Redis.from_url(server.url)
-            if args.grid:
-                ids = store_calls(client, args.grid)
-                for call_id in ids:
-                    store_windows(client, call_id, 2 * GRID_HISTORY, roles=2)
-                path = f"/api/v1/calls?history={GRID_HISTORY}"
+    with alongside(args.baseline) as (sources, redis_url, client, runs):
+        if args.grid:
+            ids = store_calls(client, args.grid)
+            for call_id in ids:
+                store_windows(client, call_id, 2 * GRID_HISTORY, roles=2)
+            path = f"/api/v1/calls?history={GRID_HISTORY}"
 
-                def whole(answer: Any) -> bool:
-                    return len(answer) == args.grid and all(
-                        len(c["history"]) == GRID_HISTORY for c in answer)
-            else:
-                call_id = store_calls(client, 1)[0]
-                store_windows(client, call_id, args.windows, roles=1)
-                path = f"/api/v1/calls/{call_id}"
+            def whole(answer: Any) -> bool:
+                return len(answer) == args.grid and all(
+                    len(c["history"]) == GRID_HISTORY for c in answer)
+        else:
+            call_id = store_calls(client, 1)[0]
+            store_windows(client, call_id, args.windows, roles=1)
+            path = f"/api/v1/calls/{call_id}"
 
-                def whole(answer: Any) -> bool:
-                    return len(answer["timeline"]) == args.windows
-            for _ in range(args.rounds):
-                for name, source in sources.items():
-                    with dashboard(server.url, source) as url:
-                        runs[name].append(measure(url, path, whole, args.fetches))
-                    print(name, runs[name][-1], flush=True)
+            def whole(answer: Any) -> bool:
+                return len(answer["timeline"]) == args.windows
+        for _ in range(args.rounds):
+            for name, source in sources.items():
+                with dashboard(redis_url, source) as url:
+                    runs[name].append(measure(url, path, whole, args.fetches))
+                print(name, runs[name][-1], flush=True)
     report(runs, args.baseline, ("fetch_ms", "health_fetching_p99_ms", "health_fetching_max_ms"),
            args.out, path=path, windows=2 * GRID_HISTORY if args.grid else args.windows,
            grid_calls=args.grid, fetches=args.fetches, rounds=args.rounds)
@@ -149,6 +141,7 @@ def store_windows(client: redis.Redis, call_id: str, windows: int, roles: int) -
         client.rpush(schema.call_timeline_key(call_id), *[
             window(call_id, ("customer", "agent")[i % roles], i // roles)
             for i in range(first, min(windows, first + 1000))])
+
 
 if __name__ == "__main__":
     main()

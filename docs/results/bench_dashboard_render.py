@@ -228,6 +228,24 @@ def checkouts(baseline: str | None) -> Iterator[tuple[dict[str, Path], Path]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def alongside(baseline: str | None
+              ) -> Iterator[tuple[dict[str, Path], str, redis.Redis, dict[str, list[dict]]]]:
+    """:func:`checkouts`, an embedded Redis (its URL and a client) and an empty list of
+    rounds per dashboard."""
+    with checkouts(baseline) as (sources, tmp):
+        (tmp / "redis").mkdir()
+        with EmbeddedRedis(data_dir=tmp / "redis", persist=False) as server:
+            yield (sources, server.url, redis.Redis.from_url(server.url),
+                   {name: [] for name in sources})
+
+
+def common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--baseline", help="a git revision whose dashboard is measured alongside")
+    p.add_argument("--out", type=Path)
+
+
 def report(runs: dict[str, list[dict]], baseline: str | None, ratios: tuple[str, ...],
            out: Path | None, **settings) -> None:
     """Each figure's median over the rounds, per dashboard, and with a baseline the
@@ -253,31 +271,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=100)
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--baseline", help="a git revision whose dashboard is measured alongside")
     p.add_argument("--call-page", type=int, default=0, metavar="W",
                    help="measure the first call's page, that call holding W windows")
-    p.add_argument("--out", type=Path)
+    common_arguments(p)
     args = p.parse_args()
-    with checkouts(args.baseline) as (sources, tmp):
-        runs: dict[str, list[dict]] = {name: [] for name in sources}
-        (tmp / "redis").mkdir()
-        with EmbeddedRedis(data_dir=tmp / "redis", persist=False) as server, \
-                sync_playwright() as pw:
-            client = redis.Redis.from_url(server.url)
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                         args=["--no-sandbox", "--disable-gpu",
-                                               "--disable-dev-shm-usage"])
-            for _ in range(args.rounds):
-                for name, source in sources.items():
-                    ids = store_calls(client, args.calls)
-                    if args.call_page:
-                        store_timeline(client, ids[0], args.call_page)
-                    with dashboard(server.url, source) as url:
-                        runs[name].append(measure(browser, url, server.url, ids, args.seconds,
-                                                  args.call_page))
-                    print(name, runs[name][-1], flush=True)
-            browser.close()
+    with alongside(args.baseline) as (sources, redis_url, client, runs), \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu",
+                                           "--disable-dev-shm-usage"])
+        for _ in range(args.rounds):
+            for name, source in sources.items():
+                ids = store_calls(client, args.calls)
+                if args.call_page:
+                    store_timeline(client, ids[0], args.call_page)
+                with dashboard(redis_url, source) as url:
+                    runs[name].append(measure(browser, url, redis_url, ids, args.seconds,
+                                              args.call_page))
+                print(name, runs[name][-1], flush=True)
+        browser.close()
     report(runs, args.baseline, ("main_thread_busy", "script_s_per_s", "style_s_per_s",
                                  "layout_s_per_s"), args.out,
            calls=args.calls, seconds=args.seconds, rounds=args.rounds,

@@ -24,10 +24,14 @@ import time
 from pathlib import Path
 
 import httpx
-import redis
-from bench_dashboard_render import Feeder, checkouts, dashboard, report, store_calls
-
-from streamer.tools.redis_server import EmbeddedRedis
+from bench_dashboard_render import (
+    Feeder,
+    alongside,
+    common_arguments,
+    dashboard,
+    report,
+    store_calls,
+)
 
 
 def cpu_s(pid: int) -> float:
@@ -92,22 +96,15 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--browsers", type=int, default=5)
     p.add_argument("--seconds", type=float, default=15.0)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--baseline", help="a git revision whose dashboard is measured alongside")
-    p.add_argument("--out", type=Path)
+    common_arguments(p)
     args = p.parse_args()
-    with checkouts(args.baseline) as (sources, tmp):
-        runs: dict[str, list[dict]] = {name: [] for name in sources}
-        (tmp / "redis").mkdir()
-        with EmbeddedRedis(data_dir=tmp / "redis", persist=False) as server:
-            client = redis.Redis.from_url(server.url)
-            for _ in range(args.rounds):
-                for name, source in sources.items():
-                    ids = store_calls(client, args.calls)
-                    with dashboard(server.url, source) as url:
-                        runs[name].append(measure(url, server.url, ids, args.browsers,
-                                                  args.seconds))
-                    print(name, runs[name][-1], flush=True)
+    with alongside(args.baseline) as (sources, redis_url, client, runs):
+        for _ in range(args.rounds):
+            for name, source in sources.items():
+                ids = store_calls(client, args.calls)
+                with dashboard(redis_url, source) as url:
+                    runs[name].append(measure(url, redis_url, ids, args.browsers, args.seconds))
+                print(name, runs[name][-1], flush=True)
     report(runs, args.baseline, ("cpu_share", "cpu_us_per_message"), args.out,
            calls=args.calls, browsers=args.browsers, seconds=args.seconds, rounds=args.rounds)
 
