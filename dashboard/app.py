@@ -290,8 +290,8 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         ``history`` scored windows as ``[end_s, frustration, distress]`` and ``call_time_s``
         (what the grid's sparklines draw: one request, not one per call)."""
         calls = await store.live_calls(request.app.state.redis, history=history)
-        # Encoded in a worker thread, as the calls were decoded (see store.call_summaries).
-        return Response(await asyncio.to_thread(_json, calls), media_type="application/json")
+        # Encoded off the event loop, as the calls were decoded (see store.off_loop).
+        return Response(await store.off_loop(_json, calls), media_type="application/json")
 
     @app.get("/api/v1/ended-calls", tags=["calls"])
     async def list_ended_calls(request: Request, _: Supervisor, since: str = "4h",

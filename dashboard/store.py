@@ -8,8 +8,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from streamer import schema
 from streamer.alerts_feed import stream_id_for
@@ -20,6 +21,22 @@ log = logging.getLogger(__name__)
 #: Stored messages a reader could not decode (or could not re-encode as UTF-8 JSON): skipped.
 undecodable = 0
 _warned = False
+T = TypeVar("T")
+
+#: The one thread that decodes and encodes large answers off the event loop (see
+#: :func:`off_loop`).
+_DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-decode")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the dashboard's decoding thread. Decoding a large answer in the event
+    loop, which under ``callmon serve`` also carries every call's audio, stopped it for as
+    long; in a thread the loop still gets its turns (the two share the interpreter lock).
+    One thread, not one per request: with eight browsers reloading a grid of 100 calls at
+    once, in asyncio's pool of threads, health checks waited 610 ms (99th percentile); in
+    line on one thread, 180 ms, each browser's answer 1.07x as slow
+    (``docs/results/bench_call_detail_storm.json``)."""
+    return await asyncio.get_running_loop().run_in_executor(_DECODER, fn, *args)
 
 
 def _decode(value: bytes | str | None) -> Any:
@@ -86,9 +103,9 @@ async def call_summaries(redis, call_ids: list[str], *, history: int | None = No
     from its last ``2 * history`` window results, read in the same pipeline (both roles
     share the timeline: twice the points read covers the customer's).
 
-    What is read is decoded in a worker thread: for the grid of 100 calls (36 000 window
-    results) that held the event loop, which also serves ingest under ``callmon serve``,
-    ~230 ms whenever a browser connected."""
+    What is read is decoded off the event loop (:func:`off_loop`): for the grid of 100
+    calls (36 000 window results) that held the event loop, which also serves ingest under
+    ``callmon serve``, ~230 ms whenever a browser connected."""
     tail = 2 * history if history else None
     pipe = redis.pipeline(transaction=False)
     for call_id in call_ids:
@@ -96,7 +113,7 @@ async def call_summaries(redis, call_ids: list[str], *, history: int | None = No
         if tail:
             pipe.lrange(schema.call_timeline_key(call_id), -tail, -1)
     replies = await pipe.execute() if call_ids else []
-    calls = await asyncio.to_thread(_summaries, call_ids, replies, history)
+    calls = await off_loop(_summaries, call_ids, replies, history)
     await _attach_acks(redis, [a for c in calls if c is not None for a in c["alerts"].values()])
     return calls
 
@@ -215,13 +232,13 @@ def _spark_point(row: bytes) -> tuple[str, float, float | None, float | None] | 
 async def timeline_json(redis, call_id: str, *, tail: int | None = None) -> bytes:
     """The call's window results (its last ``tail`` only, if given), oldest first, as the
     JSON array the API serves: the stored rows as they are, those :func:`_decode` cannot
-    read left out. Checking 7 200 rows (a two-hour call) is ~150 ms of parsing, done in a
-    worker thread: decoding them, and encoding them again for the answer, in the event loop
-    that also serves ingest under ``callmon serve`` stopped every call for ~300 ms whenever
-    a supervisor opened a long call's page."""
+    read left out. Checking 7 200 rows (a two-hour call) is ~150 ms of parsing, done off
+    the event loop (:func:`off_loop`): decoding them, and encoding them again for the
+    answer, in the event loop that also serves ingest under ``callmon serve`` stopped every
+    call for ~300 ms whenever a supervisor opened a long call's page."""
     start = -tail if tail else 0
     rows = await redis.lrange(schema.call_timeline_key(call_id), start, -1)
-    return await asyncio.to_thread(_json_array, rows)
+    return await off_loop(_json_array, rows)
 
 
 def _json_array(rows: list[bytes]) -> bytes:

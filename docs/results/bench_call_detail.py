@@ -71,9 +71,9 @@ def latency_ms(samples: list[float], name: str) -> dict:
 GRID_HISTORY = 180  # the grid's SPARK_WINDOWS
 
 
-def measure(url: str, path: str, whole: Callable[[Any], bool], fetches: int) -> dict:
-    client = httpx.Client(base_url=url, timeout=60)
-    first = client.get(path)  # warm: imports, connections
+def measure(url: str, path: str, whole: Callable[[Any], bool], fetches: int,
+            at_once: int = 1) -> dict:
+    first = httpx.get(url + path, timeout=60)  # warm: imports, connections
     first.raise_for_status()
     assert whole(first.json()), f"{path}: the answer is not whole"
     prober = Prober(url)
@@ -83,12 +83,21 @@ def measure(url: str, path: str, whole: Callable[[Any], bool], fetches: int) -> 
     time.sleep(2.0)
     busy_from = time.monotonic()
     walls, bodies = [], []
-    for _ in range(fetches):
-        t = time.monotonic()
-        reply = client.get(path)
-        walls.append(time.monotonic() - t)
-        reply.raise_for_status()
-        bodies.append(reply.content)
+
+    def fetch() -> None:  # one browser after another (with at_once, that many together)
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for _ in range(fetches):
+                t = time.monotonic()
+                reply = client.get(path)
+                walls.append(time.monotonic() - t)
+                reply.raise_for_status()
+                bodies.append(reply.content)
+
+    browsers = [threading.Thread(target=fetch) for _ in range(at_once)]
+    for browser in browsers:
+        browser.start()
+    for browser in browsers:
+        browser.join()
     busy_to = time.monotonic()
     prober.stop.set()
     prober.join()
@@ -105,6 +114,8 @@ def main() -> None:
     p.add_argument("--grid", type=int, default=0, metavar="N",
                    help="fetch the grid of N live calls instead of one call's page")
     p.add_argument("--fetches", type=int, default=10)
+    p.add_argument("--at-once", type=int, default=1, metavar="B",
+                   help="B browsers fetching together (a reconnect storm), --fetches each")
     common_arguments(p)
     args = p.parse_args()
     with alongside(args.baseline) as (sources, redis_url, client, runs):
@@ -127,11 +138,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, source in sources.items():
                 with dashboard(redis_url, source) as url:
-                    runs[name].append(measure(url, path, whole, args.fetches))
+                    runs[name].append(measure(url, path, whole, args.fetches, args.at_once))
                 print(name, runs[name][-1], flush=True)
     report(runs, args.baseline, ("fetch_ms", "health_fetching_p99_ms", "health_fetching_max_ms"),
            args.out, path=path, windows=2 * GRID_HISTORY if args.grid else args.windows,
-           grid_calls=args.grid, fetches=args.fetches, rounds=args.rounds)
+           grid_calls=args.grid, fetches=args.fetches, at_once=args.at_once,
+           rounds=args.rounds)
 
 
 def store_windows(client: redis.Redis, call_id: str, windows: int, roles: int) -> None:
