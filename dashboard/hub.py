@@ -138,6 +138,9 @@ class LiveHub:
                 await pubsub.aclose()
 
     async def _relay_sharded(self) -> None:
+        # Shard channels are looked up in the client's slot map, which a cluster client
+        # builds on its first command: before one, every ssubscribe failed.
+        await self.redis.initialize()
         pubsub = self.redis.pubsub()
         try:
             await pubsub.ssubscribe(schema.ALERTS_CHANNEL, schema.ACKS_CHANNEL)
@@ -153,11 +156,13 @@ class LiveHub:
                     continue
                 text = self._fan_out(message["data"])
                 if message["channel"] == schema.ALERTS_CHANNEL.encode():
-                    event = json.loads(text)
-                    channel = schema.call_channel(event.get("call_id", ""))
-                    if event.get("type") == "call_started":
+                    event = _call_event(text)
+                    if event is None:
+                        continue
+                    channel = schema.call_channel(event["call_id"])
+                    if event["type"] == "call_started":
                         await pubsub.ssubscribe(channel)
-                    elif event.get("type") == "call_ended":
+                    elif event["type"] == "call_ended":
                         await pubsub.sunsubscribe(channel)
         finally:
             with contextlib.suppress(Exception):
@@ -165,6 +170,7 @@ class LiveHub:
 
     async def _run(self) -> None:
         relay = self._relay_sharded if is_cluster(self.redis) else self._relay
+        failures = 0  # in a row, since the relay was last live
         while True:
             try:
                 await relay()
@@ -172,6 +178,25 @@ class LiveHub:
                 raise
             except Exception as exc:  # Redis went away: browsers keep their page, we retry
                 if self.connected:
-                    log.warning("dashboard lost Redis (%s); retrying", exc)
+                    failures = 0
+                if not failures:  # once per outage, the first included (it was silent)
+                    log.warning("the dashboard's live stream lost Redis (%s); retrying every "
+                                "second", exc)
+                failures += 1
                 self._ready.clear()
                 await asyncio.sleep(1.0)
+
+
+def _call_event(text: str) -> dict | None:
+    """A call event on the alerts channel, or ``None`` for anything else: an alert, or a
+    message that is not one of callmon's (not JSON, not an object, no call id), which the
+    relay passes on and goes past (it raised out of the relay, which lost what was
+    published while it restarted)."""
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return None
+    if (not isinstance(event, dict) or event.get("type") not in ("call_started", "call_ended")
+            or not isinstance(event.get("call_id"), str)):
+        return None
+    return event

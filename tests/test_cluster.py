@@ -5,6 +5,7 @@ killed node's call is marked lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -220,3 +221,45 @@ def test_a_call_id_is_live_on_one_node_only(shipped_model, redis_server, ravdess
     assert "node-a" in errors[-1]["message"] and live_on_b == {}
     assert outcome.close_code == 1000 and outcome.ended["reason"] == "stop"
     assert again_code == 1000
+
+
+def test_the_cluster_relay_goes_on_past_an_unreadable_event(cluster):
+    """On a cluster the dashboard's relay reads each call event to follow the call's shard
+    channel: one message on ``callmon:alerts`` that is not a JSON object (another
+    publisher's, a truncated write) raised out of the relay, which restarted a second later
+    and lost what was published meanwhile. It is passed on like any other now. And the
+    relay is live when the first browser's stream starts: on a client that had sent no
+    command yet it failed (no slot map), silently, until another request made one."""
+    from dashboard.hub import LiveHub
+    from streamer import redis_client, schema
+
+    async def scenario() -> None:
+        client = redis_client.connect(cluster.url)
+        hub = LiveHub(client)
+        try:
+            sub = await hub.subscribe()
+            assert hub.connected
+            started = json.dumps({"v": 1, "type": "call_started", "id": "e1",
+                                  "call_id": "after-garbage"})
+            for message in ("not json", "[1, 2]", started):
+                await client.spublish(schema.ALERTS_CHANNEL, message)
+            heard: list[str] = []
+            while started not in heard:
+                taken = await asyncio.wait_for(sub.take(), 5)
+                assert taken is not None
+                heard += taken
+            assert heard == ["not json", "[1, 2]", started]
+            # ...and it follows the call that started after them (once it has subscribed
+            # to the call's channel, which it does after passing the event on).
+            for _ in range(25):
+                await client.spublish(schema.call_channel("after-garbage"), "w1")
+                with contextlib.suppress(TimeoutError):
+                    if "w1" in await asyncio.wait_for(sub.take(), 0.2):
+                        break
+            else:
+                raise AssertionError("the relay does not follow the call")
+        finally:
+            await hub.stop()
+            await client.aclose()
+
+    asyncio.run(scenario())
