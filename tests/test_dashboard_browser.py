@@ -498,3 +498,47 @@ def test_what_happens_while_the_grid_loads_is_not_undone_by_its_answer(
         assert page.locator('.card[data-call="ghost-1"]').count() == 0
         assert held, "the grid's answer was not held back"
         page.close()
+
+
+def test_a_page_that_falls_behind_reconnects_and_shows_what_it_missed(
+        browser, shipped_model, redis_server, monkeypatch) -> None:
+    """The page's end of a stream ended for falling behind (see
+    ``test_a_browser_that_falls_behind_is_told_to_reload_not_left_short``): it goes
+    offline, reconnects after the pause the server asked for, and reloads, so a call that
+    ended in the burst it missed is gone from the grid and the call that started is on it.
+    (Falling behind is made easy here: a queue of 5 messages, and a burst of 200.)"""
+    import functools
+    import time
+
+    import redis
+
+    from dashboard import app as dashboard_app
+    from dashboard.hub import LiveHub
+    from streamer import schema
+
+    monkeypatch.setattr(dashboard_app, "LiveHub", functools.partial(LiveHub, queue_max=5))
+    r = redis.Redis.from_url(redis_server.url)
+    _go_live(r, "leaving-1")
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector('.card[data-call="leaving-1"]', timeout=15_000)
+        end = _ended("leaving-1", 30.0)
+        r.hset(schema.call_state_key("leaving-1"), "end", schema.dumps(end))
+        r.zrem(schema.LIVE_CALLS_KEY, "leaving-1")
+        _go_live(r, "arriving-1")
+        pipe = r.pipeline(transaction=False)  # one burst: more than the queue holds
+        for index in range(200):
+            pipe.publish(schema.call_channel("arriving-1"), _window("arriving-1", index))
+        pipe.xadd(schema.ALERTS_STREAM, {"id": end.id, "type": end.type,
+                                         "data": schema.dumps(end)})
+        pipe.publish(schema.ALERTS_CHANNEL, schema.dumps(end))
+        pipe.execute()
+        page.wait_for_selector("#status.off", timeout=10_000)
+        went_off = time.monotonic()
+        page.wait_for_selector("#status.on", timeout=20_000)
+        assert time.monotonic() - went_off > 3, "it reconnected before the pause"
+        page.wait_for_selector('.card[data-call="arriving-1"]', timeout=10_000)
+        page.wait_for_selector('.card[data-call="leaving-1"]', state="detached",
+                               timeout=10_000)
+        page.close()
