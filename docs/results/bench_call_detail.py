@@ -31,10 +31,15 @@ from typing import Any
 
 import httpx
 import redis
-from bench_dashboard_render import alongside, common_arguments, dashboard, report, store_calls
+from bench_dashboard_render import (
+    alongside,
+    common_arguments,
+    dashboard,
+    report,
+    store_calls,
+    store_timeline,
+)
 from bench_live_calls import window
-
-from streamer import schema
 
 PROBE_EVERY_S = 0.02
 
@@ -149,10 +154,8 @@ def main() -> None:
 def store_windows(client: redis.Redis, call_id: str, windows: int, roles: int) -> None:
     """``windows`` window results as the publisher stores them, the customer's alone or
     alternating with the agent's."""
-    for first in range(0, windows, 1000):
-        client.rpush(schema.call_timeline_key(call_id), *[
-            window(call_id, ("customer", "agent")[i % roles], i // roles)
-            for i in range(first, min(windows, first + 1000))])
+    store_timeline(client, call_id, windows,
+                   lambda i: window(call_id, ("customer", "agent")[i % roles], i // roles))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -136,11 +136,14 @@ def dashboard(redis_url: str, source: Path):
         proc.wait(10)
 
 
-def store_timeline(client: redis.Redis, call_id: str, windows: int) -> None:
-    key = schema.call_timeline_key(call_id)
+def store_timeline(client: redis.Redis, call_id: str, windows: int,
+                   row: Callable[[int], str] | None = None) -> None:
+    """``windows`` results in the call's timeline, a thousand a write: ``row(i)`` each, or
+    this bench's window with frustration rising and falling each minute."""
+    row = row or (lambda i: window(call_id, i, 0.1 + 0.3 * (i % 60) / 60))
     for first in range(0, windows, 1000):
-        client.rpush(key, *[window(call_id, i, 0.1 + 0.3 * (i % 60) / 60)
-                            for i in range(first, min(windows, first + 1000))])
+        client.rpush(schema.call_timeline_key(call_id),
+                     *map(row, range(first, min(windows, first + 1000))))
 
 
 def measure(browser, url: str, redis_url: str, ids: list[str], seconds: float,
