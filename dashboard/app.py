@@ -321,11 +321,11 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                         + b',"alert_history":' + _json(history) + b"}",
                         media_type="application/json")
 
-    @app.get("/api/v1/alerts", tags=["alerts"])
+    @app.get("/api/v1/alerts", tags=["alerts"], response_model=list[dict])
     async def list_alerts(request: Request, _: Supervisor, since: str | None = None,
                           limit: int = 500,
                           entry_type: Annotated[str | None, Query(alias="type")] = None,
-                          latest: bool = False) -> list[dict]:
+                          latest: bool = False) -> Response:
         """Alerts and call events from the log, oldest first: ``since`` is a stream id,
         ``0``, or a duration such as ``10m``; without it, everything kept. ``type``: only
         these (comma-separated: ``alert``, ``call_started``, ``call_ended``). Of more than
@@ -340,8 +340,9 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                 raise HTTPException(422, f"type {','.join(unknown)!r}: the log holds "
                                          f"{', '.join(sorted(store.LOG_TYPES))}")
         with _bad_since(since):
-            return await store.alerts_since(request.app.state.redis, since, limit=limit,
-                                            types=types, latest=latest)
+            alerts = await store.alerts_since(request.app.state.redis, since, limit=limit,
+                                              types=types, latest=latest)
+        return Response(await store.off_loop(_json, alerts), media_type="application/json")
 
     @app.post("/api/v1/alerts/{alert_id}/ack", tags=["alerts"])
     async def ack_alert(alert_id: str, request: Request, who: Supervisor,

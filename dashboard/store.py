@@ -135,8 +135,9 @@ async def _attach_acks(redis, alerts: list[dict]) -> None:
     """Give each alert its acknowledgement (``None`` if none), in one read."""
     if alerts:
         acks = await redis.hmget(schema.ACKS_KEY, [a["id"] for a in alerts])
-        for alert, ack in zip(alerts, acks, strict=True):
-            alert["ack"] = _decode(ack)
+        decoded: list[Any] = await off_loop(list, map(_decode, acks))
+        for alert, ack in zip(alerts, decoded, strict=True):
+            alert["ack"] = ack
 
 
 def _summary(call_id: str, state: dict) -> dict | None:
@@ -281,13 +282,14 @@ LOG_CHUNK = 2000
 LOG_TYPES = frozenset({"alert", "call_started", "call_ended"})
 
 
-async def log_entries(redis, start: str = "-", *, reverse: bool = False
-                      ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
+async def log_chunks(redis, start: str = "-", *, reverse: bool = False
+                     ) -> AsyncIterator[list[tuple[str, dict[bytes, bytes]]]]:
     """The alert log's entries (stream id, fields) from ``start`` (a stream id or ``-``)
-    on, oldest first, or with ``reverse`` newest first down to ``start``: read in growing
-    chunks, so a caller that stops early reads little (the ended-calls panel, refreshed
-    after every call that ends, needs a few hundred entries; it read 20 000 at a time), and
-    one that does not still ends (the log is capped at ``PublisherConfig.stream_maxlen``)."""
+    on, oldest first, or with ``reverse`` newest first down to ``start``, a round trip's
+    worth at a time: read in growing chunks, so a caller that stops early reads little (the
+    ended-calls panel, refreshed after every call that ends, needs a few hundred entries; it
+    read 20 000 at a time), and one that does not still ends (the log is capped at
+    ``PublisherConfig.stream_maxlen``)."""
     low, high = start, "+"
     count = min(LOG_FIRST_CHUNK, LOG_CHUNK)
     while True:
@@ -296,8 +298,8 @@ async def log_entries(redis, start: str = "-", *, reverse: bool = False
                                             count=count)
         else:
             entries = await redis.xrange(schema.ALERTS_STREAM, min=low, max=high, count=count)
-        for entry_id, fields in entries:
-            yield entry_id.decode(), fields
+        if entries:
+            yield [(entry_id.decode(), fields) for entry_id, fields in entries]
         if len(entries) < count:
             return
         count = min(2 * count, LOG_CHUNK)
@@ -306,6 +308,14 @@ async def log_entries(redis, start: str = "-", *, reverse: bool = False
             high = last
         else:
             low = last
+
+
+async def log_entries(redis, start: str = "-", *, reverse: bool = False
+                      ) -> AsyncIterator[tuple[str, dict[bytes, bytes]]]:
+    """The alert log's entries one by one, as :func:`log_chunks` reads them."""
+    async for chunk in log_chunks(redis, start, reverse=reverse):
+        for entry in chunk:
+            yield entry
 
 
 def _entry_type(fields: dict[bytes, bytes]) -> str:
@@ -325,21 +335,35 @@ async def alerts_since(redis, since: str | None, *, limit: int = 500,
     start = stream_id_for(since) if since else "-"
     if start == "$":
         start = "-"
-    out, seen = [], set()
-    async for entry_id, fields in log_entries(redis, start, reverse=latest):
-        if types is not None and _entry_type(fields) not in types:
-            continue
-        data = _decode(fields.get(b"data"))
-        if not isinstance(data, dict) or "id" not in data or data["id"] in seen:
-            continue
-        seen.add(data["id"])
-        data["stream_id"] = entry_id
-        out.append(data)
+    out: list[dict] = []
+    seen: set[str] = set()
+    async for chunk in log_chunks(redis, start, reverse=latest):
+        if types is not None:
+            chunk = [entry for entry in chunk if _entry_type(entry[1]) in types]
+        # Up to 5 000 messages when a page (re)loads its feed: decoded off the event loop.
+        for entry_id, data in await off_loop(_log_messages, chunk):
+            if data["id"] not in seen:
+                seen.add(data["id"])
+                data["stream_id"] = entry_id
+                out.append(data)
+                if len(out) >= limit:
+                    break
         if len(out) >= limit:
             break
     if latest:
         out.reverse()
     await _attach_acks(redis, [d for d in out if d.get("type") == "alert"])
+    return out
+
+
+def _log_messages(entries: list[tuple[str, dict[bytes, bytes]]]) -> list[tuple[str, dict]]:
+    """The messages of alert-log entries with their stream ids; those that cannot be decoded
+    or have no id are skipped."""
+    out = []
+    for entry_id, fields in entries:
+        data = _decode(fields.get(b"data"))
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            out.append((entry_id, data))
     return out
 
 

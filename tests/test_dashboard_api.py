@@ -264,7 +264,8 @@ def test_one_bad_stored_event_does_not_blind_the_dashboard(service, redis_server
     r.hset(schema.call_state_key("bad"), mapping={"start": bad})
     r.zadd(schema.LIVE_CALLS_KEY, {"good": now, "bad": now})
     r.rpush(schema.call_timeline_key("good"), json.dumps({"window_index": 0}), bad, "[[[")
-    for data in (json.dumps(good), bad, "not json"):
+    no_id = json.dumps({**good, "id": ["e3"], "call_id": "no-id"})  # read, but not a message
+    for data in (json.dumps(good), bad, "not json", no_id):
         r.xadd(schema.ALERTS_STREAM, {"id": "x", "type": "call_started", "data": data})
     before = store.undecodable
     http = httpx.Client(base_url=service.http_url)

@@ -6,7 +6,9 @@ asks), against the event loop that also serves ingest under ``callmon serve``.
 ``PYTHONPATH=. python docs/results/bench_call_detail.py [--windows 7200] [--grid N]
 [--fetches 10] [--baseline REF] [--out docs/results/bench_call_detail.json]`` stores one
 call with W window results (7 200: two hours at a 1 s hop), or with ``--grid`` N live calls
-with 360 each (both roles: the three minutes the grid's sparklines draw), in an embedded
+with 360 each (both roles: the three minutes the grid's sparklines draw), or with
+``--feed`` A alerts raised in the last hour in the alert log (every tenth acknowledged; the
+page asks for the latest 5 000 of them whenever it loads or reconnects), in an embedded
 Redis, starts ``callmon dashboard`` on it, and fetches the call (or the grid) ``--fetches``
 times, one after another, while a second client asks ``/healthz`` every 20 ms. A health
 check answered late is a request the server's event loop could not get to: under ``serve``,
@@ -41,6 +43,9 @@ from bench_dashboard_render import (
 )
 from bench_live_calls import window
 
+from streamer import schema
+from streamer.schema import Alert, CallEvent
+
 PROBE_EVERY_S = 0.02
 
 
@@ -74,6 +79,7 @@ def latency_ms(samples: list[float], name: str) -> dict:
 
 
 GRID_HISTORY = 180  # the grid's SPARK_WINDOWS
+FEED = "/api/v1/alerts?since=1h&type=alert&latest=true&limit=5000"  # the page's feed
 
 
 def measure(url: str, path: str, whole: Callable[[Any], bool], fetches: int,
@@ -118,6 +124,8 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=7200)
     p.add_argument("--grid", type=int, default=0, metavar="N",
                    help="fetch the grid of N live calls instead of one call's page")
+    p.add_argument("--feed", type=int, default=0, metavar="A",
+                   help="fetch the alert feed of A alerts instead of one call's page")
     p.add_argument("--fetches", type=int, default=10)
     p.add_argument("--at-once", type=int, default=1, metavar="B",
                    help="B browsers fetching together (a reconnect storm), --fetches each")
@@ -133,6 +141,14 @@ def main() -> None:
             def whole(answer: Any) -> bool:
                 return len(answer) == args.grid and all(
                     len(c["history"]) == GRID_HISTORY for c in answer)
+        elif args.feed:
+            store_calls(client, 1)  # (flushes the database)
+            store_feed(client, args.feed)
+            path = FEED
+
+            def whole(answer: Any) -> bool:
+                return len(answer) == min(args.feed, 5000) and all(
+                    a["type"] == "alert" for a in answer)
         else:
             call_id = store_calls(client, 1)[0]
             store_windows(client, call_id, args.windows, roles=1)
@@ -147,7 +163,7 @@ def main() -> None:
                 print(name, runs[name][-1], flush=True)
     report(runs, args.baseline, ("fetch_ms", "health_fetching_p99_ms", "health_fetching_max_ms"),
            args.out, path=path, windows=2 * GRID_HISTORY if args.grid else args.windows,
-           grid_calls=args.grid, fetches=args.fetches, at_once=args.at_once,
+           grid_calls=args.grid, feed_alerts=args.feed, fetches=args.fetches, at_once=args.at_once,
            rounds=args.rounds)
 
 
@@ -156,6 +172,32 @@ def store_windows(client: redis.Redis, call_id: str, windows: int, roles: int) -
     alternating with the agent's."""
     store_timeline(client, call_id, windows,
                    lambda i: window(call_id, ("customer", "agent")[i % roles], i // roles))
+
+
+def store_feed(client: redis.Redis, alerts: int) -> None:
+    """``alerts`` alerts in the log as the publisher writes them (raised and cleared in
+    turn, over 100 calls), with a call event between every ten, every tenth alert
+    acknowledged."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(alerts):
+        call_id = f"call-{i % 100:03d}"
+        alert = Alert(id=schema.new_id(), call_id=call_id, role="customer",
+                      kind=("frustration", "distress")[i // 2 % 2],
+                      state=("raised", "cleared")[i % 2], score=0.8, threshold=0.7,
+                      window_index=i, call_time_s=float(i), node="bench-node")
+        pipe.xadd(schema.ALERTS_STREAM, {"id": alert.id, "type": alert.type,
+                                         "data": schema.dumps(alert)})
+        if i % 10 == 0:
+            pipe.hset(schema.ACKS_KEY, alert.id, json.dumps(
+                {"alert_id": alert.id, "by": "bench", "at": time.time(), "note": None}))
+            start = CallEvent(id=schema.new_id(), type="call_started", call_id=call_id,
+                              roles=("customer",), sample_rate=8000, encoding="mulaw",
+                              protocol="twilio", node="bench-node")
+            pipe.xadd(schema.ALERTS_STREAM, {"id": start.id, "type": start.type,
+                                             "data": schema.dumps(start)})
+        if i % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
 
 
 if __name__ == "__main__":
