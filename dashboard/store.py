@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -395,14 +396,38 @@ async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
     return out
 
 
+#: How long before the time in its id an alert is looked for in the log: the node that made
+#: the id and Redis, which stamps the entry, may keep clocks this far apart.
+ID_CLOCK_SKEW_S = 300.0
+
+
 async def find_alert(redis, alert_id: str) -> dict | None:
-    """Look an alert up in the log, newest first; an entry that cannot be decoded is
-    skipped (see :func:`_decode`), as every other reader of the log does."""
-    async for _, fields in log_entries(redis, reverse=True):
+    """Look an alert up in the log, from a little before the time its id was made (see
+    :func:`id_time`) on, oldest first: an alert held through a Redis outage is written
+    after that time, never before. An id that no alert could have has none; an entry that
+    cannot be decoded is skipped (see :func:`_decode`), as every other reader of the log
+    does."""
+    made = id_time(alert_id)
+    if made is None:
+        return None
+    start = f"{max(0, int((made - ID_CLOCK_SKEW_S) * 1000))}-0"
+    async for _, fields in log_entries(redis, start):
         if (fields.get(b"id", b"").decode(errors="replace") == alert_id
                 and isinstance(data := _decode(fields.get(b"data")), dict)):
             return data
     return None
+
+
+def id_time(event_id: str) -> float | None:
+    """The Unix time an alert or call event id was made (:func:`streamer.schema.new_id`,
+    UUIDv7), or ``None`` for a string that is not such an id."""
+    try:
+        value = uuid.UUID(event_id)
+    except ValueError:
+        return None
+    if value.version != 7 or str(value) != event_id.lower():
+        return None
+    return (value.int >> 80) / 1000
 
 
 async def acknowledge(redis, alert_id: str, *, by: str, note: str | None = None) -> dict:

@@ -69,9 +69,10 @@ AlertState = Literal["raised", "cleared"]
 EndReason = Literal["stop", "disconnect", "error", "limit", "shutdown", "lost"]
 
 
-def new_id() -> str:
-    """Time-ordered unique id (UUIDv7 layout) for alerts and lifecycle events."""
-    ms = int(time.time() * 1000)
+def new_id(at: float | None = None) -> str:
+    """Time-ordered unique id (UUIDv7 layout) for alerts and lifecycle events, made now or
+    ``at`` (a Unix time)."""
+    ms = int((time.time() if at is None else at) * 1000)
     rand = uuid.uuid4().int & ((1 << 74) - 1)
     value = (ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
     return str(uuid.UUID(int=value))

@@ -265,8 +265,9 @@ def test_one_bad_stored_event_does_not_blind_the_dashboard(service, redis_server
     r.zadd(schema.LIVE_CALLS_KEY, {"good": now, "bad": now})
     r.rpush(schema.call_timeline_key("good"), json.dumps({"window_index": 0}), bad, "[[[")
     no_id = json.dumps({**good, "id": ["e3"], "call_id": "no-id"})  # read, but not a message
-    for data in (json.dumps(good), bad, "not json", no_id):
-        r.xadd(schema.ALERTS_STREAM, {"id": "x", "type": "call_started", "data": data})
+    x = schema.new_id()  # the id of each entry: what an acknowledgement of x finds
+    for data in (bad, "not json", no_id, json.dumps(good)):
+        r.xadd(schema.ALERTS_STREAM, {"id": x, "type": "call_started", "data": data})
     before = store.undecodable
     http = httpx.Client(base_url=service.http_url)
     calls = http.get("/api/v1/calls")
@@ -277,9 +278,9 @@ def test_one_bad_stored_event_does_not_blind_the_dashboard(service, redis_server
     assert http.get("/api/v1/calls/bad").status_code == 404
     log = http.get("/api/v1/alerts", params={"since": "0"})
     assert log.status_code == 200 and [e["call_id"] for e in log.json()] == ["good"]
-    # Acknowledging reads the log newest first: past the unreadable entries to the
-    # readable one, which is no alert.
-    ack = http.post("/api/v1/alerts/x/ack")
+    # Acknowledging reads the log from the id's time on: past the unreadable entries to
+    # the readable one, which is no alert.
+    ack = http.post(f"/api/v1/alerts/{x}/ack")
     assert ack.status_code == 404 and "no alert" in ack.json()["detail"]
     assert store.undecodable > before
 
@@ -555,6 +556,80 @@ def test_a_busy_log_gives_the_latest_alerts_and_every_call_its_own(redis_server,
     assert order == sorted(order)
     assert [a["id"] for a in late] == [last.id, cleared.id] and late[0]["ack"]["by"] == "sup"
     assert nobody == [] and found["id"] == first.id
+
+
+def test_an_acknowledgement_reads_the_log_from_its_alerts_time(redis_server) -> None:
+    """An alert's id holds the time it was made (UUIDv7): an acknowledgement looks for the
+    alert from a little before then on, not through the whole log newest first, which an
+    unknown id (a stale page, a mistyped call to the API) read to its start, up to the 100 000
+    entries the publisher keeps. An alert held through a Redis outage and written late is
+    still found; an id that is no alert's is answered without reading the log."""
+    import json
+    import uuid
+
+    import redis
+
+    from dashboard import store
+    from streamer import redis_client, schema
+    from streamer.schema import Alert
+
+    now = time.time()
+
+    def alert(made: float) -> Alert:
+        return Alert(id=schema.new_id(at=made), call_id="c", role="customer", kind="distress",
+                     state="raised", score=0.9, threshold=0.7, window_index=9,
+                     call_time_s=12.0, ts=made)
+
+    old, held, recent = alert(now - 3600), alert(now - 1200), alert(now)
+    r = redis.Redis.from_url(redis_server.url)
+    r.flushdb()
+
+    def write(entry: Alert | str, at: float, seq: int = 0) -> None:
+        fields = ({"id": entry.id, "type": "alert", "data": schema.dumps(entry)}
+                  if isinstance(entry, Alert) else {"id": entry, "type": "call_started",
+                                                   "data": json.dumps({"id": entry})})
+        r.xadd(schema.ALERTS_STREAM, fields, id=f"{int(at * 1000)}-{seq}")
+
+    write(old, now - 3600)
+    for k in range(500):
+        write(schema.new_id(at=now - 1800), now - 1800, k)
+    write(held, now - 60)  # made 20 minutes earlier, written when Redis came back
+    write(recent, now)
+
+    class Counting:
+        """The client, counting the log entries read."""
+
+        def __init__(self, client) -> None:
+            self.client, self.read = client, 0
+
+        async def xrange(self, *args, **kwargs):
+            entries = await self.client.xrange(*args, **kwargs)
+            self.read += len(entries)
+            return entries
+
+        async def xrevrange(self, *args, **kwargs):
+            entries = await self.client.xrevrange(*args, **kwargs)
+            self.read += len(entries)
+            return entries
+
+    async def look(alert_id: str) -> tuple[str | None, int]:
+        client = Counting(redis_client.connect(redis_server.url))
+        try:
+            found = await store.find_alert(client, alert_id)
+        finally:
+            await client.client.aclose()
+        return (found or {}).get("id"), client.read
+
+    def find(alert_id: str) -> tuple[str | None, int]:
+        return asyncio.run(look(alert_id))
+
+    assert find(recent.id) == (recent.id, 2)  # the last five minutes: two entries
+    assert find(held.id) == (held.id, 2)
+    assert find(old.id)[0] == old.id
+    assert find(schema.new_id()) == (None, 2)  # unknown, made now
+    assert find(schema.new_id(at=now + 86400)) == (None, 0)
+    for not_an_id in ("nope", str(uuid.uuid4()), "01a22857-ebb6-7fee-a4d3-f3d06906cfa9x"):
+        assert find(not_an_id) == (None, 0)
 
 
 @pytest.mark.parametrize("stored", [
