@@ -364,7 +364,7 @@ def test_the_ended_calls_panel_keeps_up_while_calls_end_one_after_another(
 def test_a_page_opened_while_calls_speak_asks_for_the_grid_once(browser, shipped_model,
                                                                   redis_server) -> None:
     """A window result for a call the page does not know makes it fetch that call. While the
-    page was still loading the grid, every live call's next result did: 40 single-call
+    page was still loading the grid, every live call's next result did: tens of single-call
     requests on opening a page of 100 live calls, each reading its 360 latest windows from
     Redis, answered then thrown away by the grid's own answer. Now results for unknown calls
     wait for the grid, which holds them."""

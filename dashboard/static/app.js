@@ -150,8 +150,8 @@ function connect() {
 // A call this page does not know yet (its call_started raced with a reload, or came before
 // the page connected): fetch it once, then its window events land normally. (Results heard
 // while the live calls were being fetched wait for that answer, which holds their calls:
-// every live call's next result fetching it meanwhile was 40 requests on opening a page of
-// 100 calls.)
+// every live call's next result fetching it meanwhile was tens of requests on opening a page
+// of 100 calls.)
 const fetching = new Set();
 function ensureCall(id) {
   if (calls.has(id) || fetching.has(id)) return;
