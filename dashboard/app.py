@@ -279,7 +279,7 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
         hub: LiveHub = request.app.state.hub
         return PlainTextResponse(render_metrics(service.stats() if service is not None else None,
                                                 live_calls=live, browsers=len(hub.subscribers),
-                                                browsers_behind=hub.behind),
+                                                browsers_behind=hub.dropped),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/api/v1/calls", tags=["calls"], response_model=list[dict])

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber:
+    """One browser's queue of live messages; ``behind`` once it held ``maxlen``."""
+
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
         self.items: deque[str] = deque()
@@ -66,7 +68,7 @@ class LiveHub:
         self.queue_max = queue_max
         self.linger_s = linger_s
         self.subscribers: set[Subscriber] = set()
-        self.behind = 0  # browsers dropped for falling behind
+        self.dropped = 0  # browsers whose stream was ended for falling behind
         self._task: asyncio.Task | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._ready = asyncio.Event()  # set while the subscription is live
@@ -118,9 +120,9 @@ class LiveHub:
         text = data.decode() if isinstance(data, bytes) else data
         for sub in list(self.subscribers):
             if not sub.put(text):
-                self.behind += 1
+                self.dropped += 1
                 log.warning("a dashboard browser fell %d messages behind: its live stream is "
-                            "ended, and it reloads (%d so far)", sub.maxlen, self.behind)
+                            "ended, and it reloads (%d so far)", sub.maxlen, self.dropped)
                 self.unsubscribe(sub)
         return text
 

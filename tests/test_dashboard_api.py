@@ -382,7 +382,7 @@ def test_a_browser_that_falls_behind_is_told_to_reload_not_left_short(redis_serv
                     heard += await asyncio.wait_for(quick.take(), 5)
             assert heard == [f"w{k}" for k in range(6)]
             assert await asyncio.wait_for(slow.take(), 5) is None  # told: it fell behind
-            assert slow not in hub.subscribers and hub.behind == 1
+            assert slow not in hub.subscribers and hub.dropped == 1
         finally:
             await hub.stop()
             await client.aclose()
