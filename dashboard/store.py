@@ -95,25 +95,35 @@ async def call_summary(redis, call_id: str) -> dict | None:
     return (await call_summaries(redis, [call_id]))[0]
 
 
+#: Stored rows (window results, call states) read in one pipeline at most: the event loop
+#: parses each pipeline's reply whole before its next turn (the grid of 100 calls read its
+#: 36 000 window results in one pipeline, and held the loop for all of them).
+PIPELINE_ROWS = 4000
+
+
 async def call_summaries(redis, call_ids: list[str], *, history: int | None = None
                          ) -> list[dict | None]:
-    """:func:`call_summary` of each call, read in two round trips whatever their number
-    (one pipeline of state hashes, one read of the acknowledgements), not two per call: a
-    grid of 2 000 live calls took over a second to list one call at a time. With
-    ``history``, each call also gets ``history`` and ``call_time_s`` (:func:`sparkline`)
-    from its last ``2 * history`` window results, read in the same pipeline (both roles
-    share the timeline: twice the points read covers the customer's).
+    """:func:`call_summary` of each call, read in a few round trips whatever their number
+    (pipelines of state hashes, of up to ``PIPELINE_ROWS`` rows each, and one read of the
+    acknowledgements), not two per call: a grid of 2 000 live calls took over a second to
+    list one call at a time. With ``history``, each call also gets ``history`` and
+    ``call_time_s`` (:func:`sparkline`) from its last ``2 * history`` window results, read
+    in the same pipelines (both roles share the timeline: twice the points read covers the
+    customer's).
 
     What is read is decoded off the event loop (:func:`off_loop`): for the grid of 100
     calls (36 000 window results) that held the event loop, which also serves ingest under
     ``callmon serve``, ~230 ms whenever a browser connected."""
-    tail = 2 * history if history else None
-    pipe = redis.pipeline(transaction=False)
-    for call_id in call_ids:
-        pipe.hgetall(schema.call_state_key(call_id))
-        if tail:
-            pipe.lrange(schema.call_timeline_key(call_id), -tail, -1)
-    replies = await pipe.execute() if call_ids else []
+    tail = 2 * history if history else 0
+    replies: list = []
+    step = max(1, PIPELINE_ROWS // (tail + 1))
+    for first in range(0, len(call_ids), step):
+        pipe = redis.pipeline(transaction=False)
+        for call_id in call_ids[first:first + step]:
+            pipe.hgetall(schema.call_state_key(call_id))
+            if tail:
+                pipe.lrange(schema.call_timeline_key(call_id), -tail, -1)
+        replies += await pipe.execute()
     calls = await off_loop(_summaries, call_ids, replies, history)
     await _attach_acks(redis, [a for c in calls if c is not None for a in c["alerts"].values()])
     return calls
@@ -218,15 +228,16 @@ def _spark_point(row: bytes) -> tuple[str, float, float | None, float | None] | 
     if m is not None:
         role, end_text, f_text, d_text = m.groups()
         try:
-            end = float(end_text)
-            f = None if f_text == b"null" else float(f_text)
-            d = None if d_text == b"null" else float(d_text)
+            end_s = float(end_text)
+            frustration = None if f_text == b"null" else float(f_text)
+            distress = None if d_text == b"null" else float(d_text)
         except ValueError:
             pass
         else:
             finite = math.isfinite
-            if finite(end) and (f is None or finite(f)) and (d is None or finite(d)):
-                return role.decode(), end, f, d
+            if finite(end_s) and (frustration is None or finite(frustration)) and (
+                    distress is None or finite(distress)):
+                return role.decode(), end_s, frustration, distress
     w = _decode(row)
     if not isinstance(w, dict) or not isinstance(end := w.get("end_s"), int | float) \
             or isinstance(end, bool):

@@ -421,15 +421,19 @@ def test_a_call_ending_while_the_live_list_is_read_is_not_listed(redis_server) -
     assert [c["call_id"] for c in asyncio.run(scenario())] == []
 
 
-def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_server) -> None:
-    """The grid reads every live call's state in one pipeline and every acknowledgement in
-    one read (a grid of 2 000 calls took over a second read call by call): each call must
-    still get its own state and each alert its own acknowledgement, and calls without a
-    readable state, or already ended, are left out."""
-    import asyncio
+@pytest.mark.parametrize("pipeline_rows", [4000, 12])
+def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_server, monkeypatch,
+                                                                      pipeline_rows) -> None:
+    """The grid reads the live calls' states in a few pipelines (of ``PIPELINE_ROWS``: here
+    one, or two calls each) and every acknowledgement in one read (a grid of 2 000 calls
+    took over a second read call by call): each call must still get its own state and each
+    alert its own acknowledgement, and calls without a readable state, or already ended,
+    are left out."""
     import json
 
     from dashboard import store
+
+    monkeypatch.setattr(store, "PIPELINE_ROWS", pipeline_rows)
     from streamer import redis_client, schema
     from streamer.schema import CallEvent
 
