@@ -210,8 +210,8 @@ def sparkline(rows: list[bytes], points: int) -> tuple[list[list[float | None]],
 
 #: What a sparkline needs of a window result, as ``schema.dumps`` writes one (compact, its
 #: fields in order): the role, the window's end, the smoothed frustration and distress. Each
-#: field between them is spelled out (the scores hold numbers only): a lazy ``.*?`` over
-#: them took twice as long to match.
+#: field between them is spelled out (the scores hold numbers only), which matches faster
+#: than a lazy ``.*?`` over them did.
 _SPARK_ROW = re.compile(
     rb'\{"call_id":"(?:[^"\\]|\\.)*","role":"(customer|agent)","channel":-?\d+,'
     rb'"window_index":-?\d+,"start_s":[^,]*,"end_s":([^,]*),"speech":(?:true|false),'
