@@ -425,7 +425,13 @@ def test_a_call_page_keeps_what_the_call_sent_while_the_page_was_fetched(
     _go_live(r, "ending-1")
     r.rpush(schema.call_timeline_key("ending-1"), *[_window("ending-1", i) for i in range(5)])
 
+    held: list[str] = []
+
     def held_back(route) -> None:
+        if held:  # a later fetch of the page (after the grid's reload): as it comes
+            route.continue_()
+            return
+        held.append(route.request.url)
         answer = route.fetch()  # read before the call's last window and its end
         last, end = _window("ending-1", 40), _ended("ending-1", 43.0)
         r.rpush(schema.call_timeline_key("ending-1"), last)
@@ -448,6 +454,31 @@ def test_a_call_page_keeps_what_the_call_sent_while_the_page_was_fetched(
         assert "0:43 of call time" in page.inner_text("#call-meta")
         assert page.evaluate("current.detail.timeline.map((w) => w.window_index)") == [
             0, 1, 2, 3, 4, 40]
+        page.close()
+
+
+def test_a_call_page_shows_a_window_heard_twice_once(browser, shipped_model,
+                                                   redis_server) -> None:
+    """A window result can be heard twice (a publish repeated after a Redis blip whose reply
+    was lost): the grid's sparkline took it once, the call page's timeline twice."""
+    import redis
+
+    from streamer import schema
+
+    r = redis.Redis.from_url(redis_server.url)
+    _go_live(r, "twice-1")
+    r.rpush(schema.call_timeline_key("twice-1"), *[_window("twice-1", i) for i in range(3)])
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.goto(svc.http_url + "/#/call/twice-1")
+        page.wait_for_selector("#status.on", timeout=15_000)
+        page.wait_for_function("current && current.detail", timeout=10_000)
+        for index in (3, 3, 2, 4):  # 3 twice; 2 was in the page's answer already
+            r.publish(schema.call_channel("twice-1"), _window("twice-1", index))
+        page.wait_for_function("current.detail.timeline.some((w) => w.window_index === 4)",
+                               timeout=10_000)
+        assert page.evaluate("current.detail.timeline.map((w) => w.window_index)") == [
+            0, 1, 2, 3, 4]
         page.close()
 
 

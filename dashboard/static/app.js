@@ -426,7 +426,7 @@ window.ackAlert = ackAlert;
 
 // ---- call page: follows the call live ----------------------------------------------------
 async function showCall(id) {
-  current = { id, detail: null, alerts: [], early: [] };
+  const shown = current = { id, detail: null, alerts: [], early: [] };
   $("call-charts").innerHTML = "";
   $("call-meta").textContent = "";
   $("legend").innerHTML = "";
@@ -436,12 +436,14 @@ async function showCall(id) {
   try {
     detail = await api(`/api/v1/calls/${encodeURIComponent(id)}`);
   } catch (e) {
-    if (!current || current.id !== id) return;
+    if (current !== shown) return;
     $("call-title").textContent = e.status === 404
       ? `No call ${id}: unknown, or it ended more than 24 hours ago.` : `Call ${id}: ${e.message}`;
     return;
   }
-  if (!current || current.id !== id) return;  // the user moved on meanwhile
+  // The user moved on meanwhile, or the page was shown again (a reload re-fetches it): that
+  // answer, not this older one, is the page's.
+  if (current !== shown) return;
   current.detail = detail;
   current.alerts = detail.alert_history;
   // What the call sent while the answer was on the way, unless the answer holds it.
@@ -461,7 +463,7 @@ function answered(m) {
 
 function onCurrentCall(m) {
   if (!current.detail) current.early.push(m);  // kept until the page's answer comes
-  else if (addToCall(m)) scheduleCall();
+  else if (!answered(m) && addToCall(m)) scheduleCall();  // a message heard twice, once
 }
 
 function addToCall(m) {
