@@ -18,7 +18,8 @@ _STREAM_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 
 def stream_id_for(since: str | None) -> str:
     """``None`` → only new entries; ``0`` → everything; ``10m`` → from ten minutes ago;
-    ``1764400000000-0`` (or its milliseconds alone) → from that stream id.
+    ``1764400000000-0`` (or its milliseconds alone) → from that stream id (:func:`follow_alerts`
+    replays the entries after it, as XREAD does: give it the last id seen).
 
     Raises:
         ValueError: anything else, in words a person can act on (Redis would only say
@@ -36,13 +37,31 @@ def stream_id_for(since: str | None) -> str:
     return since
 
 
+#: After the first, every this many skipped entries are said (see :func:`follow_alerts`).
+SKIPPED_SAID_EVERY = 100_000
+
+
+def event_of(fields: dict[bytes, bytes]) -> dict | None:
+    """The payload of an alert-log entry, if it is an alert or call event: a JSON object
+    with a string ``id`` and ``type``."""
+    try:
+        data = json.loads(fields[b"data"])
+    except (KeyError, ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    if isinstance(data, dict) and isinstance(data.get("id"), str) \
+            and isinstance(data.get("type"), str):
+        return data
+    return None
+
+
 async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[dict], None],
                         stop: asyncio.Event | None = None, block_ms: int = 1000,
                         on_status: Callable[[str], None] | None = None) -> None:
     """Read ``callmon:alerts:log`` with XREAD from ``since`` onwards and call ``on_message``
     with each entry's decoded payload, de-duplicated by ``id``. Reading the stream (rather
     than pub/sub) is what lets a consumer that was away catch up; reconnects resume after
-    the last id seen.
+    the last id seen. An entry that is no alert or call event (:func:`event_of`) is skipped
+    and said through ``on_status``: one bad write must not stop every consumer.
 
     Raises:
         ConnectionError: Redis cannot be reached at the start (later outages are waited
@@ -54,6 +73,7 @@ async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[di
     last = stream_id_for(since)
     shown = redis_client.display_url(url)
     seen: dict[str, None] = {}  # insertion-ordered, trimmed to the most recent ids
+    skipped = 0
     client = redis_client.connect(url, timeout_s=None)
     away = False
     try:
@@ -80,12 +100,22 @@ async def follow_alerts(url: str, *, since: str | None, on_message: Callable[[di
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     last = entry_id.decode()
-                    event_id = fields.get(b"id", b"").decode()
-                    if event_id in seen:
+                    data = event_of(fields)
+                    if data is None:
+                        skipped += 1
+                        if on_status is not None and skipped == 1:
+                            on_status(f"skipping entry {last} of {schema.ALERTS_STREAM}: not an "
+                                      "alert or call event (further ones are counted, every "
+                                      f"{SKIPPED_SAID_EVERY:,} said)")
+                        elif on_status is not None and skipped % SKIPPED_SAID_EVERY == 0:
+                            on_status(f"skipped {skipped:,} entries of {schema.ALERTS_STREAM} "
+                                      "that are not alerts or call events")
                         continue
-                    seen[event_id] = None
+                    if data["id"] in seen:
+                        continue
+                    seen[data["id"]] = None
                     if len(seen) > 100_000:
                         del seen[next(iter(seen))]
-                    on_message(json.loads(fields[b"data"]))
+                    on_message(data)
     finally:
         await client.aclose()

@@ -106,8 +106,8 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
                    help="default: $REDIS_URL, else the Redis of a callmon serve on this "
                         "machine, else redis://127.0.0.1")
     p.add_argument("--since", default=None,
-                   help="replay from the alert log first: a stream id, 0 for everything, "
-                        "or a duration like 10m")
+                   help="replay from the alert log first: 0 for everything, a duration "
+                        "like 10m, or a stream id (the entries after it: the last one seen)")
     p.add_argument("--json", action="store_true", help="print raw JSON lines")
     p.set_defaults(handler=_alerts)
 
@@ -387,14 +387,18 @@ def _alerts(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(data), flush=True)
             return
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("ts", time.time())))
-        if data.get("type") == "alert":
-            print(f"{when} {data['state']:>7} {data['kind']:<11} call={data['call_id']} "
-                  f"role={data['role']} score={data['score']:.2f} at={data['call_time_s']:.1f}s "
-                  f"into the call id={data['id']}", flush=True)
-        else:
-            print(f"{when} {data['type']:>12} call={data['call_id']} "
-                  + (f"reason={data.get('reason')}" if data.get("reason") else ""), flush=True)
+        try:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("ts", time.time())))
+            if data["type"] == "alert":
+                line = (f"{when} {data['state']:>7} {data['kind']:<11} call={data['call_id']} "
+                        f"role={data['role']} score={data['score']:.2f} "
+                        f"at={data['call_time_s']:.1f}s into the call id={data['id']}")
+            else:
+                line = (f"{when} {data['type']:>12} call={data['call_id']} "
+                        + (f"reason={data.get('reason')}" if data.get("reason") else ""))
+        except (KeyError, TypeError, ValueError, OverflowError, OSError):
+            line = f"(not in the alert schema) {json.dumps(data)}"  # shown as it came
+        print(line, flush=True)
 
     def status(line: str) -> None:
         print(f"callmon alerts: {line}", file=sys.stderr, flush=True)

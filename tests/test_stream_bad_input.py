@@ -237,3 +237,67 @@ def test_twilio_gap_fill_counts_against_the_speed_limit(shipped_model, redis_ser
     assert close_code == 1008 and errors and errors[-1]["code"] == "too_fast"
     ended = [a for a in answers if a.get("type") == "ended"]
     assert ended and ended[0]["duration_s"] < 60  # refused within the 10 s head start + a gap
+
+
+def test_the_alert_follower_goes_on_past_entries_it_cannot_read(redis_server) -> None:
+    """One entry in the alert log that is not an alert or call event (unreadable JSON, not an
+    object, no id, an alert without its fields: another writer, a truncated write) stopped
+    ``callmon alerts`` for good, and every consumer built on ``follow_alerts``, with a
+    traceback. It is skipped and said once; what follows it still arrives."""
+    import subprocess
+    import sys
+    import time
+
+    import redis
+
+    from streamer import schema
+    from streamer.alerts_feed import follow_alerts
+    from streamer.schema import Alert
+
+    r = redis.Redis.from_url(redis_server.url)
+    good = Alert(id=schema.new_id(), call_id="after-bad", role="customer", kind="distress",
+                 state="raised", score=0.9, threshold=0.65, window_index=4, call_time_s=7.0)
+    bare = schema.new_id()
+    entries = [{"id": schema.new_id(), "type": "alert", "data": "{truncated"},
+               {"id": schema.new_id(), "type": "alert", "data": "[1, 2]"},
+               {"type": "alert", "data": json.dumps({"type": "alert"})},
+               {"id": bare, "type": "alert", "data": json.dumps({"id": bare, "type": "alert"})},
+               {"id": schema.new_id(), "type": "alert"},
+               {"id": good.id, "type": "alert", "data": schema.dumps(good)}]
+    before = (r.xinfo_stream(schema.ALERTS_STREAM)["last-generated-id"].decode()
+              if r.exists(schema.ALERTS_STREAM) else "0")  # replayed: the entries after it
+    first = r.xadd(schema.ALERTS_STREAM, entries[0]).decode()
+    for fields in entries[1:]:
+        r.xadd(schema.ALERTS_STREAM, fields)
+
+    heard: list[dict] = []
+    said: list[str] = []
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+
+        def collect(data: dict) -> None:
+            heard.append(data)
+            if data["id"] == good.id:
+                stop.set()
+
+        await asyncio.wait_for(follow_alerts(redis_server.url, since=before, on_message=collect,
+                                             on_status=said.append, stop=stop, block_ms=200), 10)
+
+    asyncio.run(follow())
+    # The bare alert is an object with an id: delivered, for the consumer to judge.
+    assert [d["id"] for d in heard] == [bare, good.id]
+    assert len(said) == 1 and "skipping" in said[0] and first in said[0]
+
+    cli = subprocess.Popen([sys.executable, "-m", "callmon_cli", "alerts", "--since", before,
+                            "--redis-url", redis_server.url],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    alive = cli.poll() is None
+    cli.terminate()
+    out, err = cli.communicate(timeout=10)
+    assert alive, err
+    assert "Traceback" not in err and "skipping" in err
+    lines = out.splitlines()
+    assert any(f"id={good.id}" in line and "distress" in line for line in lines), out
+    assert any(bare in line for line in lines)  # shown as it came, not dropped
