@@ -48,7 +48,6 @@ def _decode(value: bytes | str | None) -> Any:
     Strict UTF-8 refuses encoded surrogates and the parse refuses NaN and infinities, so only
     a message with a ``\\uD800``-style escape can still hold a lone surrogate: just those are
     re-encoded to check (re-encoding every message was half the cost of listing calls)."""
-    global undecodable, _warned
     if value is None:
         return None
     try:
@@ -59,12 +58,65 @@ def _decode(value: bytes | str | None) -> Any:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         return data
     except (ValueError, UnicodeError, RecursionError) as exc:
-        undecodable += 1
-        if not _warned:
-            _warned = True
-            log.warning("skipping a stored message that cannot be decoded (%s); further ones "
-                        "are counted, not logged", exc)
+        _skip(f"cannot be decoded ({exc})")
         return None
+
+
+def _skip(why: str) -> None:
+    """Count a stored message that cannot be served; the first is logged."""
+    global undecodable, _warned
+    undecodable += 1
+    if not _warned:
+        _warned = True
+        log.warning("skipping a stored message that %s; further ones are counted, not logged",
+                    why)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _strings(message: dict, *names: str) -> bool:
+    return all(isinstance(message.get(name), str) for name in names)
+
+
+def _call_event_ok(e: Any) -> bool:
+    """What the dashboard and its page read of a call event (``call_started``/``ended``)."""
+    return (isinstance(e, dict) and _strings(e, "id", "call_id", "type") and _number(e.get("ts"))
+            and isinstance(e.get("roles"), list) and all(isinstance(r, str) for r in e["roles"])
+            and isinstance(e.get("metadata") or {}, dict)
+            and (e.get("duration_s") is None or _number(e["duration_s"]))
+            and (e.get("alerts_raised") is None or _number(e["alerts_raised"]))
+            and isinstance(peaks := e.get("peaks") or {}, dict)
+            and all(isinstance(p, dict) for p in peaks.values()))
+
+
+def _alert_ok(a: Any) -> bool:
+    """What the dashboard and its page read of an alert."""
+    return (isinstance(a, dict) and _strings(a, "id", "call_id", "role", "kind", "state")
+            and all(_number(a.get(name)) for name in ("score", "call_time_s", "ts")))
+
+
+def _ack_ok(ack: Any) -> bool:
+    """What the page reads of an acknowledgement."""
+    return isinstance(ack, dict) and _strings(ack, "by") and _number(ack.get("at")) and (
+        ack.get("note") is None or isinstance(ack["note"], str))
+
+
+def _window_ok(w: Any) -> bool:
+    """What the grid reads of a call's latest window result."""
+    return isinstance(w, dict) and all(w.get(name) is None or _number(w[name])
+                                       for name in ("frustration", "distress"))
+
+
+def _served(message: Any, ok: Callable[[Any], bool]) -> Any:
+    """``message`` (decoded) if it holds what its readers read (``ok``), else ``None``,
+    skipped as an undecodable one is: a stored call start without its time made the grid
+    answer 500, a blind dashboard, until the call's state expired."""
+    if message is None or ok(message):
+        return message
+    _skip("lacks fields the dashboard reads")
+    return None
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -146,19 +198,23 @@ async def _attach_acks(redis, alerts: list[dict]) -> None:
     """Give each alert its acknowledgement (``None`` if none), in one read."""
     if alerts:
         acks = await redis.hmget(schema.ACKS_KEY, [a["id"] for a in alerts])
-        decoded: list[Any] = await off_loop(list, map(_decode, acks))
+        decoded: list[Any] = await off_loop(_decode_acks, acks)
         for alert, ack in zip(alerts, decoded, strict=True):
             alert["ack"] = ack
 
 
+def _decode_acks(acks: list[bytes | None]) -> list[dict | None]:
+    return [_served(_decode(ack), _ack_ok) for ack in acks]
+
+
 def _summary(call_id: str, state: dict) -> dict | None:
     fields = {k.decode(): v for k, v in state.items()}
-    start = _decode(fields.get("start"))
-    if start is None:
-        return None
+    start = _served(_decode(fields.get("start")), _call_event_ok)
+    end = _served(_decode(fields.get("end")), _call_event_ok)
+    if start is None or (end is None and fields.get("end") is not None):
+        return None  # (an end that cannot be read: not listed as live either)
     alerts = {k.split(":", 1)[1]: a for k, v in fields.items()
-              if k.startswith("alert:") and (a := _decode(v)) is not None}
-    end = _decode(fields.get("end"))
+              if k.startswith("alert:") and (a := _served(_decode(v), _alert_ok)) is not None}
     return {
         "call_id": call_id,
         "start": start,
@@ -168,7 +224,8 @@ def _summary(call_id: str, state: dict) -> dict | None:
         "agent": (start.get("metadata") or {}).get("agent"),
         "node": start.get("node"),
         "last": {k.split(":", 1)[1]: last for k, v in fields.items()
-                 if k.startswith("last:") and (last := _decode(v)) is not None},
+                 if k.startswith("last:") and (last := _served(_decode(v), _window_ok))
+                 is not None},
         "alerts": alerts,
     }
 
@@ -275,7 +332,8 @@ async def call_alerts(redis, call_id: str) -> list[dict]:
     """Every alert message of one call (raised and cleared), oldest first, each once, with
     acknowledgements, as :func:`alerts_since` gives them: read from the call's own list,
     not by scanning the alert log, which holds every call's alerts and call events."""
-    out = _once(_decode_rows(await redis.lrange(schema.call_alerts_key(call_id), 0, -1)))
+    out = _once([a for a in _decode_rows(await redis.lrange(schema.call_alerts_key(call_id), 0, -1))
+                 if _served(a, _alert_ok) is not None])
     await _attach_acks(redis, out)
     return out
 
@@ -380,7 +438,8 @@ def _log_messages(entries: list[tuple[str, dict[bytes, bytes]]]) -> list[tuple[s
     out = []
     for entry_id, fields in entries:
         data = _decode(fields.get(b"data"))
-        if isinstance(data, dict) and isinstance(data.get("id"), str):
+        if isinstance(data, dict) and _served(
+                data, _alert_ok if data.get("type") == "alert" else _call_event_ok) is not None:
             out.append((entry_id, data))
     return out
 
@@ -396,7 +455,8 @@ async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
         if _entry_type(fields) not in ("call_ended", ""):
             continue  # the entry says its type: most are alerts, not worth decoding
         e = _decode(fields.get(b"data"))
-        if not isinstance(e, dict) or e.get("type") != "call_ended" or e.get("id") in seen:
+        if not isinstance(e, dict) or e.get("type") != "call_ended" \
+                or _served(e, _call_event_ok) is None or e["id"] in seen:
             continue
         seen.add(e["id"])
         if len(out) >= limit:

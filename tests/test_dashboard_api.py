@@ -285,6 +285,83 @@ def test_one_bad_stored_event_does_not_blind_the_dashboard(service, redis_server
     assert store.undecodable > before
 
 
+def test_stored_events_without_the_fields_read_do_not_blind_the_dashboard(service,
+                                                                           redis_server):
+    """A stored message that decodes but lacks what the dashboard reads of it (a call start
+    without its time: another writer, an older version) made the grid answer 500 for as long
+    as the call's state was kept; an alert's score as a string, or metadata that is not an
+    object, broke the page that drew it. Each such message is skipped, as an unreadable one
+    is, and everything else is still listed."""
+    import json
+
+    import redis
+
+    from dashboard import store
+    from streamer import schema
+
+    r = redis.Redis.from_url(redis_server.url)
+    now = time.time()
+    r.set(schema.node_key("shape-node"), "{}")
+    start = {"v": 1, "type": "call_started", "id": schema.new_id(), "call_id": "", "node":
+             "shape-node", "roles": ["customer"], "sample_rate": 8000, "encoding": "mulaw",
+             "protocol": "twilio", "metadata": {"agent": "Ann"}, "ts": now}
+    alert = {"v": 1, "type": "alert", "id": schema.new_id(), "call_id": "shape-fine",
+             "role": "customer", "kind": "distress", "state": "raised", "score": 0.9,
+             "threshold": 0.65, "window_index": 4, "call_time_s": 7.0, "raised_id": None,
+             "reason": None, "ts": now, "node": "shape-node"}
+    stringly = {**alert, "id": schema.new_id(), "score": "0.9"}
+    states = {
+        "shape-fine": {},
+        "shape-no-ts": {"start": {k: v for k, v in start.items() if k != "ts"}},
+        "shape-meta": {"start": {**start, "metadata": "vip"}},
+        "shape-alert": {"alert:customer:distress": {"id": "x", "state": "raised"}},
+        "shape-last": {"last:customer": {"frustration": "high", "distress": 0.1}},
+        "shape-end": {"end": {"type": "call_ended"}},
+    }
+    for call_id, fields in states.items():
+        fields = {"start": {**start, "call_id": call_id}, **fields}
+        r.hset(schema.call_state_key(call_id),
+               mapping={k: json.dumps({**v, "call_id": call_id} if k == "start" else v)
+                        for k, v in fields.items()})
+        r.zadd(schema.LIVE_CALLS_KEY, {call_id: now})
+    ended = {**start, "type": "call_ended", "reason": "stop", "duration_s": 30.0,
+             "alerts_raised": 1, "peaks": {"customer": {"frustration": 0.2, "distress": 0.9}}}
+    for call_id, changed in (("shape-ended", {}), (None, {}), ("shape-ended-peaks", {"peaks": [1]}),
+                             ("shape-ended-meta", {"metadata": "x"}),
+                             ("shape-ended-ts", {"ts": "late"})):
+        event = {**ended, **changed, "id": schema.new_id(), "call_id": call_id}
+        if call_id is None:
+            del event["call_id"]
+        r.xadd(schema.ALERTS_STREAM, {"id": event["id"], "type": "call_ended",
+                                      "data": json.dumps(event)})
+    for a in (stringly, alert):
+        r.xadd(schema.ALERTS_STREAM, {"id": a["id"], "type": "alert", "data": json.dumps(a)})
+        r.rpush(schema.call_alerts_key("shape-fine"), json.dumps(a))
+    r.hset(schema.ACKS_KEY, alert["id"], json.dumps({"by": 5, "at": "noon"}))
+    before = store.undecodable
+    http = httpx.Client(base_url=service.http_url)
+
+    calls = http.get("/api/v1/calls", params={"history": 10})
+    assert calls.status_code == 200, calls.text
+    listed = {c["call_id"]: c for c in calls.json() if c["call_id"].startswith("shape-")}
+    assert sorted(listed) == ["shape-alert", "shape-fine", "shape-last"]
+    assert listed["shape-alert"]["alerts"] == {} and listed["shape-last"]["last"] == {}
+    for call_id in ("shape-no-ts", "shape-meta", "shape-end"):
+        assert http.get(f"/api/v1/calls/{call_id}").status_code == 404
+    one = http.get("/api/v1/calls/shape-fine")
+    assert one.status_code == 200 and [a["id"] for a in one.json()["alert_history"]] == [
+        alert["id"]]
+    assert one.json()["alert_history"][0]["ack"] is None  # its acknowledgement is unreadable
+    gone = http.get("/api/v1/ended-calls", params={"since": "1h"})
+    assert gone.status_code == 200
+    assert [e["call_id"] for e in gone.json() if e["call_id"].startswith("shape-")] == [
+        "shape-ended"]
+    feed = http.get("/api/v1/alerts", params={"since": "1h", "type": "alert"})
+    assert feed.status_code == 200
+    assert [a["id"] for a in feed.json() if a["call_id"] == "shape-fine"] == [alert["id"]]
+    assert store.undecodable > before
+
+
 def test_half_sent_requests_are_dropped_and_log_storms_are_held(shipped_model, redis_server):
     """300 half-sent requests held the dashboard's descriptors for minutes (issue 11): a
     request's headers must now arrive within the deadline; the rest still answers."""
@@ -453,7 +530,9 @@ def test_many_live_calls_are_listed_together_each_with_its_own_alerts(redis_serv
                                                       "distress": 0.0})}
                 if k % 3 == 0:
                     state["alert:customer:frustration"] = json.dumps(
-                        {"id": f"alert-{k}", "state": "raised", "kind": "frustration"})
+                        {"id": f"alert-{k}", "state": "raised", "kind": "frustration",
+                         "call_id": call_id, "role": "customer", "score": 0.6,
+                         "call_time_s": 5.0, "ts": start.ts})
                 if k == 9:
                     state["end"] = schema.dumps(CallEvent(
                         id=schema.new_id(), type="call_ended", call_id=call_id,
