@@ -71,7 +71,7 @@ async def store_calls(client, n: int) -> list[bytes]:
             state["alert:customer:frustration"] = json.dumps({
                 "v": 1, "type": "alert", "id": schema.new_id(), "call_id": call_id,
                 "role": "customer", "kind": "frustration", "state": "raised", "score": 0.8,
-                "threshold": 0.45, "ts": time.time()})
+                "threshold": 0.45, "window_index": 4, "call_time_s": 7.0, "ts": time.time()})
         await client.zadd(schema.LIVE_CALLS_KEY, {call_id: start.ts})
         await client.hset(schema.call_state_key(call_id), mapping=state)
         messages += [v.encode() for v in state.values()]
