@@ -482,6 +482,41 @@ def test_a_call_page_shows_a_window_heard_twice_once(browser, shipped_model,
         page.close()
 
 
+def test_a_live_message_the_page_cannot_read_is_left_out(browser, shipped_model,
+                                                       redis_server) -> None:
+    """A live message that is not what the page reads (a window whose scores are not numbers,
+    from a broken writer or another version) threw on every redraw of its card, which stopped
+    the redraw of the grid and the feed, and left a point that is not a number in the call's
+    sparkline for three minutes. It is left out, and what follows is shown."""
+    import json
+
+    import redis
+
+    from streamer import schema
+
+    r = redis.Redis.from_url(redis_server.url)
+    _go_live(r, "odd-1")
+    errors: list[str] = []
+    with ServiceThread(shipped_model, redis_server.url) as svc:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(svc.http_url + "/")
+        page.wait_for_selector("#status.on", timeout=15_000)
+        page.wait_for_selector('.card[data-call="odd-1"]', timeout=10_000)
+        odd = json.loads(_window("odd-1", 5))
+        for broken in ({**odd, "frustration": "high"}, {**odd, "end_s": None}):
+            r.publish(schema.call_channel("odd-1"), json.dumps(broken))
+        r.publish(schema.call_channel("odd-1"), "not json")
+        r.publish(schema.call_channel("odd-1"), _window("odd-1", 6))
+        page.wait_for_function("(calls.get('odd-1').history.at(-1) || {}).t === 9",
+                               timeout=10_000)
+        page.wait_for_timeout(1500)  # a redraw or two
+        assert page.evaluate("calls.get('odd-1').history.map((p) => p.f)") == [0.2]
+        assert "frustration 0.20" in page.inner_text('.card[data-call="odd-1"]')
+        assert errors == []
+        page.close()
+
+
 def test_what_happens_while_the_grid_loads_is_not_undone_by_its_answer(
         browser, shipped_model, redis_server) -> None:
     """The grid applied what it heard while its live calls were being fetched, then

@@ -144,7 +144,30 @@ function connect() {
   source = new EventSource("/api/v1/events");
   source.onopen = () => { $("status").className = "status on"; reload().catch(console.error); };
   source.onerror = () => { $("status").className = "status off"; };
-  source.onmessage = (e) => handle(JSON.parse(e.data));
+  source.onmessage = (e) => {
+    let m;
+    try { m = JSON.parse(e.data); } catch { m = null; }
+    if (readable(m)) handle(m);
+    else console.warn("left out a live message this page cannot read:", e.data.slice(0, 200));
+  };
+}
+
+// Whether a live message holds what this page reads of it. One that does not (a broken
+// writer's, another version's) threw on every redraw of its card, which stopped the whole
+// grid's redraw, and left a point that is not a number in its sparkline.
+const isNumber = (v) => typeof v === "number" && Number.isFinite(v);
+const strings = (m, ...keys) => keys.every((k) => typeof m[k] === "string");
+function readable(m) {
+  if (!m || typeof m !== "object") return false;
+  if (m.type === "ack") return strings(m, "alert_id", "by") && isNumber(m.at);
+  if (!strings(m, "call_id")) return false;
+  if (m.type === "window") {
+    return isNumber(m.end_s) && [m.frustration, m.distress].every((v) => v === null || isNumber(v));
+  }
+  if (m.type === "alert") {
+    return strings(m, "id", "role", "kind", "state") && isNumber(m.score) && isNumber(m.call_time_s) && isNumber(m.ts);
+  }
+  return strings(m, "id", "type") && isNumber(m.ts);  // call_started, call_ended
 }
 
 // A call this page does not know yet (its call_started raced with a reload, or came before
