@@ -326,11 +326,11 @@ def create_app(*, redis_url: str, auth: SupervisorAuth, max_upload_bytes: int = 
                           limit: int = 500,
                           entry_type: Annotated[str | None, Query(alias="type")] = None,
                           latest: bool = False) -> Response:
-        """Alerts and call events from the log, oldest first: ``since`` is a stream id,
-        ``0``, or a duration such as ``10m``; without it, everything kept. ``type``: only
-        these (comma-separated: ``alert``, ``call_started``, ``call_ended``). Of more than
-        ``limit``, the earliest (page on with ``since`` = the last ``stream_id``), or with
-        ``latest=true`` the latest."""
+        """Alerts and call events from the log, oldest first: ``since`` is a stream id (the
+        entries after it), ``0``, or a duration such as ``10m``; without it, everything
+        kept. ``type``: only these (comma-separated: ``alert``, ``call_started``,
+        ``call_ended``). Of more than ``limit``, the earliest (page on with ``since`` = the
+        last ``stream_id``), or with ``latest=true`` the latest."""
         if not 1 <= limit <= 5000:
             raise HTTPException(422, "limit must be between 1 and 5000")
         types = None

@@ -394,6 +394,23 @@ async def log_entries(redis, start: str = "-", *, reverse: bool = False
             yield entry
 
 
+def log_start(since: str | None) -> str:
+    """Where the alert log is read from for ``since`` (:func:`stream_id_for`): the start for
+    none or ``0``, a duration's time, or the entry *after* a stream id: a client pages on
+    with the last ``stream_id`` it was given, and read from that entry, a page began with it
+    again (one at a time, never past it), as ``callmon alerts --since`` reads.
+
+    Raises:
+        ValueError: ``since`` is none of these (see :func:`stream_id_for`).
+    """
+    if since is None:
+        return "-"
+    start = stream_id_for(since)
+    if start in ("$", "0"):
+        return "-"
+    return f"({start}" if start == since else start  # a stream id (a duration is not one)
+
+
 def _entry_type(fields: dict[bytes, bytes]) -> str:
     """The type an entry states beside its data: filtering on it decodes nothing."""
     return fields.get(b"type", b"").decode(errors="replace")
@@ -408,12 +425,9 @@ async def alerts_since(redis, since: str | None, *, limit: int = 500,
     the earliest (paging on from the last ``stream_id``), or with ``latest`` the latest:
     what a page showing "the last hour" needs, where the earliest 500 entries of a busy
     hour are call events from its first minutes."""
-    start = stream_id_for(since) if since else "-"
-    if start == "$":
-        start = "-"
     out: list[dict] = []
     seen: set[str] = set()
-    async for chunk in log_chunks(redis, start, reverse=latest):
+    async for chunk in log_chunks(redis, log_start(since), reverse=latest):
         if types is not None:
             chunk = [entry for entry in chunk if _entry_type(entry[1]) in types]
         # Up to 5 000 messages when a page (re)loads its feed: decoded off the event loop.
@@ -447,11 +461,9 @@ def _log_messages(entries: list[tuple[str, dict[bytes, bytes]]]) -> list[tuple[s
 async def ended_calls(redis, since: str, *, limit: int = 200) -> list[dict]:
     """Calls that ended since ``since`` (newest first), from their ``call_ended`` events:
     duration, reason, agent and metadata, alerts raised and each role's peak scores."""
-    start = stream_id_for(since)
     out: list[dict] = []
     seen: set[str] = set()
-    async for _, fields in log_entries(redis, "-" if start in ("$", "0") else start,
-                                       reverse=True):
+    async for _, fields in log_entries(redis, log_start(since), reverse=True):
         if _entry_type(fields) not in ("call_ended", ""):
             continue  # the entry says its type: most are alerts, not worth decoding
         e = _decode(fields.get(b"data"))

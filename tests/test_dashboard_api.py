@@ -715,6 +715,44 @@ def test_an_acknowledgement_reads_the_log_from_its_alerts_time(redis_server) -> 
         assert find(not_an_id) == (None, 0)
 
 
+def test_the_alert_log_pages_on_from_the_last_stream_id(service, redis_server) -> None:
+    """``GET /api/v1/alerts`` says to page on with ``since`` = the last ``stream_id``: the
+    next page began with that entry again, so a client paging one at a time never got past
+    it. A stream id now means the entries after it (as ``callmon alerts --since`` reads)."""
+    import redis
+
+    from streamer import schema
+    from streamer.schema import CallEvent
+
+    r = redis.Redis.from_url(redis_server.url)
+    before = (r.xinfo_stream(schema.ALERTS_STREAM)["last-generated-id"].decode()
+              if r.exists(schema.ALERTS_STREAM) else "0-1")
+    ids = []
+    for k in range(5):
+        event = CallEvent(id=schema.new_id(), type="call_started", call_id=f"paged-{k}",
+                          roles=("customer",), sample_rate=8000, encoding="mulaw",
+                          protocol="twilio")
+        r.xadd(schema.ALERTS_STREAM, {"id": event.id, "type": event.type,
+                                      "data": schema.dumps(event)})
+        ids.append(event.id)
+    http = httpx.Client(base_url=service.http_url)
+
+    def page(since: str, limit: int, **params) -> list[dict]:
+        answer = http.get("/api/v1/alerts", params={"since": since, "limit": limit, **params})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    walked, since = [], before
+    while len(walked) < 10 and (one := page(since, 1)):
+        walked.append(one[0]["id"])
+        since = one[0]["stream_id"]
+    assert walked == ids
+    assert [e["id"] for e in page(before, 2)] == ids[:2]
+    assert [e["id"] for e in page(before, 2, latest="true")] == ids[3:]
+    third = page(before, 3)[-1]["stream_id"]
+    assert [e["id"] for e in page(third, 500)] == ids[3:]
+
+
 @pytest.mark.parametrize("stored", [
     b'{"score": NaN}', b'{"score": -Infinity}', b'{"score": 1e999}', b'{"agent": "\\ud800"}',
     b'"\xed\xa0\x80"', '{"agent": "\ud800"}', b'{"truncated', b"[" * 100_000,
