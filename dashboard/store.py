@@ -8,7 +8,6 @@ import logging
 import math
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -491,12 +490,12 @@ ID_CLOCK_SKEW_S = 300.0
 
 
 async def find_alert(redis, alert_id: str) -> dict | None:
-    """Look an alert up in the log, from a little before the time its id was made (see
-    :func:`id_time`) on, oldest first: an alert held through a Redis outage is written
-    after that time, never before. An id that no alert could have has none; an entry that
-    cannot be decoded is skipped (see :func:`_decode`), as every other reader of the log
-    does."""
-    made = id_time(alert_id)
+    """Look an alert up in the log, from a little before the time its id was made
+    (:func:`streamer.schema.id_time`) on, oldest first: an alert held through a Redis outage
+    is written after that time, never before. An id that no alert could have has none; an
+    entry that cannot be decoded is skipped (see :func:`_decode`), as every other reader of
+    the log does."""
+    made = schema.id_time(alert_id)
     if made is None:
         return None
     start = f"{max(0, int((made - ID_CLOCK_SKEW_S) * 1000))}-0"
@@ -505,18 +504,6 @@ async def find_alert(redis, alert_id: str) -> dict | None:
                 and isinstance(data := _decode(fields.get(b"data")), dict)):
             return data
     return None
-
-
-def id_time(event_id: str) -> float | None:
-    """The Unix time an alert or call event id was made (:func:`streamer.schema.new_id`,
-    UUIDv7), or ``None`` for a string that is not such an id."""
-    try:
-        value = uuid.UUID(event_id)
-    except ValueError:
-        return None
-    if value.version != 7 or str(value) != event_id.lower():
-        return None
-    return (value.int >> 80) / 1000
 
 
 async def acknowledge(redis, alert_id: str, *, by: str, note: str | None = None) -> dict:

@@ -78,6 +78,18 @@ def new_id(at: float | None = None) -> str:
     return str(uuid.UUID(int=value))
 
 
+def id_time(event_id: str) -> float | None:
+    """The Unix time an id of :func:`new_id` was made, or ``None`` for a string that is not
+    such an id."""
+    try:
+        value = uuid.UUID(event_id)
+    except ValueError:
+        return None
+    if value.version != 7 or str(value) != event_id.lower():
+        return None
+    return (value.int >> 80) / 1000
+
+
 @dataclass(frozen=True, slots=True)
 class WindowResult:
     """One scored (or silent) window of one channel of one call."""
