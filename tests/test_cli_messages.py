@@ -50,7 +50,8 @@ def callmon(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
      "bad setting port=99999: Input should be less than or equal to 65535"),
     (["serve", "--port", "{port}", "--dashboard-port", "-1"],
      "bad setting dashboard_port=-1: Input should be greater than or equal to 0"),
-    (["serve", "--port", "{port}", "--model", "whisper-huge"],
+    # (--no-dashboard: the default dashboard port, 8000, may be taken on the test's host)
+    (["serve", "--port", "{port}", "--no-dashboard", "--model", "whisper-huge"],
      "no model 'whisper-huge': it is neither a shipped model (whisper-tiny, whisper-base) nor"),
     (["export", "--checkpoint", "README.md", "--out", "{tmp}"],
      "README.md is not a checkpoint written by callmon train"),
