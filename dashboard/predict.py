@@ -54,16 +54,17 @@ def predict(model, audio: np.ndarray, *, hop_s: float = 1.0) -> dict:
 def predict_channel(model, audio: np.ndarray, *, hop_s: float = 1.0) -> dict:
     """One channel: the mean over its speech windows, and a per-window timeline for clips
     over one window. Without speech, ``speech`` is false and there is no label."""
-    from streamer.windowing import EnergyVad, VadConfig
+    from streamer.windowing import VadConfig, VoiceGate
 
     starts, probs = model.predict_windows(audio, hop_s=hop_s)
-    vad = EnergyVad(VadConfig())
+    vad = VoiceGate(VadConfig())
     window = model.window_samples
     speech = []
     for s in starts:
         i = int(round(s * MODEL_RATE_HZ))
         chunk = audio[i : i + window]
-        speech.append(vad.speech_ratio(chunk) >= vad.config.min_speech_ratio)
+        ratio = vad.speech_ratio(chunk, i // vad.frame if i % vad.frame == 0 else None)
+        speech.append(ratio >= vad.config.min_speech_ratio)
     labels = list(model.labels)
     duration = round(audio.shape[0] / MODEL_RATE_HZ, 3)
     out: dict = {"duration_s": duration, "speech": any(speech), "windows": []}

@@ -141,6 +141,13 @@ def test_predict(service, ravdess_dir, call_actors):
     assert hush.status_code == 200 and hush.json()["speech"] is False
     assert hush.json()["label"] is None and "no speech" in hush.json()["message"]
     assert all(w["speech"] is False and w["label"] is None for w in hush.json()["windows"])
+    # A recording of the line ringing: a tone, no voice (it used to answer "sad" 0.56).
+    from streamer.tools.line_sounds import cadenced_tone
+
+    ringing = soxr.resample(cadenced_tone("ringback_uk", 10.0), 16000, 8000)
+    rang = http.post("/api/v1/predict", files={"file": ("r.wav", wav_bytes(ringing, 8000))})
+    assert rang.status_code == 200 and rang.json()["speech"] is False
+    assert rang.json()["label"] is None and len(rang.json()["windows"]) == 8
     # Stereo: each channel scored as the streamer does (customer left, agent right).
     calm = np.concatenate(actor_clips(ravdess_dir, call_actors[2], "calm", 3))[: 10 * 16000]
     stereo = np.stack([ten_s, np.zeros_like(ten_s)], axis=1)

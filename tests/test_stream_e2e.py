@@ -109,6 +109,36 @@ def test_twilio_endpoint_two_tracks_at_8k(shipped_model, call_actors, ravdess_di
     assert log[0]["roles"] == ["customer", "agent"]
 
 
+def test_a_ringing_call_is_not_scored_until_someone_speaks(shipped_model, call_actors,
+                                                          ravdess_dir, redis_server):
+    """An outbound call rings (a UK ringback tone, then a US busy tone on a retry) before the
+    customer answers, over Twilio at 8 kHz: the tones are no voice, so no window of them is
+    scored and no distress alert is raised on them (before the voice gate's tone check the
+    shipped model raised one 8 s into the ringing); the customer is scored from the first
+    word and their anger is alerted as on any call."""
+    import soxr
+
+    from streamer.tools.line_sounds import cadenced_tone
+
+    ringing = np.concatenate([cadenced_tone("ringback_uk", 12.0), cadenced_tone("busy_us", 8.0)])
+    speech, onset = calm_then_angry(ravdess_dir, call_actors[2])
+    audio8 = soxr.resample(np.concatenate([ringing, speech]), 16_000, 8_000).astype(np.float32)
+
+    async def main():
+        async with running_service(shipped_model, redis_server.url) as service:
+            return await stream_twilio(f"ws://127.0.0.1:{service.ingest.port}/v1/twilio",
+                                       audio8[:, None], call_id="CAringing", speed=SPEED)
+
+    outcome = asyncio.run(main())
+    assert outcome.close_code == 1000 and not outcome.errors
+    rang = len(ringing) / 16_000
+    while_ringing = [w for w in outcome.windows if w["end_s"] <= rang]
+    assert len(while_ringing) >= 15 and not [w for w in while_ringing if w["speech"]]
+    assert [w for w in outcome.windows if w["start_s"] >= rang + 1 and w["speech"]]
+    assert_frustration_alert(outcome.alerts, rang + onset)
+    assert not [a for a in outcome.alerts if a["call_time_s"] <= rang + 3]
+
+
 def test_redis_killed_and_restarted_mid_call(shipped_model, call_actors, ravdess_dir,
                                              redis_server):
     audio, onset = calm_then_angry(ravdess_dir, call_actors[3])
