@@ -128,7 +128,11 @@ class VoiceGate:
         if n == 0:
             return 0.0
         frames = window[: n * self.frame].reshape(n, self.frame)
-        db = 10 * np.log10(np.square(frames, dtype=np.float64).mean(axis=1) + 1e-12)
+        # Each frame's level about its own mean: a DC offset (a sound card's, a gateway's) is
+        # no voice, and counted as level it lifted the noise floor over quiet speech.
+        centred = frames - frames.mean(axis=1, keepdims=True)
+        power = np.einsum("ij,ij->i", centred, centred, dtype=np.float64) / self.frame
+        db = 10 * np.log10(power + 1e-12)
         quiet = percentile(db, 10)
         if self.noise_floor_db is None:
             self.noise_floor_db = quiet

@@ -262,6 +262,16 @@ def test_the_voice_gate_leaves_speech_alone(ravdess_dir, telephone: bool) -> Non
     assert len(before - after) <= len(before) / 200, sorted(before - after)
 
 
+@pytest.mark.parametrize("offset", [0.01, -0.05])
+def test_a_dc_offset_does_not_hide_speech(ravdess_dir, offset: float) -> None:
+    """A DC offset (a sound card's, a gateway's) was counted as level: at 0.01 (−40 dBFS)
+    the gate's noise floor rose over quiet speech, and most of its windows went unscored."""
+    audio = speech_call(ravdess_dir, "0[12]", n=30)
+    plain = [w.speech for w in gated(audio)]
+    assert sum(plain) > 30
+    assert [w.speech for w in gated(audio + np.float32(offset))] == plain
+
+
 def test_the_voice_gate_measures_each_frame_once_and_decides_the_same(ravdess_dir) -> None:
     """A channel's gate keeps what it measured of the frames its windows share; a gate that
     measures every window afresh (an uploaded file's) decides every window the same."""
