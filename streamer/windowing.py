@@ -62,17 +62,17 @@ class RingBuffer:
 class VadConfig:
     """The voice gate: which windows are speech, and so scored.
 
-    A 20 ms frame is loud when it is louder than ``min_dbfs`` and more than ``margin_db``
-    above the channel's running noise floor; a window is speech when at least
-    ``min_speech_ratio`` of its frames are loud, unless its loud frames are mostly not a
-    voice. Of each loud frame a 32 ms spectrum (100-3800 Hz, the telephone band) is taken:
-    the frame is a tone when its six strongest 31 Hz bins hold ``tone_share`` of its
-    power, and noise when its spectrum is as flat as ``noise_flatness`` (geometric over
-    arithmetic mean of the power: white noise 0.56, speech's loud frames 0.02-0.04 at the
-    median). A window whose loud frames are ``max_tone_or_noise`` or more
-    tones, or as many noise, has no speech: ringback, busy and DTMF tones, and noise bursts,
-    which the model would otherwise score (a ringback tone as distress). ``None`` turns the
-    check off.
+    A 20 ms frame is loud when its level (about the window's mean: a DC offset is no level)
+    is above ``min_dbfs`` and more than ``margin_db`` above the channel's running noise
+    floor; a window is speech when at least ``min_speech_ratio`` of its frames are loud,
+    unless its loud frames are mostly not a voice. Of each loud frame a 32 ms spectrum
+    (100-3800 Hz, the telephone band) is taken: the frame is a tone when its six strongest
+    31 Hz bins hold ``tone_share`` of its power, and noise when its spectrum is as flat as
+    ``noise_flatness`` (geometric over arithmetic mean of the power: white noise 0.56,
+    speech's loud frames 0.02-0.04 at the median). A window whose loud frames are
+    ``max_tone_or_noise`` or more tones, or as many noise, has no speech: ringback, busy
+    and DTMF tones, and noise bursts, which the model would otherwise score (a ringback
+    tone as distress). ``None`` turns the check off.
     """
 
     frame_ms: float = 20.0
@@ -127,10 +127,10 @@ class VoiceGate:
         n = window.shape[0] // self.frame
         if n == 0:
             return 0.0
+        # Levels about the window's mean: a DC offset (a sound card's, a gateway's) is no
+        # voice, and counted as level it lifted the noise floor over quiet speech.
         frames = window[: n * self.frame].reshape(n, self.frame)
-        # Each frame's level about its own mean: a DC offset (a sound card's, a gateway's) is
-        # no voice, and counted as level it lifted the noise floor over quiet speech.
-        centred = frames - frames.mean(axis=1, keepdims=True)
+        centred = frames - frames.mean(dtype=np.float64).astype(np.float32)
         power = np.einsum("ij,ij->i", centred, centred, dtype=np.float64) / self.frame
         db = 10 * np.log10(power + 1e-12)
         quiet = percentile(db, 10)
