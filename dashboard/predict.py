@@ -63,8 +63,7 @@ def predict_channel(model, audio: np.ndarray, *, hop_s: float = 1.0) -> dict:
     for s in starts:
         i = int(round(s * MODEL_RATE_HZ))
         chunk = audio[i : i + window]
-        ratio = vad.speech_ratio(chunk, i // vad.frame if i % vad.frame == 0 else None)
-        speech.append(ratio >= vad.config.min_speech_ratio)
+        speech.append(vad.speech_ratio(chunk, i) >= vad.config.min_speech_ratio)
     labels = list(model.labels)
     duration = round(audio.shape[0] / MODEL_RATE_HZ, 3)
     out: dict = {"duration_s": duration, "speech": any(speech), "windows": []}

@@ -115,14 +115,14 @@ class VoiceGate:
         self.noise_floor_db = None
         self._held[:] = -1
 
-    def speech_ratio(self, window: np.ndarray, first_frame: int | None = None) -> float:
+    def speech_ratio(self, window: np.ndarray, start: int | None = None) -> float:
         """The share of the window's frames that are speech: its loud frames, or none when
         those are mostly tones or noise.
 
         Args:
-            first_frame: the window's first frame counted from the channel's start, when the
-                window starts on a frame boundary: frames measured in an earlier window are
-                not measured again.
+            start: the window's first sample counted from the channel's start; when it falls
+                on a frame boundary, frames measured in an earlier window are not measured
+                again.
         """
         n = window.shape[0] // self.frame
         if n == 0:
@@ -143,22 +143,20 @@ class VoiceGate:
         threshold = max(self.config.min_dbfs, self.noise_floor_db + self.config.margin_db)
         loud = db > threshold
         ratio = float(np.mean(loud))
-        if ratio >= self.config.min_speech_ratio and self._not_a_voice(window, loud,
-                                                                      first_frame):
+        if ratio >= self.config.min_speech_ratio and self._not_a_voice(window, loud, start):
             return 0.0
         return ratio
 
-    def _not_a_voice(self, window: np.ndarray, loud: np.ndarray, first_frame: int | None
-                     ) -> bool:
+    def _not_a_voice(self, window: np.ndarray, loud: np.ndarray, start: int | None) -> bool:
         """Whether the loud frames are mostly tones, or mostly noise."""
         most = self.config.max_tone_or_noise
         if most is None:
             return False
         wanted = np.flatnonzero(loud)
-        if first_frame is None:
+        if start is None or start % self.frame:
             tone, noise = self._measure(window, wanted)
         else:
-            tone, noise = self._remembered(window, wanted, first_frame, loud.shape[0])
+            tone, noise = self._remembered(window, wanted, start // self.frame, loud.shape[0])
         return bool(tone.mean() >= most or noise.mean() >= most)
 
     def _remembered(self, window: np.ndarray, wanted: np.ndarray, first_frame: int, n: int
@@ -272,8 +270,7 @@ class ChannelWindower:
     def _window(self, now: float) -> Window:
         audio = self.ring.read(self.next_end, self.window)
         start = self.next_end - self.window
-        ratio = self.vad.speech_ratio(
-            audio, start // self.vad.frame if start % self.vad.frame == 0 else None)
+        ratio = self.vad.speech_ratio(audio, start)
         window = Window(
             call_id=self.call_id, role=self.role, channel=self.channel, index=self.index,
             start_s=start / MODEL_RATE_HZ,

@@ -46,8 +46,8 @@ from streamer.tools.alert_bench import (
 from streamer.tools.line_sounds import line_sounds
 from streamer.windowing import VadConfig, VoiceGate
 
-#: Frames in a hop: the windows the cost is timed on start 1 s (50 frames of 20 ms) apart.
-HOP_FRAMES = 50
+#: The windows the cost is timed on start 1 s apart.
+HOP_SAMPLES = MODEL_RATE_HZ
 GATES = {"check off": VadConfig(max_tone_or_noise=None), "check on": VadConfig()}
 
 
@@ -103,7 +103,7 @@ def gate_cost(calls: list[list[np.ndarray]], repeats: int = 3) -> dict:
             for windows in calls:
                 gate = VoiceGate(vad)
                 for i, w in enumerate(windows):
-                    gate.speech_ratio(w, i * HOP_FRAMES)
+                    gate.speech_ratio(w, i * HOP_SAMPLES)
             took = (time.perf_counter() - started) / count * 1e6
             best[name] = min(best.get(name, took), took)
     return {**{f"{k} us_per_window": round(v, 1) for k, v in best.items()},
