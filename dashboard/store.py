@@ -118,6 +118,12 @@ def _served(message: Any, ok: Callable[[Any], bool]) -> Any:
     return None
 
 
+def _read(value: bytes | str | None, ok: Callable[[Any], bool]) -> Any:
+    """A stored message decoded (:func:`_decode`) and served if it holds what ``ok`` asks
+    (:func:`_served`); ``None`` otherwise."""
+    return _served(_decode(value), ok)
+
+
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -203,17 +209,17 @@ async def _attach_acks(redis, alerts: list[dict]) -> None:
 
 
 def _decode_acks(acks: list[bytes | None]) -> list[dict | None]:
-    return [_served(_decode(ack), _ack_ok) for ack in acks]
+    return [_read(ack, _ack_ok) for ack in acks]
 
 
 def _summary(call_id: str, state: dict) -> dict | None:
     fields = {k.decode(): v for k, v in state.items()}
-    start = _served(_decode(fields.get("start")), _call_event_ok)
-    end = _served(_decode(fields.get("end")), _call_event_ok)
+    start = _read(fields.get("start"), _call_event_ok)
+    end = _read(fields.get("end"), _call_event_ok)
     if start is None or (end is None and fields.get("end") is not None):
         return None  # (an end that cannot be read: not listed as live either)
     alerts = {k.split(":", 1)[1]: a for k, v in fields.items()
-              if k.startswith("alert:") and (a := _served(_decode(v), _alert_ok)) is not None}
+              if k.startswith("alert:") and (a := _read(v, _alert_ok)) is not None}
     return {
         "call_id": call_id,
         "start": start,
@@ -223,7 +229,7 @@ def _summary(call_id: str, state: dict) -> dict | None:
         "agent": (start.get("metadata") or {}).get("agent"),
         "node": start.get("node"),
         "last": {k.split(":", 1)[1]: last for k, v in fields.items()
-                 if k.startswith("last:") and (last := _served(_decode(v), _window_ok))
+                 if k.startswith("last:") and (last := _read(v, _window_ok))
                  is not None},
         "alerts": alerts,
     }
