@@ -214,10 +214,14 @@ def _send_all(sock: socket.socket, buffers: list) -> None:
 
 
 def _recv_exact(conn: socket.socket, view: memoryview) -> bool:
-    """Fill ``view`` from ``conn``; False when the peer closed first."""
+    """Fill ``view`` from ``conn``; False when the peer closed first.
+
+    One system call for the whole view (``MSG_WAITALL``; more only if a signal cuts it
+    short): read in socket-buffer-sized pieces, a request of megabytes took the GIL back
+    after each piece, and behind a busy thread that is a wait each time."""
     got = 0
     while got < len(view):
-        n = conn.recv_into(view[got:])
+        n = conn.recv_into(view[got:], len(view) - got, socket.MSG_WAITALL)
         if n == 0:
             return False
         got += n
