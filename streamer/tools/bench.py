@@ -49,6 +49,10 @@ class LoadResult:
     # resampling, windowing, voice gate, alerts, JSON, Redis), per window of call audio.
     server_loop_cpu_pct: float = 0.0
     loop_ms_per_window: float = 0.0
+    # Every process of the server (workers, the model's, their threads), CPU ms per window of
+    # call audio: what sizes a host's cores. (server_cpu_pct over windows_per_s is not that:
+    # the first is averaged over the run's wall time, the second over the calls' audio.)
+    server_ms_per_window: float = 0.0
     server_rss_mb: float = 0.0
     # How far behind real time the load generators sent (each call's worst frame, p95 and
     # max over calls): beyond a window's hop, the server saw fewer real-time calls than asked.
@@ -165,8 +169,12 @@ class ServerProcess:
 
     def cpu_since_mark(self) -> float:
         """CPU use since the last call, in % of one core."""
-        wall, cpu = self._cpu_since("all")
+        wall, cpu = self.cpu_seconds_since_mark()
         return 100 * cpu / wall
+
+    def cpu_seconds_since_mark(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of every process) since the last reading."""
+        return self._cpu_since("all")
 
     def parent_cpu_since_mark(self) -> float:
         """The parent process's CPU use since the last call, in % of one core."""
@@ -344,7 +352,8 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
         summaries = [x for _, summ in parts for x in summ]
     elapsed = time.monotonic() - started
     busy, total = (b - a for a, b in zip(host_busy, host_cpu_seconds(), strict=True))
-    cpu = sum(server.cpu_since_mark() for server in servers)
+    cpu_readings = [server.cpu_seconds_since_mark() for server in servers]
+    cpu = sum(100 * cpu_s / wall for wall, cpu_s in cpu_readings)
     parent_cpu = sum(server.parent_cpu_since_mark() for server in servers)
     loop_cpu_s = sum(server.loop_cpu_since_mark() for server in servers)
     rss = sum(server.rss_mb() for server in servers)
@@ -366,6 +375,8 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     result.server_loop_cpu_pct = round(100 * loop_cpu_s / max(elapsed, 1e-9), 1)
     all_windows = sum(s["windows"] for s in ended)
     result.loop_ms_per_window = round(1000 * loop_cpu_s / max(all_windows, 1), 3)
+    result.server_ms_per_window = round(
+        1000 * sum(cpu_s for _, cpu_s in cpu_readings) / max(all_windows, 1), 3)
     result.server_rss_mb = round(rss, 1)
     result.server_parent_cpu_pct = round(parent_cpu, 1)
     result.host_cpu_busy_pct = round(100 * busy / max(total, 1e-9), 1)
@@ -468,15 +479,17 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
 
 
 HEADER = ("| calls | windows/s | p50 ms | p95 ms | p99 ms | max ms | dropped | refused | "
-          "server CPU % | of it event loop % | loop ms per window | server RSS MB | "
+          "server CPU % | of it event loop % | loop ms per window | server ms per window | "
+          "server RSS MB | "
           "sender late p95 / max ms | host CPU busy % |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: LoadResult) -> str:
     return (f"| {r.calls} | {r.windows_per_s} | {r.p50_ms} | {r.p95_ms} | {r.p99_ms} | "
             f"{r.max_ms} | {r.dropped} | {r.refused} | {r.server_cpu_pct} | "
-            f"{r.server_loop_cpu_pct} | {r.loop_ms_per_window} | {r.server_rss_mb} | "
+            f"{r.server_loop_cpu_pct} | {r.loop_ms_per_window} | {r.server_ms_per_window} | "
+            f"{r.server_rss_mb} | "
             f"{r.sender_late_p95_ms} / {r.sender_late_max_ms} | {r.host_cpu_busy_pct} |")
 
 
