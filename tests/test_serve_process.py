@@ -204,3 +204,16 @@ def test_alerts_finds_the_embedded_redis_of_a_local_serve(tmp_path, ravdess_dir,
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
     assert not runtime.exists()
+
+
+def test_bench_load_says_why_calls_were_refused(ravdess_dir) -> None:
+    """``bench load`` counts calls that did not end as refused, and says why: here a server
+    allowed two live calls, asked for four at once, refuses two with its ``at_capacity``
+    error (an H200 run refused thousands of calls and its JSON could not say why)."""
+    from streamer.tools.bench import bench_load
+
+    [result] = bench_load(calls=[4], duration_s=4.0, frame_ms=100, data=ravdess_dir,
+                          find_max=False, env={"CALLMON_MAX_CALLS": "2"})
+    assert result.refused == 2
+    assert result.refusals == {"server error at_capacity": 2}
+    assert result.row()["refusals"] == {"server error at_capacity": 2}

@@ -62,6 +62,9 @@ class LoadResult:
     server_parent_cpu_pct: float = 0.0
     # The whole host's busy time (load generators and Redis included), % of all its cores.
     host_cpu_busy_pct: float = 0.0
+    # Why the calls counted as refused did not end: the server's error code, the load
+    # generator's exception, or a connection closed without the call's summary.
+    refusals: dict[str, int] = field(default_factory=dict)
     gpu_util_pct: float | None = None
     gpu_memory_mb: float | None = None
     latencies: list[float] = field(default_factory=list, repr=False)
@@ -242,7 +245,7 @@ async def _call(url: str, call_id: str, audio: np.ndarray, *, duration_s: float,
         if reader is not None:  # the server's error message, if it sent one, comes first
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reader, 2.0)
-        summary.setdefault(call_id, {"error": str(exc)})
+        summary.setdefault(call_id, {"error": f"{type(exc).__name__}: {exc}"})
 
 
 async def _read_summary(ws, call_id: str, summary: dict[str, dict]) -> None:
@@ -363,6 +366,7 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
     result.windows_per_s = round(result.windows / max(duration_s, 1e-9), 1)
     result.dropped = sum(s["dropped"] for s in ended)
     result.refused = calls - len(ended)
+    result.refusals = refusal_reasons(summaries, calls)
     late = [s["sender_late_s"] for s in ended if "sender_late_s" in s]
     if late:
         result.sender_late_p95_ms = round(1000 * float(np.percentile(late, 95)), 1)
@@ -384,6 +388,24 @@ async def run_load(urls: list[str], redis_url: str, audio: np.ndarray, *, calls:
         result.gpu_util_pct, result.gpu_memory_mb = gpu.stop()
     result.latencies = latencies
     return result
+
+
+def refusal_reasons(summaries: list[dict], calls: int) -> dict[str, int]:
+    """How many calls did not end, by reason (most first)."""
+    reasons: dict[str, int] = {}
+    for s in summaries:
+        if s.get("type") == "ended":
+            continue
+        if s.get("type") == "error":
+            reason = f"server error {s.get('code', '?')}"
+        elif "error" in s:
+            reason = str(s["error"])[:120]
+        else:
+            reason = "closed without the call's summary"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if calls > len(summaries):
+        reasons["no answer at all"] = calls - len(summaries)
+    return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
 
 
 def host_cpu_seconds() -> tuple[float, float]:
