@@ -187,19 +187,30 @@ class VoiceGate:
         for that, take the last 32 ms that start on a frame."""
         if window.shape[0] < self.n_fft:
             window = np.pad(window, (0, self.n_fft - window.shape[0]))
-        spans = np.lib.stride_tricks.sliding_window_view(window, self.n_fft)[:: self.frame]
+        window = np.ascontiguousarray(window)
+        # The 32 ms from each frame's start, as a view (sliding_window_view's checks cost
+        # more than the strides).
+        spans = np.lib.stride_tricks.as_strided(
+            window, ((window.shape[0] - self.n_fft) // self.frame + 1, self.n_fft),
+            (self.frame * window.strides[0], window.strides[0]), writeable=False)
         rows = np.minimum(frames, spans.shape[0] - 1)
         # float64: numpy's float32 transform is several times slower.
         spectrum = np.fft.rfft(spans[rows] * self.taper)[:, self.band]
         power = np.square(spectrum.real) + np.square(spectrum.imag) + 1e-12
-        flatness = np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
-        return (top_bins_share(power) >= self.config.tone_share,
+        total = power.sum(axis=1)
+        # numpy's mean is this sum over the count: the same value, one reduction fewer.
+        flatness = np.exp(np.log(power).mean(axis=1)) / (total / power.shape[1])
+        return (top_bins_share(power, total=total) >= self.config.tone_share,
                 flatness >= self.config.noise_flatness)
 
 
-def top_bins_share(power: np.ndarray, bins: int = TONE_BINS) -> np.ndarray:
-    """Per row of a power spectrum, the share held by its ``bins`` strongest bins."""
-    return np.partition(power, -bins, axis=1)[:, -bins:].sum(axis=1) / power.sum(axis=1)
+def top_bins_share(power: np.ndarray, bins: int = TONE_BINS, *,
+                   total: np.ndarray | None = None) -> np.ndarray:
+    """Per row of a power spectrum, the share held by its ``bins`` strongest bins (``total``:
+    the rows' sums, if the caller has them)."""
+    if total is None:
+        total = power.sum(axis=1)
+    return np.partition(power, -bins, axis=1)[:, -bins:].sum(axis=1) / total
 
 
 def percentile(values: np.ndarray, q: float) -> float:
