@@ -191,7 +191,7 @@ class VoiceGate:
         # The 32 ms from each frame's start, as a view (sliding_window_view's checks cost
         # more than the strides).
         spans = np.lib.stride_tricks.as_strided(
-            window, ((window.shape[0] - self.n_fft) // self.frame + 1, self.n_fft),
+            window, (self._spans(window.shape[0]), self.n_fft),
             (self.frame * window.strides[0], window.strides[0]), writeable=False)
         rows = np.minimum(frames, spans.shape[0] - 1)
         # float64: numpy's float32 transform is several times slower.
@@ -200,16 +200,13 @@ class VoiceGate:
         total = power.sum(axis=1)
         # numpy's mean is this sum over the count: the same value, one reduction fewer.
         flatness = np.exp(np.log(power).mean(axis=1)) / (total / power.shape[1])
-        return (top_bins_share(power, total=total) >= self.config.tone_share,
+        return (top_bins_share(power, total) >= self.config.tone_share,
                 flatness >= self.config.noise_flatness)
 
 
-def top_bins_share(power: np.ndarray, bins: int = TONE_BINS, *,
-                   total: np.ndarray | None = None) -> np.ndarray:
-    """Per row of a power spectrum, the share held by its ``bins`` strongest bins (``total``:
-    the rows' sums, if the caller has them)."""
-    if total is None:
-        total = power.sum(axis=1)
+def top_bins_share(power: np.ndarray, total: np.ndarray, bins: int = TONE_BINS) -> np.ndarray:
+    """Per row of a power spectrum whose rows sum to ``total``, the share held by its
+    ``bins`` strongest bins."""
     return np.partition(power, -bins, axis=1)[:, -bins:].sum(axis=1) / total
 
 
