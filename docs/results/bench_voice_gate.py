@@ -2,8 +2,8 @@
 left as it was, and what it costs.
 
 ``PYTHONPATH=. python docs/results/bench_voice_gate.py [--data DIRS] [--seconds 300]
-[--out docs/results/bench_voice_gate.json]`` runs the same calls through the server's
-windowing twice, the check off (``VadConfig(max_tone_or_noise=None)``, the gate before it) and
+[--out docs/results/bench_voice_gate.json] [--cost-only]`` runs the same calls through the
+server's windowing twice, the check off (``VadConfig(max_tone_or_noise=None)``, the gate before it) and
 on (the default), scores the speech windows with the shipped model and replays them through
 its alert rules (``callmon bench alerts``'s code, clean and over a telephone line):
 
@@ -110,6 +110,15 @@ def gate_cost(calls: list[list[np.ndarray]], repeats: int = 3) -> dict:
             "ratio": round(best["check on"] / best["check off"], 2)}
 
 
+def cost(items, speakers, labels, alerts, window_s) -> dict:
+    """The gate's cost (:func:`gate_cost`) on every window of four speakers' calls (score_calls
+    keeps no audio)."""
+    windows = [[w.samples for w in _session(call, alerts, WindowingConfig(window_s=window_s))
+                .feed(call.audio[:, None])]
+               for call in build_calls(items, speakers[:4], labels, calm_minutes=1.0)]
+    return {"calls": len(windows), "windows": sum(map(len, windows)), **gate_cost(windows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/ravdess,../shared/data/emodb")
@@ -117,6 +126,8 @@ def main() -> None:
     parser.add_argument("--calm-minutes", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="docs/results/bench_voice_gate.json")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only time the gate (no model): print the cost, write nothing")
     args = parser.parse_args()
 
     items = load_corpora(args.data.split(","))
@@ -125,6 +136,9 @@ def main() -> None:
     predict = CachedModel(model)
     labels, window_s = model.labels, model.card.window_s
     speakers = sorted({u.speaker for u in items})
+    if args.cost_only:
+        print(json.dumps(cost(items, speakers, labels, alerts, window_s)))
+        return
     report: dict = {"model": model.card.name, "variant": model.variant, "speakers": speakers,
                     "line_sounds": {}, "speech": {}}
     for channel, telephone in (("clean", False), ("telephone", True)):
@@ -151,12 +165,7 @@ def main() -> None:
             "turned_away": sorted(f"{c} #{i}" for c, i in off["speech"] - on["speech"]),
             "figures": {name: summarise(r["alerts"])["overall"] for name, r in runs.items()},
         }
-    # score_calls keeps no audio: the cost is timed on every window of a few speakers' calls.
-    windows = [[w.samples for w in _session(call, alerts, WindowingConfig(window_s=window_s))
-                .feed(call.audio[:, None])]
-               for call in build_calls(items, speakers[:4], labels, calm_minutes=1.0)]
-    report["cost"] = {"calls": len(windows), "windows": sum(map(len, windows)),
-                      **gate_cost(windows)}
+    report["cost"] = cost(items, speakers, labels, alerts, window_s)
     report["model_windows_run"] = predict.windows_run
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "line_sounds"}
