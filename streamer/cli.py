@@ -427,7 +427,8 @@ def _bench_load(args: argparse.Namespace) -> int:
     rows: list | dict = [r.row() for r in results]
     if profile is not None:
         breakdown = profile_breakdown(profile)
-        print("event loop's own time (cProfile, main thread):")
+        print("where the event loop's busy time goes (cProfile, main thread; numpy, JSON and "
+              "built-ins counted for the code calling them):")
         for group, share in breakdown.items():
             print(f"  {group:<40} {100 * share:5.1f} %")
         rows = {"runs": rows, "event_loop_profile": breakdown}
