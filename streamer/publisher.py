@@ -220,15 +220,10 @@ class RedisPublisher:
         for item in events:
             queue_event(pipe, item, cfg, sharded=self.sharded)
         for result in results:
-            payload = result.payload
-            timeline = schema.call_timeline_key(result.call_id)
-            publish(pipe, schema.call_channel(result.call_id), payload, sharded=self.sharded)
-            pipe.rpush(timeline, payload)
-            pipe.ltrim(timeline, -cfg.timeline_max, -1)
-            # Every per-call key expires: a result written after its call's end event (or
-            # a timeline it creates) must not live for ever.
-            pipe.expire(timeline, cfg.ended_ttl_s)
-            pipe.hset(schema.call_state_key(result.call_id), mapping={f"last:{result.role}": payload})
+            pipe.eval(RESULT_SCRIPT, 2, schema.call_timeline_key(result.call_id),
+                      schema.call_state_key(result.call_id), schema.call_channel(result.call_id),
+                      result.payload, f"last:{result.role}", cfg.timeline_max, cfg.ended_ttl_s,
+                      "SPUBLISH" if self.sharded else "PUBLISH")
         replies = await pipe.execute(raise_on_error=False)
         errors = [r for r in replies if isinstance(r, Exception)]
         outage = next((e for e in errors if is_outage(e)), None)
@@ -237,6 +232,24 @@ class RedisPublisher:
         for error in errors:  # a command Redis refused for good (e.g. a key of the wrong type)
             log.error("Redis refused a write: %s", error)
 
+
+#: A window result's writes, as one command: published on the call's channel, appended to
+#: its timeline (capped), and kept as its role's latest state. Every per-call key expires: a
+#: result written after its call's end event (or a timeline it creates) must not live for
+#: ever. The keys and the channel share the call's hash tag, so on a Cluster they are in
+#: one slot, as a script's keys must be. (As five commands, redis-py's packing and reply
+#: parsing took 123 us of the event loop per result on a 2-core AMD EPYC, as one 44, for 4 us
+#: more of Redis's CPU: docs/results/bench_result_writes.py.)
+#: KEYS: timeline, state. ARGV: channel, payload, state field, timeline length, TTL s,
+#: PUBLISH or SPUBLISH.
+RESULT_SCRIPT = """
+redis.call(ARGV[6], ARGV[1], ARGV[2])
+redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
+return 1
+"""
 
 #: Error replies that mean Redis cannot take writes *now* (out of memory, a read-only
 #: replica, a failed snapshot, loading, busy script, no master): an outage, not a bad command.

@@ -122,6 +122,53 @@ def test_events_in_flight_to_a_stalled_redis_count_as_undelivered(tmp_path) -> N
     assert (during, delivered, after) == (3, 1, 0)
 
 
+def test_a_window_results_writes_are_one_command(redis_server) -> None:
+    """Each window result is published on its call's channel, appended to the call's timeline
+    (capped, expiring) and kept as its role's latest state, in one command: as five, packing
+    them and reading five replies was the event loop's largest Redis cost."""
+    from streamer import redis_client, schema
+    from streamer.publisher import PublisherConfig, RedisPublisher
+    from streamer.schema import WindowResult
+
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.delete(schema.call_timeline_key("w1"), schema.call_state_key("w1"))
+    listener = admin.pubsub()
+    listener.subscribe(schema.call_channel("w1"))
+    listener.get_message(timeout=1)  # the subscription's confirmation
+    admin.config_resetstat()
+
+    async def main() -> None:
+        client = redis_client.connect(redis_server.url)
+        publisher = RedisPublisher(client, config=PublisherConfig(timeline_max=3), node="n")
+        publisher.start()
+        for i in range(5):
+            for role, channel in (("customer", 0), ("agent", 1)):
+                publisher.publish_result(WindowResult(
+                    call_id="w1", role=role, channel=channel, window_index=i, start_s=i,
+                    end_s=i + 3, speech=True, speech_ratio=0.5, scores={"neutral": 1.0},
+                    frustration=0.0, distress=0.0))
+        assert await publisher.flush(10)
+        await publisher.stop()
+        await client.aclose()
+
+    asyncio.run(main())
+    heard = []
+    while (message := listener.get_message(timeout=1)) is not None:
+        heard.append(json.loads(message["data"]))
+    assert [(m["role"], m["window_index"]) for m in heard] == [
+        (role, i) for i in range(5) for role in ("customer", "agent")]
+    timeline = [json.loads(x) for x in admin.lrange(schema.call_timeline_key("w1"), 0, -1)]
+    assert [(m["role"], m["window_index"]) for m in timeline] == [
+        ("agent", 3), ("customer", 4), ("agent", 4)]
+    assert 0 < admin.ttl(schema.call_timeline_key("w1")) <= 24 * 3600
+    state = admin.hgetall(schema.call_state_key("w1"))
+    assert json.loads(state[b"last:customer"])["window_index"] == 4
+    assert json.loads(state[b"last:agent"])["window_index"] == 4
+    # (commandstats counts a script's own commands too: one EVAL per result, ten RPUSHes.)
+    calls = {k: v["calls"] for k, v in admin.info("commandstats").items()}
+    assert calls.get("cmdstat_eval") == 10 and calls.get("cmdstat_rpush") == 10, calls
+
+
 def test_redis_slow_debug_sleep(shipped_model, call_actors, ravdess_dir, tmp_path):
     """Redis stalls for 4 s (``DEBUG SLEEP``, longer than the client's 2 s timeout) while the
     customer turns angry: results keep flowing on the socket, and a consumer that
