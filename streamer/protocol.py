@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import numpy as np
 
-from models.audio import decode_alaw, decode_mulaw
+from models.audio import alaw_table, mulaw_table
 
 # RFC 6455 close codes used by the server.
 CLOSE_NORMAL = 1000
@@ -109,18 +110,29 @@ def decode_samples(data: bytes, encoding: str, channels: int = 1) -> np.ndarray:
             f"{len(data)} bytes is not a whole number of {frame_bytes}-byte sample frames "
             f"({encoding}, {channels} channel(s))",
         )
+    # One numpy operation per message where it can be (every message of every call comes
+    # here: 50 a second at Twilio's 20 ms): the scale is a power of two, so the product is
+    # the same float as the int16 cast to float32 and divided.
     if encoding == "pcm_s16le":
-        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        samples = np.frombuffer(data, dtype="<i2") * _INT16_SCALE
     elif encoding == "f32le":
         samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
         if not np.isfinite(samples).all():
             raise ProtocolError("bad_samples", "f32le audio contains NaN or infinity")
         samples = np.clip(samples, -1.0, 1.0)
-    elif encoding == "mulaw":
-        samples = decode_mulaw(data).astype(np.float32) / 32768.0
     else:
-        samples = decode_alaw(data).astype(np.float32) / 32768.0
+        samples = _companded_table(encoding)[np.frombuffer(data, dtype=np.uint8)]
     return samples.reshape(-1, channels)
+
+
+_INT16_SCALE = np.float32(1 / 32768)
+
+
+@cache
+def _companded_table(encoding: str) -> np.ndarray:
+    """float32 sample of each μ-law or A-law code word."""
+    table = mulaw_table() if encoding == "mulaw" else alaw_table()
+    return table.astype(np.float32) * _INT16_SCALE
 
 
 def decode_frame(data: bytes, start: StreamStart) -> np.ndarray:

@@ -26,6 +26,7 @@ from streamer.protocol import (
     ProtocolError,
     StreamStart,
     decode_frame,
+    decode_samples,
     parse_json_object,
 )
 from streamer.scheduler import InferenceScheduler
@@ -113,6 +114,21 @@ def test_frame_decoder_never_crashes(data: bytes, encoding: str, channels: int) 
     else:
         assert frames.shape == (len(data) // start.frame_bytes, channels)
         assert np.isfinite(frames).all() and np.abs(frames).max(initial=0) <= 1.0
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=400).filter(lambda b: len(b) % 2 == 0),
+       st.sampled_from(["pcm_s16le", "mulaw", "alaw"]))
+def test_frame_decoder_is_each_int16_sample_over_32768(data: bytes, encoding: str) -> None:
+    """The decoder scales in one step (a product, a float32 table); every sample is the same
+    float as the G.711 or PCM int16 sample cast to float32 and divided by 32768."""
+    from models.audio import decode_alaw, decode_mulaw
+
+    ints = {"pcm_s16le": lambda b: np.frombuffer(b, "<i2"), "mulaw": decode_mulaw,
+            "alaw": decode_alaw}[encoding](data)
+    decoded = decode_samples(data, encoding)
+    assert decoded.dtype == np.float32
+    assert np.array_equal(decoded[:, 0], ints.astype(np.float32) / np.float32(32768))
 
 
 def test_frame_decoder_values() -> None:
