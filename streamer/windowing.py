@@ -170,13 +170,15 @@ class VoiceGate:
         count = wanted.shape[0]
         if count == 0:
             return False
-        remember = start is not None and start % self.frame == 0
-        if start is not None and remember:
+        # What earlier windows measured serves when this one starts on a frame boundary.
+        first = start // self.frame if start is not None and start % self.frame == 0 else None
+        remember = first is not None
+        if first is not None:
             n = loud.shape[0]
             if self._held.shape[0] < 2 * n:
                 self._held, self._tone, self._noise = (
                     np.full(2 * n, -1), np.zeros(2 * n, bool), np.zeros(2 * n, bool))
-            frame = start // self.frame + wanted
+            frame = first + wanted
             slot = frame % self._held.shape[0]
             known = self._held[slot] == frame
             tone, noise = self._tone[slot], self._noise[slot]
