@@ -133,6 +133,10 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="run the (first) server under cProfile, write its profile to FILE and "
                         "print where the event loop's time goes")
+    p.add_argument("--sample", default=None, metavar="FILE",
+                   help="sample the (first) server's event loop (its first worker under "
+                        "--workers) with py-spy while the first call count runs, write the "
+                        "raw stacks to FILE and print where the loop's time goes")
     p.set_defaults(handler=_bench_load)
 
     p = bench.add_parser("soak", help="calls starting and ending continuously for a long time")
@@ -412,29 +416,49 @@ def _alerts(args: argparse.Namespace) -> int:
 
 def _bench_load(args: argparse.Namespace) -> int:
 
-    from streamer.tools.bench import HEADER, bench_load, profile_breakdown, summarise
+    from streamer.tools.bench import (
+        HEADER,
+        bench_load,
+        profile_breakdown,
+        sampled_breakdown,
+        summarise,
+    )
 
     print(HEADER, flush=True)
     env = {k: str(v) for k, v in (("CALLMON_THREADS", args.threads),
                                   ("CALLMON_WORKERS", args.workers),
                                   ("CALLMON_BACKEND", args.backend)) if v}
     profile = Path(args.profile).resolve() if args.profile else None
+    sample = Path(args.sample).resolve() if args.sample else None
     results = bench_load(calls=args.calls, duration_s=args.duration,
                          frame_ms=args.frame_ms, data=Path(args.data), find_max=args.find_max,
                          env=env, nodes=args.nodes, profile=profile,
-                         generators=args.generators)
+                         generators=args.generators, sample=sample)
     print(summarise(results))
     rows: list | dict = [r.row() for r in results]
+    report: dict = {}
     if profile is not None:
-        breakdown = profile_breakdown(profile)
-        print("where the event loop's busy time goes (cProfile, main thread; numpy, JSON and "
-              "built-ins counted for the code calling them):")
-        for group, share in breakdown.items():
-            print(f"  {group:<40} {100 * share:5.1f} %")
-        rows = {"runs": rows, "event_loop_profile": breakdown}
+        report["event_loop_profile"] = profile_breakdown(profile)
+        _print_shares("where the event loop's busy time goes (cProfile, main thread; numpy, "
+                      "JSON and built-ins counted for the code calling them):",
+                      report["event_loop_profile"])
+    if sample is not None and sample.exists():
+        shares, samples = sampled_breakdown(sample)
+        report["event_loop_samples"] = {"samples": samples, "shares": shares}
+        _print_shares(f"where the event loop's busy time goes (py-spy, {samples} samples of "
+                      "the first count; numpy, JSON and native code counted for the code "
+                      "calling them):", shares)
+    if report:
+        rows = {"runs": rows, **report}
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def _print_shares(title: str, shares: dict[str, float]) -> None:
+    print(title)
+    for group, share in shares.items():
+        print(f"  {group:<40} {100 * share:5.1f} %")
 
 
 def _bench_soak(args: argparse.Namespace) -> int:

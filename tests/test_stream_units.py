@@ -384,6 +384,81 @@ def test_the_loop_profile_counts_the_gates_numpy_work_as_the_gate(ravdess_dir, t
     assert shares.get("numpy", 0) < 0.02, shares  # what is left: this test's own loop
 
 
+#: py-spy's raw stacks as it writes them with native frames: one sample group a line.
+SPY_STACKS = """\
+_run_code (<frozen runpy>:88);main (callmon_cli.py:60);Runner.run (asyncio/runners.py:118);\
+ChannelWindower._window (streamer/windowing.py:333);VoiceGate.speech_ratio (streamer/windowing.py:152);\
+array_multiply (numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so);\
+ufunc_generic_fastcall (numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so) 5
+main (callmon_cli.py:60);Runner.run (asyncio/runners.py:118);\
+Connection.data_received (websockets/asyncio/connection.py:1089);\
+Protocol.receive_data (websockets/protocol.py:273) 3
+main (callmon_cli.py:60);Runner.run (asyncio/runners.py:118);\
+__pyx_f_6uvloop_4loop_4Loop__on_idle (loop.c:1234);read (libc.so.6) 2
+main (callmon_cli.py:60);Runner.run (asyncio/runners.py:118);\
+ResultRouter.emit (streamer/results.py:62);dumps (streamer/schema.py:100);\
+JSONEncoder.encode (json/encoder.py:200);encoder_listencode_obj (_json.c:1401) 4
+main (callmon_cli.py:60);Runner.run (asyncio/runners.py:118);CallSession.feed (streamer/calls.py:187);\
+gc_collect_main (libpython3.11.so.1.0) 1
+main (callmon_cli.py:60);Runner.run (asyncio/runners.py:118);\
+ABCMeta.__instancecheck__ (<frozen abc>:119) 1
+main (callmon_cli.py:60);Runner.run (asyncio/runners.py:118);\
+__pyx_f_6uvloop_4loop_4Loop__run (loop.c:99);epoll_wait (libc.so.6) 50
+Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81);\
+RemoteModel.run_windows (streamer/inference_server.py:272);recv (libc.so.6) 30
+"""
+
+
+def test_sampled_stacks_count_for_the_loop_code_that_asked(tmp_path) -> None:
+    """``bench load --sample``: each busy sample of the event loop's thread counts for the
+    innermost callmon (or library) frame of a group, numpy, JSON and native code for their
+    caller; waiting for input and other threads do not count."""
+    from streamer.tools.bench import sampled_breakdown
+
+    (tmp_path / "raw.txt").write_text(SPY_STACKS)
+    shares, samples = sampled_breakdown(tmp_path / "raw.txt")
+    assert samples == 16  # 5 + 3 + 2 + 4 + 1 + 1: not the 50 waiting, not the model's thread
+    assert shares == {"voice gate": round(5 / 16, 4), "calls, scheduler, alerts": 0.25,
+                      "websocket framing and handshake": round(3 / 16, 4),
+                      "asyncio and sockets": 0.125, "garbage collection": 0.0625,
+                      "other": 0.0625}
+
+
+def test_bench_load_samples_a_real_loop_with_py_spy(tmp_path) -> None:
+    """The sampler of ``bench load --sample`` (py-spy, native stacks) on a real process whose
+    event loop spends its time in the voice gate: the breakdown names the gate."""
+    import subprocess
+    import sys
+
+    from streamer import children
+    from streamer.tools.bench import LoopSampler, sampled_breakdown
+
+    busy = ("import asyncio\n"
+            "import numpy as np\n"
+            "from streamer import aio\n"
+            "from streamer.windowing import VadConfig, VoiceGate\n"
+            "async def main():\n"
+            "    gate, rng = VoiceGate(VadConfig()), np.random.default_rng(0)\n"
+            "    window = (0.1 * rng.standard_normal(48_000)).astype(np.float32)\n"
+            "    print('ready', flush=True)\n"
+            "    while True:  # resumed by the loop each time, as a server's tasks are\n"
+            "        gate.speech_ratio(window)\n"
+            "        await asyncio.sleep(0)\n"
+            "aio.run(main())\n")
+    process = children.popen([sys.executable, "-c", busy], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        sampler = LoopSampler(process.pid, tmp_path / "raw.txt", seconds=3, delay_s=0)
+        sampler.join(timeout_s=30)
+        assert sampler.returncode == 0
+    finally:
+        process.kill()
+        process.wait()
+    shares, samples = sampled_breakdown(tmp_path / "raw.txt")
+    assert samples > 100, samples
+    assert shares["voice gate"] > 0.8, shares
+
+
 flags = st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=1,
                  max_size=160)
 

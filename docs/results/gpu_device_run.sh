@@ -2,7 +2,9 @@
 # Issue 14 on a lent GPU host, in one call: the model alone (bench gpu), then the whole
 # server path (bench load against serve --workers, the torch backend) at real-time pace;
 # with WATCH_AFTER='| N |', per-thread CPU and py-spy stacks of the model process and two
-# workers while the next call count runs (docs/results/gpu_device_watch.py).
+# workers while the next call count runs (docs/results/gpu_device_watch.py: watch.json with
+# the threads' CPU and each worker loop's shares, spy_worker0.txt; py-spy pauses the
+# processes it samples, so that count's latencies are not the server's own).
 #
 # Run from the repository root of a copy that holds, beside the tree (both git-ignored):
 #   .whl/      cp312 manylinux wheels of what the host lacks: soundfile cffi pycparser soxr

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,13 +68,16 @@ class LoadResult:
     refusals: dict[str, int] = field(default_factory=dict)
     gpu_util_pct: float | None = None
     gpu_memory_mb: float | None = None
+    # py-spy sampled the server during this count (--sample): it paused the process for each
+    # sample, so the latencies are not the server's own and the count is not judged.
+    sampled: bool = False
     latencies: list[float] = field(default_factory=list, repr=False)
 
     def held(self, p95_target_ms: float = 300.0) -> bool:
         """p95 under target, nothing dropped or refused, and the load really was real-time
-        (the generators' p95 lateness under half a hop)."""
+        (the generators' p95 lateness under half a hop); never for a sampled count."""
         return (self.p95_ms < p95_target_ms and self.dropped == 0 and not self.refused
-                and self.sender_late_p95_ms < SENDER_LATE_LIMIT_MS)
+                and self.sender_late_p95_ms < SENDER_LATE_LIMIT_MS and not self.sampled)
 
     def row(self) -> dict:
         data = asdict(self)
@@ -96,6 +100,24 @@ def load_corpus_audio(data: Path, *, seconds: float = 120.0) -> np.ndarray:
         if total >= seconds * RATE:
             break
     return np.concatenate(pieces)
+
+
+def stat_cpu(path: str | Path) -> tuple[str, float]:
+    """A process's or thread's name and CPU seconds so far (user and system), from its
+    ``/proc/…/stat`` file."""
+    text = Path(path).read_text()
+    fields = text.rsplit(")", 1)[1].split()
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of process ``pid``: its name and CPU seconds so far."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            threads[int(task.name)] = stat_cpu(task / "stat")
+    return threads
 
 
 class ServerProcess:
@@ -151,9 +173,18 @@ class ServerProcess:
         for pid in [self.process.pid] if parent_only else self._pids():
             stat = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
             with contextlib.suppress(OSError):
-                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                total += stat_cpu(stat)[1]
         return total
+
+    def loop_pid(self) -> int:
+        """The process whose event loop takes the calls: the first ingest worker under
+        ``serve --workers``, else the server itself."""
+        with contextlib.suppress(OSError):
+            path = f"/proc/{self.process.pid}/task/{self.process.pid}/children"
+            workers = Path(path).read_text().split()
+            if workers:
+                return min(int(w) for w in workers)
+        return self.process.pid
 
     #: What _cpu_seconds reads: every process, their main threads, the parent alone.
     _READINGS: dict[str, dict[str, bool]] = {
@@ -459,13 +490,63 @@ class GpuSampler:
                 max(m for _, m in self.samples))
 
 
+def py_spy() -> str:
+    """The py-spy sampler's executable (beside this Python's, or on the PATH)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError("--sample needs the py-spy sampler: pip install py-spy")
+    return found
+
+
+class LoopSampler:
+    """py-spy sampling one process's stacks for ``seconds``, after ``delay_s`` (the calls'
+    ramp), into ``out`` as raw collapsed stacks.
+
+    With native frames, which py-spy reads only by pausing the process for each sample: its
+    Python-only stacks of a uvloop process end in ``Runner.run`` for most samples (68-89 % on
+    this project's 2-core machine), where ``perf`` finds the time in the interpreter running
+    Python code, not in uvloop (5 %); unwound natively they name the Python code, and agree
+    with cProfile's groups.
+    """
+
+    def __init__(self, pid: int, out: Path, *, seconds: float, delay_s: float,
+                 rate_hz: int = 100) -> None:
+        self.command = [py_spy(), "record", "--pid", str(pid), "--duration",
+                        str(max(1, int(seconds))), "--rate", str(rate_hz), "--native",
+                        "--format", "raw", "--output", str(out)]
+        self.delay_s = delay_s
+        self.returncode: int | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        time.sleep(self.delay_s)
+        done = subprocess.run(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, check=False)
+        self.returncode = done.returncode
+        if done.returncode:
+            print(f"py-spy failed ({done.returncode}): {done.stderr.strip()[-500:]}",
+                  file=sys.stderr, flush=True)
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+
 def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path,
                find_max: bool, p95_target_ms: float = 300.0, env: dict | None = None,
-               nodes: int = 1, profile: Path | None = None, generators: int = 1
-               ) -> list[LoadResult]:
+               nodes: int = 1, profile: Path | None = None, generators: int = 1,
+               sample: Path | None = None) -> list[LoadResult]:
     """Run each call count in turn against ``nodes`` server processes sharing one Redis
     (CPU and RSS are their sums); with ``find_max``, keep raising the count until p95
-    latency passes the target or windows are dropped."""
+    latency passes the target or windows are dropped. With ``sample``, py-spy samples the
+    first server's event-loop process (see :meth:`ServerProcess.loop_pid`) while the first
+    count runs, after its ramp, into that file."""
+    if sample is not None:
+        if find_max:
+            raise ValueError("--sample and --find-max: a sampled count is not judged, so it "
+                             "cannot steer the search; sample a run of its own")
+        py_spy()  # missing: say so before anything starts
     audio = load_corpus_audio(data)
     # This process's calls (one generator); its children (servers, generators) inherit it.
     aio.raise_open_file_limit()
@@ -481,12 +562,21 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
             urls = [f"ws://127.0.0.1:{server.port}/v1/stream" for server in servers]
             gpu = GpuSampler() if GpuSampler.available() else None
             counts = list(calls)
+            sampler = None
+            if sample is not None:
+                ramp_s = min(5.0, duration_s / 4)
+                sampler = LoopSampler(servers[0].loop_pid(), sample, delay_s=ramp_s + 1,
+                                      seconds=duration_s - ramp_s - 2)
             while counts:
                 n = counts.pop(0)
                 result = aio.run(run_load(urls, redis_server.url, audio, calls=n,
                                            duration_s=duration_s, frame_ms=frame_ms,
                                            ramp_s=min(5.0, duration_s / 4), servers=servers,
                                            generators=generators, gpu=gpu))
+                if sampler is not None:
+                    sampler.join(timeout_s=30)
+                    sampler = None
+                    result.sampled = True
                 results.append(result)
                 print(format_row(result), flush=True)
                 ok = result.held(p95_target_ms)
@@ -607,10 +697,73 @@ def profile_breakdown(path: Path) -> dict[str, float]:
     return {g: round(t / busy, 4) for g, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
+#: A frame of these is where a thread's event loop runs: samples without one are other threads.
+LOOP_FRAMES = ("asyncio/runners.py:", "base_events.py:run_forever",
+               "base_events.py:run_until_complete")
+#: A sample ending in these waits for input (py-spy's native stacks keep waiting samples).
+WAITING_FRAMES = ("epoll_wait", "epoll_pwait", "selectors.py:select")
+
+
+def _spy_frame(frame: str) -> tuple[str, bool]:
+    """py-spy's ``function (file:line)`` as cProfile's ``file:function`` (lower-cased), and
+    whether it is Python code (native frames read ``symbol (library)``)."""
+    name, _, location = frame.rpartition(" (")
+    location = location.rstrip(")")
+    file, _, line = location.rpartition(":")
+    if line.isdigit() and file.endswith((".py", ">")):  # a module, or <frozen abc>, <string>
+        return f"{file}:{name.rsplit('.', 1)[-1]}".lower(), True
+    return f"{location}:{name}".lower(), False
+
+
+def sampled_breakdown(path: Path) -> tuple[dict[str, float], int]:
+    """Shares of an event loop's busy time per group of :data:`PROFILE_GROUPS`, from py-spy's
+    raw collapsed stacks (``bench load --sample``), and how many samples they rest on.
+
+    Each sample counts for the innermost frame of its stack that belongs to a group; generic
+    code (numpy, JSON, built-ins, native code) for the nearest caller that does, as
+    :func:`profile_breakdown` counts it; Python code of no group is "other". Python's cyclic
+    garbage collector is a group of its own. Samples of other threads (the model's, a thread
+    pool's), and samples waiting for input, are left out. Unlike cProfile, which slows every
+    Python call and so inflates code made of many small ones, and needs the standard asyncio
+    loop, a sampler sees each part at its own speed on the loop the server really runs, native
+    code included (uvloop's socket work counts as asyncio's). The stacks must be native
+    (:class:`LoopSampler`).
+    """
+    totals: dict[str, float] = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_spy_frame(f) for f in stack.split(";")]
+        if not any(any(k in where for k in LOOP_FRAMES) for where, _ in frames):
+            continue
+        if any(k in frames[-1][0] for k in WAITING_FRAMES):
+            continue
+        group = "other"
+        for where, python in reversed(frames):
+            if "gc_collect" in where:
+                group = "garbage collection"
+                break
+            found = _profile_group(where, PROFILE_GROUPS)
+            if found is not None:
+                group = found
+                break
+            if python and _profile_group(where, GENERIC_GROUPS) is None:
+                break  # Python code of no group: its own
+        totals[group] = totals.get(group, 0.0) + int(count)
+    samples = int(sum(totals.values()))
+    return ({g: round(t / (samples or 1), 4)
+             for g, t in sorted(totals.items(), key=lambda kv: -kv[1])}, samples)
+
+
 def summarise(results: list[LoadResult], p95_target_ms: float = 300.0) -> str:
     good = [r.calls for r in results if r.held(p95_target_ms)]
     best = max(good) if good else 0
     text = f"largest call count with p95 < {p95_target_ms:g} ms and no drops: {best}"
+    sampled = [r.calls for r in results if r.sampled]
+    if sampled:
+        text += (f" (not judged at {', '.join(map(str, sampled))}: py-spy paused the server "
+                 f"to sample it)")
     late = [r.calls for r in results if r.sender_late_p95_ms >= SENDER_LATE_LIMIT_MS]
     if late:
         text += (f" (not measured at {', '.join(map(str, late))}: the load generators fell "
