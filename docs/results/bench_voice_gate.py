@@ -46,13 +46,13 @@ from streamer.service import alert_config
 from streamer.settings import Settings
 from streamer.tools.alert_bench import (
     SyntheticCall,
-    _line,
-    _session,
+    bench_session,
     build_calls,
     load_corpora,
     run_alerts,
     score_calls,
     summarise,
+    through_line,
 )
 from streamer.tools.line_sounds import line_sounds
 from streamer.windowing import VadConfig, VoiceGate
@@ -85,7 +85,7 @@ def line_sound_calls(seconds: float, telephone: bool) -> list[SyntheticCall]:
     rng = np.random.default_rng(0)
     calls = []
     for name, sound in line_sounds(seconds, MODEL_RATE_HZ).items():
-        audio, rate = _line(sound, rng, telephone)
+        audio, rate = through_line(sound, rng, telephone)
         calls.append(SyntheticCall(name, f"line/{name}", "calm", audio, rate, None))
     return calls
 
@@ -105,7 +105,7 @@ def music_calls(folder: Path, seconds: float, telephone: bool) -> list[Synthetic
         if rate != MODEL_RATE_HZ:
             audio = soxr.resample(audio, rate, MODEL_RATE_HZ)
         audio = np.clip(audio * 0.1 / (np.sqrt(np.mean(audio**2)) + 1e-9), -1, 1)
-        audio, line_rate = _line(audio.astype(np.float32), rng, telephone)
+        audio, line_rate = through_line(audio.astype(np.float32), rng, telephone)
         calls.append(SyntheticCall(path.stem, f"music/{path.stem}", "calm", audio, line_rate,
                                    None))
     if not calls:
@@ -168,7 +168,7 @@ def gate_cost(calls: list[list[np.ndarray]], repeats: int = 3) -> dict:
 def cost(items, speakers, labels, alerts, window_s) -> dict:
     """The gate's cost (:func:`gate_cost`) on every window of four speakers' calls (score_calls
     keeps no audio)."""
-    windows = [[w.samples for w in _session(call, alerts, WindowingConfig(window_s=window_s))
+    windows = [[w.samples for w in bench_session(call, alerts, WindowingConfig(window_s=window_s))
                 .feed(call.audio[:, None])]
                for call in build_calls(items, speakers[:4], labels, calm_minutes=1.0)]
     return {"calls": len(windows), "windows": sum(map(len, windows)), **gate_cost(windows)}

@@ -139,8 +139,10 @@ def _calm_stretch(clips: list[np.ndarray], seconds: float, rng: np.random.Genera
     return _join(out, rng, MODEL_RATE_HZ)
 
 
-def _line(audio: np.ndarray, rng: np.random.Generator, telephone: bool) -> tuple[np.ndarray, int]:
-    """Add the line's noise floor; through a telephone channel, return 8 kHz μ-law audio."""
+def through_line(audio: np.ndarray, rng: np.random.Generator, telephone: bool
+                 ) -> tuple[np.ndarray, int]:
+    """A call's audio as the server receives it: the line's noise floor added, and through a
+    telephone channel 8 kHz μ-law audio. Returns (audio, its rate)."""
     noise = np.asarray(rng.standard_normal(audio.shape[0]), np.float32) * 10 ** (NOISE_DBFS / 20)
     audio = (audio + noise).astype(np.float32)
     if not telephone:
@@ -186,12 +188,12 @@ def build_calls(items: Sequence[Utterance], speakers: Sequence[str], labels: Seq
                     order = start_rng.permutation(len(target_items))
                     target = _calm_stretch([load_audio(target_items[i].path) for i in order],
                                            target_s, start_rng)
-                    audio, rate = _line(target, start_rng, telephone)
+                    audio, rate = through_line(target, start_rng, telephone)
                     calls.append(SyntheticCall(f"{tag}-{emotion}-from-start", speaker, emotion,
                                                audio, rate, 0.0))
         if not calm_then_target:
             continue
-        audio, rate = _line(_calm_stretch(calm, 60 * calm_minutes, rng), rng, telephone)
+        audio, rate = through_line(_calm_stretch(calm, 60 * calm_minutes, rng), rng, telephone)
         calls.append(SyntheticCall(f"{tag}-calm", speaker, "calm", audio, rate, None))
         for emotion in TARGETS:
             target_items = by_emotion.get(emotion, [])
@@ -202,7 +204,7 @@ def build_calls(items: Sequence[Utterance], speakers: Sequence[str], labels: Seq
             order = rng.permutation(len(target_items))
             target = _calm_stretch([load_audio(target_items[i].path) for i in order], target_s,
                                    rng)
-            audio, rate = _line(np.concatenate([prefix, target]), rng, telephone)
+            audio, rate = through_line(np.concatenate([prefix, target]), rng, telephone)
             calls.append(SyntheticCall(f"{tag}-{emotion}", speaker, emotion, audio, rate,
                                        len(prefix) / MODEL_RATE_HZ))
     return calls
@@ -211,7 +213,10 @@ def build_calls(items: Sequence[Utterance], speakers: Sequence[str], labels: Seq
 # -- running them through the server's path -------------------------------------------------
 
 
-def _session(call: SyntheticCall, alerts: AlertConfig, windowing: WindowingConfig) -> CallSession:
+def bench_session(call: SyntheticCall, alerts: AlertConfig, windowing: WindowingConfig
+                  ) -> CallSession:
+    """The server's call state for a benchmark call (one customer channel): feeding it
+    windows the audio as the server does, and ``decide`` runs the alert engine."""
     start = StreamStart(call_id=call.call_id, sample_rate=call.rate_hz, encoding="f32le",
                         channels=1, roles=("customer",))
     return CallSession(start, protocol="bench", windowing=windowing, alerts=alerts,
@@ -225,7 +230,7 @@ def score_calls(calls: Sequence[SyntheticCall], predict: PredictFn, labels: Sequ
     windowing = windowing or WindowingConfig()
     scored: list[ScoredCall] = []
     for call in calls:
-        session = _session(call, AlertConfig(), windowing)
+        session = bench_session(call, AlertConfig(), windowing)
         chunk = int(chunk_s * call.rate_hz)
         windows: list[Window] = []
         for offset in range(0, call.audio.shape[0], chunk):
@@ -274,7 +279,7 @@ def run_alerts(scored: Sequence[ScoredCall], alerts: AlertConfig,
     windowing = windowing or WindowingConfig()
     out = []
     for sc in scored:
-        session = _session(sc.call, alerts, windowing)
+        session = bench_session(sc.call, alerts, windowing)
         order = ResultOrder()
         messages: list[Alert] = []
         for window, scores in sc.windows:
