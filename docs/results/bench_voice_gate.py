@@ -20,7 +20,7 @@ its alert rules (``callmon bench alerts``'s code, clean and over a telephone lin
 ``--music DIR --out docs/results/bench_voice_gate_music.json`` instead runs every audio file
 of DIR (the first ``--seconds``, mono, 16 kHz, −20 dBFS RMS) as a call through both gates,
 clean and over a telephone line: what music on hold or a radio behind the caller gets scored
-and alerted. The file measured was real instrumental music, Debian's MIDI soundtrack of
+and alerted. The music measured was real instrumental music, Debian's MIDI soundtrack of
 OpenTTD rendered with a General MIDI sound font (GPL-2; read from the system, not kept here)::
 
     apt-get install fluidsynth openttd-openmsx timgm6mb-soundfont
