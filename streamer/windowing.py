@@ -172,7 +172,6 @@ class VoiceGate:
             return False
         # What earlier windows measured serves when this one starts on a frame boundary.
         first = start // self.frame if start is not None and start % self.frame == 0 else None
-        remember = first is not None
         if first is not None:
             n = loud.shape[0]
             if self._held.shape[0] < 2 * n:
@@ -199,7 +198,7 @@ class VoiceGate:
             rows, order = order[:take], order[take:]
             tone[rows], noise[rows] = self._measure(window, wanted[rows])
             known[rows] = True
-            if remember:
+            if first is not None:
                 keep = rows[kept[rows]]
                 self._held[slot[keep]] = frame[keep]
                 self._tone[slot[keep]], self._noise[slot[keep]] = tone[keep], noise[keep]

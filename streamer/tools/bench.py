@@ -562,16 +562,16 @@ def bench_load(*, calls: list[int], duration_s: float, frame_ms: int, data: Path
             urls = [f"ws://127.0.0.1:{server.port}/v1/stream" for server in servers]
             gpu = GpuSampler() if GpuSampler.available() else None
             counts = list(calls)
+            ramp_s = min(5.0, duration_s / 4)
             sampler = None
             if sample is not None:
-                ramp_s = min(5.0, duration_s / 4)
                 sampler = LoopSampler(servers[0].loop_pid(), sample, delay_s=ramp_s + 1,
                                       seconds=duration_s - ramp_s - 2)
             while counts:
                 n = counts.pop(0)
                 result = aio.run(run_load(urls, redis_server.url, audio, calls=n,
                                            duration_s=duration_s, frame_ms=frame_ms,
-                                           ramp_s=min(5.0, duration_s / 4), servers=servers,
+                                           ramp_s=ramp_s, servers=servers,
                                            generators=generators, gpu=gpu))
                 if sampler is not None:
                     sampler.join(timeout_s=30)
@@ -693,6 +693,11 @@ def profile_breakdown(path: Path) -> dict[str, float]:
             continue  # waiting for input is not work
         for group, fraction in share(func).items():
             totals[group] = totals.get(group, 0.0) + tottime * fraction
+    return _shares(totals)
+
+
+def _shares(totals: dict[str, float]) -> dict[str, float]:
+    """Each group's share of the total, largest first."""
     busy = sum(totals.values()) or 1.0
     return {g: round(t / busy, 4) for g, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 
@@ -751,9 +756,7 @@ def sampled_breakdown(path: Path) -> tuple[dict[str, float], int]:
             if python and _profile_group(where, GENERIC_GROUPS) is None:
                 break  # Python code of no group: its own
         totals[group] = totals.get(group, 0.0) + int(count)
-    samples = int(sum(totals.values()))
-    return ({g: round(t / (samples or 1), 4)
-             for g, t in sorted(totals.items(), key=lambda kv: -kv[1])}, samples)
+    return _shares(totals), int(sum(totals.values()))
 
 
 def summarise(results: list[LoadResult], p95_target_ms: float = 300.0) -> str:
